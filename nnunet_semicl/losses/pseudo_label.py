@@ -1,0 +1,38 @@
+"""The confidence-weighted pseudo-label loss shared by ACTION, ACTION++, MONA and ARCO (methods.md 2.5)."""
+import torch
+import torch.nn.functional as F
+
+
+def pseudo_labels(teacher_logits: torch.Tensor):
+    """Teacher softmax (fp32), hard pseudo-label (argmax) and confidence (max probability)."""
+    probs = torch.softmax(teacher_logits.float(), dim=1)
+    confidence, labels = probs.max(dim=1)
+    return probs, labels, confidence
+
+
+def confidence_weighted_ce(student_logits: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor,
+                           valid: torch.Tensor = None, threshold: float = 0.97) -> torch.Tensor:
+    """``mean_{b,i: l>0} rho_b * CE(p_s(b,i), y(b,i))`` with ``rho_b`` = share of image b's valid pixels
+    whose confidence reaches ``threshold`` (ReCo's unsupervised loss).
+
+    Args:
+        student_logits: ``[B, K, *spatial]`` student output on the strong view.
+        labels: ``[B, *spatial]`` pseudo-labels (moved with the strong view's geometry).
+        confidence: ``[B, *spatial]`` teacher confidence, moved the same way.
+        valid: ``[B, *spatial]`` bool; False where the strong view has no content (outside a warp,
+            cut-out). Invalid pixels neither count in ``rho_b`` nor get a loss.
+
+    Returns a scalar; zero (keeping the graph) when no pixel has a positive loss. fp32 throughout.
+    """
+    logits = student_logits.float()
+    if valid is None:
+        valid = torch.ones_like(labels, dtype=torch.bool)
+    ce = F.cross_entropy(logits, labels.long(), reduction="none")  # [B, *spatial]
+    dims = tuple(range(1, valid.ndim))
+    n_valid = valid.sum(dim=dims).clamp_min(1)
+    rho = ((confidence >= threshold) & valid).sum(dim=dims).float() / n_valid.float()
+    weighted = ce * rho.view(-1, *([1] * (ce.ndim - 1))) * valid
+    positive = weighted > 0
+    if not bool(positive.any()):
+        return logits.sum() * 0.0
+    return weighted[positive].mean()

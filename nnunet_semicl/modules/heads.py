@@ -1,0 +1,102 @@
+"""Heads that live beside the nnU-Net network (owned by the trainer, never inside ``self.network``)."""
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv_nd(dim: int):
+    return {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dim]
+
+
+def select_representation_taps(spatial_shapes: Sequence[Sequence[int]], max_voxels: int) -> int:
+    """Index of the finest tap whose spatial size (per sample) is at most ``max_voxels``.
+
+    ``spatial_shapes`` are ordered lowest resolution first (as :func:`unet_tap_modules`). The
+    representation is computed at that resolution from it and every coarser tap, which bounds the
+    memory of the contrastive machinery whatever patch size nnU-Net plans (3D patches in particular).
+    """
+    best = 0
+    for i, s in enumerate(spatial_shapes):
+        n = 1
+        for d in s:
+            n *= int(d)
+        if n <= max_voxels:
+            best = i
+    return best
+
+
+class RepresentationHead(nn.Module):
+    """Multi-scale representation: ``conv1x1(cat(upsample(f_0), ..., upsample(f_t)))`` -> act -> ``conv1x1``.
+
+    Implemented as a per-scale 1x1 projection at each tap's own resolution followed by upsampling and
+    a sum. Because a 1x1 convolution is linear per pixel and (bi/tri)linear upsampling is linear per
+    channel, this equals "upsample, concatenate, 1x1 conv" exactly, but never materialises the wide
+    concatenated tensor at the target resolution. Dimension-agnostic (1D, 2D, 3D).
+
+    Args:
+        in_channels: channels of the taps used, lowest resolution first; the output has the spatial
+            size of the last one.
+        hidden_dim / out_dim: widths of the two layers.
+        activation: put a nonlinearity (norm + LeakyReLU) between the two layers. ACTION's head has
+            none (two linear layers); MONA/ARCO's projection has one.
+    """
+
+    def __init__(self, in_channels: Sequence[int], hidden_dim: int, out_dim: int, dim: int,
+                 activation: bool = True):
+        super().__init__()
+        conv = conv_nd(dim)
+        self.dim = dim
+        self.mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[dim]
+        self.proj = nn.ModuleList([conv(c, hidden_dim, 1, bias=False) for c in in_channels])
+        self.bias = nn.Parameter(torch.zeros(hidden_dim))
+        if activation:
+            norm = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}[dim]
+            self.act = nn.Sequential(norm(hidden_dim, affine=True), nn.LeakyReLU(0.01, inplace=True))
+        else:
+            self.act = nn.Identity()
+        self.out = conv(hidden_dim, out_dim, 1)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        if len(features) != len(self.proj):
+            raise ValueError(f"RepresentationHead expects {len(self.proj)} feature maps, got {len(features)}")
+        target = features[-1].shape[2:]
+        x = None
+        for f, p in zip(features, self.proj):
+            y = p(f)
+            if tuple(y.shape[2:]) != tuple(target):
+                y = F.interpolate(y, size=target, mode=self.mode, align_corners=False)
+            x = y if x is None else x + y
+        x = x + self.bias.view(1, -1, *([1] * self.dim))
+        return self.out(self.act(x))
+
+
+class MLP(nn.Module):
+    """Stack of Linear layers; ``activation=False`` reproduces ISD/ACTION's purely linear projector."""
+
+    def __init__(self, dims: Sequence[int], activation: bool = False, bias: bool = True):
+        super().__init__()
+        layers: List[nn.Module] = []
+        for i in range(len(dims) - 1):
+            layers.append(nn.Linear(dims[i], dims[i + 1], bias=bias))
+            if activation and i < len(dims) - 2:
+                layers += [nn.BatchNorm1d(dims[i + 1]), nn.ReLU(inplace=True)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def gather_pixels(features: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
+    """Rows ``[n, C]`` of a ``[B, C, *spatial]`` map at flat indices into its ``[B, *spatial]`` grid."""
+    b, c = features.shape[:2]
+    flat = features.movedim(1, -1).reshape(-1, c)
+    return flat[flat_index]
+
+
+def flatten_pixels(features: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``[B, C, *spatial]`` -> ``[B * prod(spatial), C]`` (optionally only where ``mask``)."""
+    c = features.shape[1]
+    flat = features.movedim(1, -1).reshape(-1, c)
+    return flat if mask is None else flat[mask.reshape(-1)]

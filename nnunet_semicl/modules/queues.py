@@ -1,0 +1,81 @@
+"""Fixed-size FIFO ring buffers kept on the device.
+
+Everything lives in registered buffers, so a queue moves with ``.to(device)`` and is saved and
+restored through ``state_dict()`` (nnU-Net checkpoints, ``--c``). Pushing is vectorised: no Python
+loop over items. Under torch.distributed, ``push(..., gather=True)`` enqueues the items of all ranks
+so that every rank keeps an identical queue.
+"""
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from nnunet_semicl.modules.distributed import concat_all_gather
+
+
+class RingBuffer(nn.Module):
+    """A FIFO of ``size`` items of shape ``item_shape`` (optionally each with an integer label).
+
+    ``get()`` returns the ``len(self)`` valid items, oldest first.
+    """
+
+    def __init__(self, size: int, item_shape: Sequence[int], with_labels: bool = False,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if size <= 0:
+            raise ValueError(f"RingBuffer size must be positive, got {size}")
+        self.size = int(size)
+        self.item_shape = tuple(int(s) for s in item_shape)
+        self.with_labels = with_labels
+        self.register_buffer("items", torch.zeros((self.size, *self.item_shape), dtype=dtype))
+        self.register_buffer("labels", torch.full((self.size,), -1, dtype=torch.long) if with_labels
+                             else torch.zeros(0, dtype=torch.long))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))    # next write position
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))  # number of valid items
+
+    def __len__(self) -> int:
+        return int(self.count.item())
+
+    @torch.no_grad()
+    def push(self, items: torch.Tensor, labels: Optional[torch.Tensor] = None, gather: bool = False) -> None:
+        if tuple(items.shape[1:]) != self.item_shape:
+            raise ValueError(f"RingBuffer expects items of shape (n, {self.item_shape}), got {tuple(items.shape)}")
+        if self.with_labels != (labels is not None):
+            raise ValueError("labels must be given exactly when the buffer was created with_labels=True")
+        if labels is not None and tuple(labels.shape) != (items.shape[0],):
+            raise ValueError(f"RingBuffer: got {items.shape[0]} items but labels of shape {tuple(labels.shape)}")
+        if gather:
+            items = concat_all_gather(items.contiguous())
+            if labels is not None:
+                labels = concat_all_gather(labels.contiguous())
+        n = items.shape[0]
+        if n == 0:
+            return
+        if n > self.size:  # only the newest `size` items can survive
+            items, n = items[-self.size:], self.size
+            labels = labels[-self.size:] if labels is not None else None
+        idx = (self.ptr + torch.arange(n, device=self.ptr.device)) % self.size
+        self.items[idx.to(self.items.device)] = items.to(self.items.dtype)
+        if labels is not None:
+            self.labels[idx.to(self.labels.device)] = labels.to(torch.long)
+        self.ptr.copy_((self.ptr + n) % self.size)
+        self.count.copy_(torch.clamp(self.count + n, max=self.size))
+
+    def get(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Valid items (and labels), oldest first."""
+        c = len(self)
+        if c < self.size:
+            items, labels = self.items[:c], (self.labels[:c] if self.with_labels else None)
+        else:
+            order = (self.ptr + torch.arange(self.size, device=self.ptr.device)) % self.size
+            items = self.items[order.to(self.items.device)]
+            labels = self.labels[order.to(self.labels.device)] if self.with_labels else None
+        return items, labels
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        self.items.zero_()
+        if self.with_labels:
+            self.labels.fill_(-1)
+        self.ptr.zero_()
+        self.count.zero_()

@@ -1,0 +1,31 @@
+"""Temperature and loss-weight schedules (pure functions of the training position)."""
+import math
+
+
+def cosine_temperature(t: float, period: float, tau_min: float, tau_max: float) -> float:
+    """ACTION++'s anatomical-aware temperature scheduler (ATS).
+
+    ``tau(t) = tau_min + (tau_max - tau_min) * (1 + cos(2 pi t / period)) / 2``: it starts at
+    ``tau_max``, reaches ``tau_min`` at half a period and returns to ``tau_max`` after one period.
+    """
+    if period <= 0:
+        raise ValueError(f"period must be positive, got {period}")
+    if not 0 < tau_min <= tau_max:
+        raise ValueError(f"need 0 < tau_min <= tau_max, got {tau_min}, {tau_max}")
+    return tau_min + (tau_max - tau_min) * (1.0 + math.cos(2.0 * math.pi * t / period)) / 2.0
+
+
+def sigmoid_rampup(t: float, length: float) -> float:
+    """Laine & Aila's ``exp(-5 (1 - t/length)^2)`` ramp from ~0 to 1 (mean teacher); 1 if length <= 0."""
+    if length <= 0:
+        return 1.0
+    x = min(max(t, 0.0), length) / length
+    return float(math.exp(-5.0 * (1.0 - x) ** 2))
+
+
+def linear_decay(t: float, length: float, start: float, end: float = 0.0) -> float:
+    """Linear interpolation from ``start`` at t=0 to ``end`` at t=length (U2PL's entropy percentile)."""
+    if length <= 0:
+        return end
+    x = min(max(t, 0.0), length) / length
+    return start + (end - start) * x
