@@ -74,15 +74,18 @@ def anatomical_contrast_from_indices(rep: torch.Tensor, prototypes: torch.Tensor
     if query_index.shape[0] != m or negative_index.shape[:2] != query_index.shape:
         raise ValueError(f"index shapes do not match: classes {m}, queries {tuple(query_index.shape)}, "
                          f"negatives {tuple(negative_index.shape)}")
-    q_per, n_neg = query_index.shape[1], negative_index.shape[2]
+    q_per = query_index.shape[1]
     with torch.autocast(device_type=rep.device.type, enabled=False):
         d = rep.shape[1]
-        flat = _at_least_fp32(rep).movedim(1, -1).reshape(-1, d)                 # [B*prod(spatial), D]
+        flat = _at_least_fp32(rep).movedim(1, -1).reshape(-1, d)                 # [P, D] P = B*prod(spatial)
+        table = F.normalize(flat.detach(), dim=-1)                                 # constant keys
         q = F.normalize(flat[query_index.reshape(-1)], dim=-1).view(m, q_per, d)   # with gradient
         pos = F.normalize(prototypes.detach().to(flat.dtype)[classes], dim=-1)     # [M, D]
-        neg = F.normalize(flat.detach()[negative_index.reshape(-1)], dim=-1).view(m, q_per, n_neg, d)
         pos_logit = (q * pos.unsqueeze(1)).sum(-1, keepdim=True)                   # [M, Q, 1]
-        neg_logit = (neg @ q.unsqueeze(-1)).squeeze(-1)                            # [M, Q, N]
+        # negatives: similarities to every pixel, then pick the drawn ones. This never builds the
+        # [M, Q, N, D] tensor of gathered keys (about 1 GB at D = 512); the transient [Q, P]
+        # similarity of one class at a time is much smaller at the representation's resolution.
+        neg_logit = torch.stack([(q[i] @ table.t()).gather(1, negative_index[i]) for i in range(m)])  # [M, Q, N]
         logits = torch.cat([pos_logit, neg_logit], dim=-1) / tau
         # cross-entropy with the positive at index 0; equal Q per class, so the global mean is the
         # mean over classes of the per-class means

@@ -1,0 +1,210 @@
+"""``nnunet_semicl`` command line: the few things nnU-Net itself lacks.
+
+    nnunet_semicl ext-path                    print the folder for nnUNet_extTrainer
+    nnunet_semicl synthetic --id 990          write the built-in synthetic dataset
+    nnunet_semicl split 27 --labeled 3 --group 'patient\\d+' --name lab3
+    nnunet_semicl add-unlabeled 27 -i /data/unlabeled_scans
+    nnunet_semicl tiny-config 27 -c 2d        small inherited configuration for CPU runs
+    nnunet_semicl sync-plans 27               refresh setting variants after re-planning
+    nnunet_semicl demo                        the end-to-end demo
+    nnunet_semicl evaluate ...                paper-style metrics of a prediction folder
+    nnunet_semicl convert-acdc / convert-la   dataset conversion with the papers' protocols
+
+Planning, training, prediction and nnU-Net's own evaluation use the stock ``nnUNetv2_*`` commands.
+"""
+import argparse
+import importlib
+import os
+import shlex
+import sys
+
+from nnunet_semicl import ext_trainer_path
+
+# sub-commands implemented in other modules: (name, module, help); each module has add_arguments(p) and run(args)
+EXTERNAL_COMMANDS = [
+    ("demo", "nnunet_semicl.demo", "generate, plan, train (labeled-only and semi-supervised), predict, evaluate"),
+    ("evaluate", "nnunet_semicl.evaluation", "Dice, Jaccard, HD95, ASD of a prediction folder (paper tables)"),
+    ("convert-acdc", "nnunet_semicl.dataset_conversion.acdc", "ACDC -> Dataset027_ACDC with the papers' protocol"),
+    ("convert-la", "nnunet_semicl.dataset_conversion.la", "LA 2018 -> Dataset028_LA with the papers' protocol"),
+    ("benchmark", "nnunet_semicl.benchmarking", "step time and peak memory of every trainer"),
+]
+
+
+def print_ext_path():
+    print(ext_trainer_path())
+
+
+def _cmd_ext_path(args):
+    print_ext_path()
+
+
+def _cmd_synthetic(args):
+    from nnunet_semicl.dataset_conversion.synthetic import main as synthetic_main
+
+    synthetic_main(args.rest)
+
+
+def _cmd_split(args):
+    from nnunet_semicl.data.datasets import resolve_dataset_name
+    from nnunet_semicl.data.splits import (default_folds, load_json, make_setting, read_folds, save_json,
+                                           truly_unlabeled_cases, write_setting)
+
+    name = resolve_dataset_name(args.dataset, need_preprocessed=True)
+    base = os.path.join(os.environ["nnUNet_preprocessed"], name)
+    dataset_json = load_json(os.path.join(base, "dataset.json"))
+    ending = dataset_json["file_ending"]
+    gt = os.path.join(base, "gt_segmentations")
+    ids = sorted(f[: -len(ending)] for f in os.listdir(gt) if f.endswith(ending)) if os.path.isdir(gt) else []
+    unlabeled_only = truly_unlabeled_cases(dataset_json)
+    folds = read_folds(base)
+    if folds is None:
+        if not ids:
+            raise SystemExit(f"No preprocessed cases in {gt}; run nnUNetv2_plan_and_preprocess first.")
+        folds = default_folds(ids, unlabeled_only, group_regex=args.group)
+        save_json(folds, os.path.join(base, "splits_final.json"))
+        print(f"Created {os.path.join(base, 'splits_final.json')} (nnU-Net's 5-fold split over annotated "
+              f"{'patients' if args.group else 'cases'})")
+    setting = args.name or _default_setting_name(args)
+    created_by = "nnunet_semicl split " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    content = make_setting(folds, setting, n_labeled=args.labeled, fraction=args.fraction,
+                           labeled_ids=args.labeled_cases, group_regex=args.group, seed=args.seed,
+                           unlabeled_only=unlabeled_only, all_cases=ids or None, created_by=created_by)
+    overrides = {k: v for k, v in (("num_epochs", args.epochs), ("num_iterations_per_epoch", args.iterations),
+                                   ("num_val_iterations_per_epoch", args.val_iterations)) if v is not None}
+    split_path, plans_path = write_setting(base, content, args.plans, args.overwrite, overrides or None)
+    f0 = content["folds"][0]
+    print(f"Setting '{setting}': fold 0 has {len(f0['labeled'])} labeled and {len(f0['unlabeled'])} unlabeled "
+          f"training cases.\n  split:  {split_path}\n  plans:  {plans_path}\n"
+          f"Train with: nnUNetv2_train {name} CONFIG FOLD -p {args.plans}_{setting} -tr nnUNetTrainerACTIONpp")
+
+
+def _default_setting_name(args) -> str:
+    if args.fraction is not None:
+        return f"{round(args.fraction * 100):g}pct"
+    if args.labeled is not None:
+        return f"lab{args.labeled}"
+    return "custom"
+
+
+def _cmd_add_unlabeled(args):
+    from nnunet_semicl.data.unlabeled_images import add_unlabeled_images
+
+    add_unlabeled_images(args.dataset, args.input, prefix=args.prefix, num_processes=args.np)
+
+
+def _cmd_tiny_config(args):
+    from nnunet_semicl.data.datasets import resolve_dataset_name
+    from nnunet_semicl.data.plans_tools import add_tiny_configuration
+
+    name = resolve_dataset_name(args.dataset, need_preprocessed=True)
+    base = os.path.join(os.environ["nnUNet_preprocessed"], name)
+    kw = {}
+    if args.patch_size:
+        kw["patch_size"] = args.patch_size
+    if args.batch_size:
+        kw["batch_size"] = args.batch_size
+    for c in args.c:
+        written = add_tiny_configuration(base, c, None if len(args.c) > 1 else args.name, [args.plans],
+                                         overwrite=args.overwrite, **kw)
+        print(f"Added configuration '{args.name if (args.name and len(args.c) == 1) else c + '_tiny'}' to:\n  "
+              + "\n  ".join(written))
+
+
+def _cmd_sync_plans(args):
+    from nnunet_semicl.data.datasets import resolve_dataset_name
+    from nnunet_semicl.data.plans_tools import sync_setting_variants
+
+    name = resolve_dataset_name(args.dataset, need_preprocessed=True)
+    updated = sync_setting_variants(os.path.join(os.environ["nnUNet_preprocessed"], name), args.plans)
+    print("Updated:\n  " + "\n  ".join(updated) if updated else "All setting variants are up to date.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nnunet_semicl", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("ext-path", help="print the trainer folder for nnUNet_extTrainer")
+    s.set_defaults(func=_cmd_ext_path)
+
+    s = sub.add_parser("synthetic", help="write the built-in synthetic dataset (see --help of the module)",
+                       add_help=False)
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.set_defaults(func=_cmd_synthetic)
+
+    s = sub.add_parser("split", help="write a labeled/unlabeled setting beside splits_final.json")
+    s.add_argument("dataset", help="dataset id or name")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--labeled", type=int, help="number of labeled groups (patients with --group) per fold")
+    g.add_argument("--fraction", type=float, help="fraction of the annotated groups to label, in (0, 1)")
+    g.add_argument("--labeled-cases", nargs="+", help="explicit case or group ids to label")
+    s.add_argument("--group", default=None, help="regex whose match (first group) is the patient id, e.g. "
+                                                 "'patient\\d+'; cases of one patient are labeled together")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--name", default=None, help="setting name (default: e.g. 10pct or lab3)")
+    s.add_argument("--plans", default="nnUNetPlans", help="base plans identifier (default nnUNetPlans)")
+    s.add_argument("--epochs", type=int, default=None, help="override num_epochs for our trainers")
+    s.add_argument("--iterations", type=int, default=None, help="override num_iterations_per_epoch")
+    s.add_argument("--val-iterations", type=int, default=None, help="override num_val_iterations_per_epoch")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing setting of the same name")
+    s.set_defaults(func=_cmd_split)
+
+    s = sub.add_parser("add-unlabeled", help="add images without annotation to a raw dataset")
+    s.add_argument("dataset", help="dataset id or name (must exist in nnUNet_raw)")
+    s.add_argument("-i", "--input", required=True, help="folder with CASE_XXXX<file_ending> images")
+    s.add_argument("--prefix", default="", help="prefix for the new case ids (to avoid clashes)")
+    s.add_argument("-np", type=int, default=2, help="processes for the fingerprint")
+    s.set_defaults(func=_cmd_add_unlabeled)
+
+    s = sub.add_parser("tiny-config", help="add a small inherited configuration (fast CPU runs)")
+    s.add_argument("dataset")
+    s.add_argument("-c", nargs="+", default=["2d"], help="parent configuration(s), e.g. 2d 3d_fullres")
+    s.add_argument("--name", default=None, help="name (default <parent>_tiny)")
+    s.add_argument("--plans", default="nnUNetPlans")
+    s.add_argument("--patch-size", type=int, nargs="+", default=None)
+    s.add_argument("--batch-size", type=int, default=None)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=_cmd_tiny_config)
+
+    s = sub.add_parser("sync-plans", help="re-derive setting variants from re-planned base plans")
+    s.add_argument("dataset")
+    s.add_argument("--plans", default="nnUNetPlans")
+    s.set_defaults(func=_cmd_sync_plans)
+
+    for name, module, help_text in EXTERNAL_COMMANDS:
+        s = sub.add_parser(name, help=help_text)
+        s.set_defaults(func=_lazy(module), module=module)
+        try:
+            importlib.import_module(module).add_arguments(s)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            s.set_defaults(func=_missing(module))
+    return p
+
+
+def _lazy(module):
+    def run(args):
+        return importlib.import_module(module).run(args)
+    return run
+
+
+def _missing(module):
+    def run(args):
+        raise SystemExit(f"{module} is not available in this installation.")
+    return run
+
+
+def main(argv=None):
+    from nnunet_semicl.data.splits import SplitError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (SplitError, FileExistsError, FileNotFoundError) as e:
+        print(f"nnunet_semicl {args.command}: error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()

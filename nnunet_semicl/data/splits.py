@@ -1,0 +1,404 @@
+"""Which training cases are labeled and which are unlabeled, per fold.
+
+Raw and preprocessed nnU-Net data stay untouched and fully labeled. A *setting* (e.g. "5pct") is
+
+* ``nnUNet_preprocessed/<Dataset>/splits_semicl_<setting>.json`` beside ``splits_final.json``::
+
+      {"version": 1, "setting": "5pct", "created_by": "...",
+       "folds": [{"labeled": [...], "unlabeled": [...]}, ...],     # aligned with splits_final.json
+       "all": {"labeled": [...], "unlabeled": [...]}}              # for fold "all" (optional)
+
+* a plans variant ``<plans>_<setting>.json``: a copy of the plans with ``plans_name`` changed and a
+  ``"semicl"`` block naming the split file. Selecting it with the stock ``-p`` gives each setting
+  its own results folder while reusing the preprocessed data (``data_identifier`` is unchanged).
+
+Nothing is ever written into the preprocessed *data* folder (``<plans>_<config>/``): one extra file
+there breaks nnU-Net's dataset-class detection.
+
+Truly unlabeled images (added with ``nnunet_semicl add-unlabeled``) are listed in ``dataset.json``
+under :data:`UNLABELED_KEY`; their label maps are all nnU-Net ignore label. They are never labeled,
+never validation cases, and always join the unlabeled stream.
+
+This module has no torch or nnU-Net import: it is plain bookkeeping with precise errors.
+"""
+import copy
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+SPLIT_FILE_TEMPLATE = "splits_semicl_{setting}.json"
+PLANS_BLOCK = "semicl"
+UNLABELED_KEY = "semicl_unlabeled_cases"
+SETTING_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class SplitError(ValueError):
+    """A labeled/unlabeled split that cannot be used; the message says what is wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class CaseSets:
+    labeled: Tuple[str, ...]
+    unlabeled: Tuple[str, ...]
+    source: str  # where the sets came from (for the training log)
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+def _short(ids: Iterable[str], n: int = 10) -> str:
+    ids = sorted(ids)
+    more = f" ... (+{len(ids) - n} more)" if len(ids) > n else ""
+    return ", ".join(ids[:n]) + more
+
+
+def group_of(case_id: str, group_regex: Optional[str]) -> str:
+    """The patient/group a case belongs to. Without a regex every case is its own group.
+
+    With a regex, the first capture group of its first match is the group id (the whole match if
+    the regex has no group): ``--group 'patient\\d+'`` keeps ACDC's ED/ES frames together.
+    """
+    if not group_regex:
+        return case_id
+    m = re.search(group_regex, case_id)
+    if m is None:
+        raise SplitError(f"Case '{case_id}' does not match the group pattern '{group_regex}'. Every case must "
+                         f"match so that cases of one patient stay together; fix the pattern (e.g. "
+                         f"--group 'patient\\d+').")
+    return m.group(1) if m.groups() else m.group(0)
+
+
+def group_cases(case_ids: Sequence[str], group_regex: Optional[str]) -> Dict[str, List[str]]:
+    groups: Dict[str, List[str]] = {}
+    for c in sorted(case_ids):
+        groups.setdefault(group_of(c, group_regex), []).append(c)
+    return groups
+
+
+def split_file_name(setting: str) -> str:
+    return SPLIT_FILE_TEMPLATE.format(setting=setting)
+
+
+def check_setting_name(setting: str) -> None:
+    if not SETTING_NAME_RE.match(setting or ""):
+        raise SplitError(f"Invalid setting name '{setting}': use letters, digits, '_', '-', '.' (e.g. 5pct, "
+                         f"lab3).")
+
+
+def truly_unlabeled_cases(dataset_json: dict) -> List[str]:
+    return sorted(dataset_json.get(UNLABELED_KEY, []))
+
+
+# ------------------------------------------------------------------------------------------------
+# folds
+# ------------------------------------------------------------------------------------------------
+def default_folds(identifiers: Sequence[str], unlabeled_only: Sequence[str] = (), n_splits: int = 5,
+                  seed: int = 12345, group_regex: Optional[str] = None) -> List[dict]:
+    """nnU-Net's default 5-fold split over the *annotated* cases; truly unlabeled ones train in every fold.
+
+    Without truly unlabeled cases and without ``group_regex`` this is exactly the split nnU-Net
+    itself would create (KFold(shuffle=True, random_state=12345) over the sorted identifiers). With
+    ``group_regex`` the folds are drawn over patients, so a patient's cases (ACDC's ED and ES
+    frames) are never split between training and validation, as in nnU-Net's own ACDC conversion.
+    """
+    from sklearn.model_selection import KFold  # nnU-Net's own dependency; imported lazily
+
+    unl = set(unlabeled_only)
+    annotated = sorted(i for i in identifiers if i not in unl)
+    groups = group_cases(annotated, group_regex)
+    names = sorted(groups)
+    if len(names) < n_splits:
+        raise SplitError(f"Only {len(names)} annotated {'patients' if group_regex else 'cases'}: cannot make a "
+                         f"{n_splits}-fold split.")
+    kf = KFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    folds = []
+    for tr, va in kf.split(names):
+        folds.append({"train": sorted(c for i in tr for c in groups[names[i]]) + sorted(unl),
+                      "val": sorted(c for i in va for c in groups[names[i]])})
+    if group_regex is None:  # keep nnU-Net's exact ordering
+        folds = [{"train": [annotated[i] for i in tr] + sorted(unl), "val": [annotated[i] for i in va]}
+                 for tr, va in kf.split(annotated)]
+    return folds
+
+
+def check_folds_against_unlabeled(folds: List[dict], unlabeled_only: Sequence[str], path: str) -> None:
+    bad = {}
+    for k, f in enumerate(folds):
+        v = set(f["val"]) & set(unlabeled_only)
+        if v:
+            bad[k] = v
+    if bad:
+        k, v = next(iter(bad.items()))
+        raise SplitError(f"{path}: fold {k} validates on images that have no annotation ({_short(v)}). Validation "
+                         f"cases must be annotated. Delete {path} and run `nnunet_semicl split ...` again (it "
+                         f"recreates the 5-fold split over the annotated cases), or edit the file.")
+
+
+# ------------------------------------------------------------------------------------------------
+# making a setting
+# ------------------------------------------------------------------------------------------------
+def choose_labeled(train_cases: Sequence[str], *, n_labeled: Optional[int] = None,
+                   fraction: Optional[float] = None, labeled_ids: Optional[Sequence[str]] = None,
+                   group_regex: Optional[str] = None, seed: int = 0,
+                   unlabeled_only: Sequence[str] = (), fold_name: str = "0",
+                   known_cases: Optional[Sequence[str]] = None) -> dict:
+    """Pick the labeled cases of one fold's training set; every other training case is unlabeled.
+
+    Exactly one of ``n_labeled`` (number of groups, i.e. patients when ``group_regex`` is given),
+    ``fraction`` (of the annotated groups, rounded, at least 1) or ``labeled_ids`` (case ids or
+    group ids) must be given. Truly unlabeled cases can never be labeled.
+    """
+    if sum(x is not None for x in (n_labeled, fraction, labeled_ids)) != 1:
+        raise SplitError("Give exactly one of --labeled N, --fraction F or --labeled-cases ID [ID ...].")
+    unl = set(unlabeled_only)
+    annotated = [c for c in train_cases if c not in unl]
+    groups = group_cases(annotated, group_regex)
+    names = sorted(groups)
+    if labeled_ids is not None:
+        wanted = list(dict.fromkeys(labeled_ids))
+        chosen_cases = []
+        unknown, excluded = [], []
+        known_groups = set() if known_cases is None else {group_of(c, group_regex) for c in known_cases}
+        for w in wanted:
+            if w in groups:
+                chosen_cases += groups[w]
+            elif w in annotated:
+                # a single case id: take its whole group so that a patient is never split
+                chosen_cases += groups[group_of(w, group_regex)]
+            elif known_cases is not None and w not in unl and (w in known_cases or w in known_groups):
+                excluded.append(w)
+            else:
+                unknown.append(w)
+        if unknown:
+            extra = [u for u in unknown if u in unl]
+            hint = (f" ({_short(extra)} have no annotation)" if extra else
+                    " (unknown ids, or validation cases of this fold)")
+            raise SplitError(f"Fold {fold_name}: labeled ids not among the fold's annotated training cases or "
+                             f"groups: {_short(unknown)}{hint}. Check the ids against splits_final.json.")
+        labeled = sorted(set(chosen_cases))
+        if excluded and not labeled:
+            raise SplitError(f"Fold {fold_name}: every labeled id ({_short(excluded)}) is a validation case of this "
+                             f"fold, so the fold would have zero labeled cases.")
+    else:
+        excluded = []
+        if fraction is not None:
+            if not 0.0 < fraction < 1.0:
+                raise SplitError(f"--fraction must be in (0, 1), got {fraction}.")
+            n_labeled = max(1, int(round(fraction * len(names))))
+        if n_labeled is None or n_labeled < 1:
+            raise SplitError(f"--labeled must be at least 1, got {n_labeled}.")
+        if n_labeled > len(names):
+            raise SplitError(f"Fold {fold_name}: asked for {n_labeled} labeled groups but the fold has only "
+                             f"{len(names)} annotated training groups.")
+        rng = np.random.RandomState(seed)
+        picked = [names[i] for i in rng.permutation(len(names))[:n_labeled]]
+        labeled = sorted(c for g in picked for c in groups[g])
+    unlabeled = sorted(set(train_cases) - set(labeled))
+    out = {"labeled": labeled, "unlabeled": unlabeled}
+    if excluded:
+        out["excluded_validation"] = sorted(excluded)
+    return out
+
+
+def make_setting(folds: List[dict], setting: str, *, n_labeled: Optional[int] = None,
+                 fraction: Optional[float] = None, labeled_ids: Optional[Sequence[str]] = None,
+                 group_regex: Optional[str] = None, seed: int = 0, unlabeled_only: Sequence[str] = (),
+                 all_cases: Optional[Sequence[str]] = None, created_by: str = "") -> dict:
+    """The content of ``splits_semicl_<setting>.json`` for every fold of ``folds`` (and fold 'all')."""
+    check_setting_name(setting)
+    known = sorted({c for f in folds for c in list(f["train"]) + list(f["val"])} | set(all_cases or []))
+    kw = dict(n_labeled=n_labeled, fraction=fraction, labeled_ids=labeled_ids, group_regex=group_regex,
+              seed=seed, unlabeled_only=unlabeled_only, known_cases=known)
+    out = {"version": 1, "setting": setting, "created_by": created_by,
+           "group_regex": group_regex, "seed": seed,
+           "folds": [choose_labeled(f["train"], fold_name=str(k), **kw) for k, f in enumerate(folds)]}
+    if all_cases is not None:
+        out["all"] = choose_labeled(sorted(all_cases), fold_name="all", **kw)
+    for k, f in enumerate(folds):
+        validate_fold_sets(out["folds"][k], f["train"], str(k), unlabeled_only)
+    if "all" in out:
+        validate_fold_sets(out["all"], sorted(all_cases), "all", unlabeled_only)
+    return out
+
+
+def validate_fold_sets(sets: dict, train_cases: Sequence[str], fold_name: str,
+                       unlabeled_only: Sequence[str] = (), source: str = "the split") -> None:
+    """Raise :class:`SplitError` unless ``sets`` partitions ``train_cases`` into non-empty labeled/unlabeled."""
+    for key in ("labeled", "unlabeled"):
+        if key not in sets or not isinstance(sets[key], list):
+            raise SplitError(f"{source}, fold {fold_name}: missing list '{key}'.")
+    lab, unl, tr = set(sets["labeled"]), set(sets["unlabeled"]), set(train_cases)
+    if len(lab) != len(sets["labeled"]) or len(unl) != len(sets["unlabeled"]):
+        raise SplitError(f"{source}, fold {fold_name}: duplicate case ids in the labeled or unlabeled list.")
+    if lab & unl:
+        raise SplitError(f"{source}, fold {fold_name}: cases both labeled and unlabeled: {_short(lab & unl)}.")
+    if lab - tr:
+        raise SplitError(f"{source}, fold {fold_name}: labeled cases that are not training cases of this fold "
+                         f"(unknown ids or validation cases): {_short(lab - tr)}.")
+    if unl - tr:
+        raise SplitError(f"{source}, fold {fold_name}: unlabeled cases that are not training cases of this fold "
+                         f"(unknown ids or validation cases): {_short(unl - tr)}.")
+    if tr - lab - unl:
+        raise SplitError(f"{source}, fold {fold_name}: training cases neither labeled nor unlabeled: "
+                         f"{_short(tr - lab - unl)}. Every training case must be in one list; regenerate the "
+                         f"split with `nnunet_semicl split` after changing splits_final.json.")
+    no_gt = lab & set(unlabeled_only)
+    if no_gt:
+        raise SplitError(f"{source}, fold {fold_name}: cases without annotation listed as labeled: {_short(no_gt)}.")
+    if not lab:
+        raise SplitError(f"{source}, fold {fold_name}: zero labeled cases. Use --labeled N with N >= 1.")
+    if not unl:
+        raise SplitError(f"{source}, fold {fold_name}: zero unlabeled cases, so there is nothing for "
+                         f"semi-supervised training. Label fewer cases, or add unlabeled images with "
+                         f"`nnunet_semicl add-unlabeled`.")
+
+
+# ------------------------------------------------------------------------------------------------
+# files
+# ------------------------------------------------------------------------------------------------
+def load_json(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise
+    except json.JSONDecodeError as e:
+        raise SplitError(f"{path} is not valid JSON ({e}). Fix or delete it.") from e
+
+
+def save_json(obj, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+    os.replace(tmp, path)  # never leave a half-written file behind
+
+
+def plans_variant(base_plans: dict, base_identifier: str, setting: str,
+                  trainer_overrides: Optional[dict] = None) -> dict:
+    plans = copy.deepcopy(base_plans)
+    plans["plans_name"] = f"{base_identifier}_{setting}"
+    plans[PLANS_BLOCK] = {"setting": setting, "split_file": split_file_name(setting),
+                          "base_plans": base_identifier}
+    if trainer_overrides:
+        plans[PLANS_BLOCK]["trainer"] = dict(trainer_overrides)
+    return plans
+
+
+def _check_replace(path: str, content: dict, overwrite: bool) -> None:
+    if os.path.isfile(path) and not overwrite:
+        old = load_json(path)
+        strip = lambda d: {k: v for k, v in d.items() if k != "created_by"} if isinstance(d, dict) else d
+        if strip(old) != strip(content):
+            raise SplitError(f"{path} already exists with different content. Choose another --name, or pass "
+                             f"--overwrite to replace it (results of earlier runs stay in their own results "
+                             f"folders).")
+
+
+def write_split_file(preprocessed_base: str, setting_content: dict, overwrite: bool = False) -> str:
+    """Write ``splits_semicl_<setting>.json`` (dataset converters call this before planning)."""
+    os.makedirs(preprocessed_base, exist_ok=True)
+    path = os.path.join(preprocessed_base, split_file_name(setting_content["setting"]))
+    _check_replace(path, setting_content, overwrite)
+    save_json(setting_content, path)
+    return path
+
+
+def write_plans_variant(preprocessed_base: str, setting: str, plans_identifier: str = "nnUNetPlans",
+                        overwrite: bool = False, trainer_overrides: Optional[dict] = None) -> str:
+    """Write ``<plans>_<setting>.json``: the base plans plus a semicl block naming the split file.
+
+    ``trainer_overrides`` (e.g. ``{"num_epochs": 10}``) go into the block and are applied by our
+    trainers (short schedules for CPU runs, the demo and the tests).
+    """
+    base_plans_path = os.path.join(preprocessed_base, plans_identifier + ".json")
+    if not os.path.isfile(base_plans_path):
+        raise SplitError(f"{base_plans_path} does not exist. Run nnUNetv2_plan_and_preprocess first (or pass the "
+                         f"plans identifier you planned with, e.g. --plans nnUNetResEncUNetMPlans).")
+    base_plans = load_json(base_plans_path)
+    if PLANS_BLOCK in base_plans:
+        raise SplitError(f"{base_plans_path} is itself a semi-supervised setting; pass its base plans "
+                         f"('{base_plans[PLANS_BLOCK].get('base_plans')}') instead.")
+    path = os.path.join(preprocessed_base, f"{plans_identifier}_{setting}.json")
+    content = plans_variant(base_plans, plans_identifier, setting, trainer_overrides)
+    _check_replace(path, content, overwrite)
+    save_json(content, path)
+    return path
+
+
+def write_setting(preprocessed_base: str, setting_content: dict, plans_identifier: str = "nnUNetPlans",
+                  overwrite: bool = False, trainer_overrides: Optional[dict] = None) -> Tuple[str, str]:
+    """Write the split file and its plans variant; refuse to replace different existing files."""
+    setting = setting_content["setting"]
+    # check both before writing either
+    write_plans_path = os.path.join(preprocessed_base, f"{plans_identifier}_{setting}.json")
+    if os.path.isfile(os.path.join(preprocessed_base, plans_identifier + ".json")):
+        _check_replace(os.path.join(preprocessed_base, split_file_name(setting)), setting_content, overwrite)
+        if os.path.isfile(write_plans_path) and not overwrite:
+            base = load_json(os.path.join(preprocessed_base, plans_identifier + ".json"))
+            _check_replace(write_plans_path, plans_variant(base, plans_identifier, setting, trainer_overrides),
+                           overwrite)
+    plans_path = write_plans_variant(preprocessed_base, setting, plans_identifier, overwrite, trainer_overrides)
+    split_path = write_split_file(preprocessed_base, setting_content, overwrite)
+    return split_path, plans_path
+
+
+def read_folds(preprocessed_base: str) -> Optional[List[dict]]:
+    path = os.path.join(preprocessed_base, "splits_final.json")
+    if not os.path.isfile(path):
+        return None
+    folds = load_json(path)
+    if not isinstance(folds, list) or not all(isinstance(f, dict) and "train" in f and "val" in f for f in folds):
+        raise SplitError(f"{path} is not a list of {{'train': [...], 'val': [...]}} folds.")
+    return folds
+
+
+# ------------------------------------------------------------------------------------------------
+# what the trainer asks
+# ------------------------------------------------------------------------------------------------
+def resolve_case_sets(plans: dict, dataset_json: dict, preprocessed_base: str, fold, train_cases: Sequence[str],
+                      dataset_name: str = "") -> CaseSets:
+    """The labeled and unlabeled training cases of ``fold`` for a training run.
+
+    1. Plans with a ``"semicl"`` block (selected with ``-p <plans>_<setting>``): its split file.
+    2. Otherwise, a dataset with truly unlabeled images: those are unlabeled, the rest labeled.
+    3. Otherwise: a :class:`SplitError` that says how to create a setting.
+    """
+    unlabeled_only = truly_unlabeled_cases(dataset_json)
+    block = plans.get(PLANS_BLOCK)
+    ds = dataset_name or plans.get("dataset_name", "<dataset>")
+    if block is not None:
+        split_path = os.path.join(preprocessed_base, block.get("split_file", ""))
+        if not os.path.isfile(split_path):
+            raise SplitError(f"The plans '{plans.get('plans_name')}' name the labeled split {split_path}, which "
+                             f"does not exist. Recreate it with `nnunet_semicl split {ds} ... --name "
+                             f"{block.get('setting')}`.")
+        content = load_json(split_path)
+        if str(fold) == "all":
+            if "all" not in content:
+                raise SplitError(f"{split_path} has no entry for fold 'all'; recreate it with `nnunet_semicl split`.")
+            sets = content["all"]
+        else:
+            folds = content.get("folds", [])
+            if int(fold) >= len(folds):
+                raise SplitError(f"{split_path} defines {len(folds)} folds, but fold {fold} was requested. Use a "
+                                 f"fold in 0..{len(folds) - 1} or regenerate the split after changing "
+                                 f"splits_final.json.")
+            sets = folds[int(fold)]
+        validate_fold_sets(sets, train_cases, str(fold), unlabeled_only, source=split_path)
+        return CaseSets(tuple(sorted(sets["labeled"])), tuple(sorted(sets["unlabeled"])),
+                        f"{split_path} (setting '{block.get('setting')}')")
+    if unlabeled_only:
+        unl = sorted(set(train_cases) & set(unlabeled_only))
+        sets = {"labeled": sorted(set(train_cases) - set(unl)), "unlabeled": unl}
+        validate_fold_sets(sets, train_cases, str(fold), unlabeled_only, source="dataset.json unlabeled images")
+        return CaseSets(tuple(sets["labeled"]), tuple(sets["unlabeled"]),
+                        f"dataset.json '{UNLABELED_KEY}' ({len(unl)} images without annotation)")
+    raise SplitError(
+        f"No unlabeled cases for {ds}: the plans '{plans.get('plans_name')}' select no labeled subset and the "
+        f"dataset has no images without annotation. Either create a setting, e.g. `nnunet_semicl split {ds} "
+        f"--fraction 0.1 --name 10pct` and train with `-p {plans.get('plans_name')}_10pct`, or add unlabeled "
+        f"images with `nnunet_semicl add-unlabeled {ds} -i FOLDER`.")

@@ -1,0 +1,369 @@
+"""``nnUNetTrainerSemiSupervised``: the machinery every semi-supervised trainer of this package shares.
+
+Per training iteration (one backward, one optimizer step):
+
+1. a labeled batch from nnU-Net's own loader (restricted to the labeled cases) and an unlabeled
+   batch from a second loader (weak, geometric-only augmentation, no foreground oversampling);
+2. the EMA teacher predicts the weak unlabeled view -> probabilities, pseudo-labels, confidence
+   (and decoder features when a method needs them);
+3. the strong view is built on the device from the weak one; its geometric part moves the
+   pseudo-labels and every other per-pixel target identically;
+4. ONE student forward over ``cat(labeled, strong unlabeled)`` (nnU-Net uses instance norm, so the
+   two halves do not interact; one forward also keeps DistributedDataParallel simple); decoder
+   features are captured by forward hooks;
+5. ``compute_losses`` returns the weighted loss terms; their sum is backpropagated inside nnU-Net's
+   AMP / GradScaler branching, gradients are clipped over network and heads together, and the
+   teacher (and teacher twins of heads) follow by EMA.
+
+Heads, teacher, queues and memory banks are owned by the trainer, outside ``self.network``: the
+checkpoint's ``network_weights`` stays a plain nnU-Net network that ``nnUNetv2_predict`` loads strictly,
+and our state goes under ``checkpoint['semicl']``.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast, nn
+
+from nnunet_semicl.augment import StrongAugmentation
+from nnunet_semicl.data.unlabeled_loader import nnUNetUnlabeledDataLoader, weak_transforms
+from nnunet_semicl.losses.pseudo_label import confidence_weighted_ce, pseudo_labels
+from nnunet_semicl.modules.distributed import average_gradients, broadcast_module
+from nnunet_semicl.modules.ema import EMATeacher, unwrap
+from nnunet_semicl.modules.feature_taps import FeatureTaps, unet_tap_channels, unet_tap_modules
+from nnunet_semicl.training.labeled_only import nnUNetTrainerLabeledOnly
+from nnunet_semicl.training.logging import TERM_PREFIX, SemiCLLocalLogger
+
+
+@dataclass
+class StepContext:
+    """Everything one training iteration computed, handed to ``compute_losses``."""
+    x_labeled: torch.Tensor
+    y_labeled: object                      # nnU-Net target (a list of scales under deep supervision)
+    x_weak: torch.Tensor                   # unlabeled batch, weak view (what the teacher saw)
+    keys: Sequence[str] = ()               # case ids of the labeled + unlabeled batch (for errors)
+    teacher_logits: Optional[torch.Tensor] = None
+    teacher_probs: Optional[torch.Tensor] = None
+    pseudo_label: Optional[torch.Tensor] = None
+    confidence: Optional[torch.Tensor] = None
+    teacher_features: Optional[List[torch.Tensor]] = None
+    x_strong: Optional[torch.Tensor] = None
+    strong_targets: Dict[str, torch.Tensor] = field(default_factory=dict)
+    valid: Optional[torch.Tensor] = None   # [Bu, *spatial] pixels of the strong view with content
+    outputs: object = None                 # student outputs on cat(labeled, strong)
+    features: Optional[List[torch.Tensor]] = None  # student taps on cat(labeled, strong)
+
+    @property
+    def n_labeled(self) -> int:
+        return self.x_labeled.shape[0]
+
+    def labeled_outputs(self):
+        n = self.n_labeled
+        return [o[:n] for o in self.outputs] if isinstance(self.outputs, (list, tuple)) else self.outputs[:n]
+
+    def unlabeled_logits(self) -> torch.Tensor:
+        full = self.outputs[0] if isinstance(self.outputs, (list, tuple)) else self.outputs
+        return full[self.n_labeled:]
+
+    def labeled_target_full(self) -> torch.Tensor:
+        """Full-resolution labeled target ``[Bl, *spatial]`` (long)."""
+        y = self.y_labeled[0] if isinstance(self.y_labeled, (list, tuple)) else self.y_labeled
+        return y[:, 0].long()
+
+
+class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
+    """Shared machinery; as it stands it trains with the pseudo-label loss (see nnUNetTrainerPseudoLabel)."""
+
+    # ---- hyperparameters (class attributes; variants are subclasses) ------------------------------
+    ema_momentum = 0.99               # methods.md 2.3
+    unlabeled_batch_size = None       # None: the planned (per-GPU) batch size
+    supervised_weight = 1.0           # ACTION/ACTION++ fine-tuning use 0.5 (methods.md 2.6)
+    pseudo_label_weight = 1.0         # no ramp-up, as in all four papers (methods.md 0.3)
+    confidence_threshold = 0.97       # rho_b of the pseudo-label loss (methods.md 2.5)
+    grad_clip_norm = 12.0             # nnU-Net's value, applied to network + heads together
+    uses_features = False             # tap decoder features of student and teacher
+    allow_compile = False             # hooks + EMA copy + custom step: not yet verified with torch.compile
+    loss_terms = ("sup", "unsup")     # logged per epoch and drawn in progress.png
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.strong_augmentation = self.build_strong_augmentation()
+        self.teacher: Optional[EMATeacher] = None
+        self.heads = nn.ModuleDict()           # trainable, optimised with the network
+        self.head_teachers = nn.ModuleDict()   # EMA twins of some heads
+        self.state_modules = nn.ModuleDict()   # buffers only: queues, memory banks, centroids
+        self.student_taps: Optional[FeatureTaps] = None
+        self.teacher_taps: Optional[FeatureTaps] = None
+        self.dataloader_unlabeled = None
+        self.global_step = 0
+        self.logger.local_logger = _upgrade_logger(self.logger.local_logger, self.loss_terms)
+
+    # ------------------------------------------------------------------------------------------
+    # construction
+    # ------------------------------------------------------------------------------------------
+    def build_strong_augmentation(self) -> StrongAugmentation:
+        return StrongAugmentation()
+
+    def build_heads(self) -> Dict[str, nn.Module]:
+        """Trainable heads (none for the baselines)."""
+        return {}
+
+    def build_head_teachers(self) -> Sequence[str]:
+        """Names of heads that get an EMA twin."""
+        return ()
+
+    def build_state(self) -> Dict[str, nn.Module]:
+        """Buffer-only modules saved in checkpoints (queues, memory banks, centroids)."""
+        return {}
+
+    def tap_channels(self) -> List[int]:
+        return unet_tap_channels(self.network)
+
+    def tap_spatial_shapes(self) -> List[List[int]]:
+        """Spatial size of each tap (bottleneck first) for the configured patch size."""
+        patch = np.array(self.configuration_manager.patch_size)
+        strides = np.cumprod(np.vstack(self.configuration_manager.pool_op_kernel_sizes), axis=0)
+        n_dec = len(unwrap(self.network).decoder.stages)
+        # decoder stage s has the resolution of encoder stage -(s+2); the bottleneck is the last stage
+        stages = [len(strides) - 1] + [len(strides) - 2 - s for s in range(n_dec)]
+        return [list((patch // strides[i]).astype(int)) for i in stages]
+
+    def _do_i_compile(self):
+        return super()._do_i_compile() and self.allow_compile
+
+    def initialize(self):
+        super().initialize()  # network (+DDP), an optimizer over the network only, loss, dataset class
+        student = unwrap(self.network)
+        # the teacher is copied BEFORE hooks are registered on the student (deepcopy copies hooks)
+        self.teacher = EMATeacher(student, self.ema_momentum).to(self.device)
+        self.teacher.model.decoder.deep_supervision = False
+        self.heads = nn.ModuleDict(self.build_heads()).to(self.device)
+        self.head_teachers = nn.ModuleDict({n: EMATeacher(self.heads[n], self.ema_momentum)
+                                            for n in self.build_head_teachers()}).to(self.device)
+        self.state_modules = nn.ModuleDict(self.build_state()).to(self.device)
+        if self.is_ddp:  # heads are created per rank: start from rank 0's weights
+            broadcast_module(self.heads)
+            self.sync_teachers()
+        if self.uses_features:
+            self.student_taps = FeatureTaps(unet_tap_modules(student))
+            self.teacher_taps = FeatureTaps(unet_tap_modules(self.teacher.model))
+        self.optimizer, self.lr_scheduler = self.configure_optimizers()
+        n_head = sum(p.numel() for p in self.heads.parameters())
+        self.print_to_log_file(f"{type(self).__name__}: EMA teacher (m={self.ema_momentum}), heads "
+                               f"{list(self.heads.keys())} ({n_head} parameters), state {list(self.state_modules.keys())}")
+
+    def configure_optimizers(self):
+        if len(self.heads) == 0:
+            return super().configure_optimizers()
+        from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+        params = list(self.network.parameters()) + list(self.heads.parameters())
+        optimizer = torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
+                                    nesterov=True)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    # ------------------------------------------------------------------------------------------
+    # data
+    # ------------------------------------------------------------------------------------------
+    def get_dataloaders(self):
+        dl_tr, dl_val = super().get_dataloaders()   # also resolves self.case_sets
+        self.dataloader_unlabeled = self.get_unlabeled_dataloader()
+        return dl_tr, dl_val
+
+    def get_unlabeled_dataloader(self):
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        lm = self.label_manager
+        transforms = weak_transforms(self.get_training_transforms(
+            self.configuration_manager.patch_size, rotation, None, mirror_axes, dummy_2d,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
+            foreground_labels=lm.foreground_labels, regions=lm.foreground_regions if lm.has_regions else None,
+            ignore_label=lm.ignore_label))
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, list(self.case_sets.unlabeled),
+                                     folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
+        batch_size = int(self.unlabeled_batch_size or self.batch_size)
+        dl = nnUNetUnlabeledDataLoader(dataset, batch_size, initial_patch_size, self.configuration_manager.patch_size,
+                                       lm, transforms=transforms)
+        n_proc = get_allowed_n_proc_DA()
+        if n_proc == 0:
+            gen = SingleThreadedAugmenter(dl, None)
+        else:
+            gen = NonDetMultiThreadedAugmenter(dl, None, num_processes=n_proc, num_cached=max(6, n_proc // 2),
+                                               seeds=None, pin_memory=self.device.type == "cuda", wait_time=0.002)
+        next(gen)
+        return gen
+
+    # ------------------------------------------------------------------------------------------
+    # lifecycle
+    # ------------------------------------------------------------------------------------------
+    def on_train_start(self):
+        super().on_train_start()
+        if self.current_epoch == 0:
+            # -pretrained_weights are loaded into the student after initialize(): start the teacher from them
+            self.sync_teachers()
+        self.global_step = self.current_epoch * self.num_iterations_per_epoch
+
+    def sync_teachers(self):
+        self.teacher.sync(self.network)
+        for name, t in self.head_teachers.items():
+            t.sync(self.heads[name])
+
+    def on_train_end(self):
+        super().on_train_end()
+        if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
+            self.dataloader_unlabeled._finish()
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self.heads.train()
+
+    # ------------------------------------------------------------------------------------------
+    # one iteration
+    # ------------------------------------------------------------------------------------------
+    def teacher_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.teacher_taps is not None:
+            self.teacher_taps.clear()
+        logits = self.teacher(x)
+        return logits[0] if isinstance(logits, (list, tuple)) else logits
+
+    def strong_view_targets(self, ctx: StepContext) -> Dict[str, torch.Tensor]:
+        """Per-pixel tensors that must follow the strong view's mixing and geometry."""
+        return {"pseudo_label": ctx.pseudo_label, "confidence": ctx.confidence}
+
+    def prepare_step(self, batch: dict, unlabeled: dict) -> StepContext:
+        dev = self.device
+        y = batch["target"]
+        y = [t.to(dev, non_blocking=True) for t in y] if isinstance(y, list) else y.to(dev, non_blocking=True)
+        ctx = StepContext(x_labeled=batch["data"].to(dev, non_blocking=True), y_labeled=y,
+                          x_weak=unlabeled["data"].to(dev, non_blocking=True),
+                          keys=list(batch.get("keys", [])) + list(unlabeled.get("keys", [])))
+        ctx.teacher_logits = self.teacher_forward(ctx.x_weak)
+        if self.teacher_taps is not None:
+            ctx.teacher_features = self.teacher_taps.features
+        ctx.teacher_probs, ctx.pseudo_label, ctx.confidence = pseudo_labels(ctx.teacher_logits)
+        ctx.x_strong, ctx.strong_targets, ctx.valid = self.strong_augmentation(ctx.x_weak, self.strong_view_targets(ctx))
+        if self.student_taps is not None:
+            self.student_taps.clear()
+        ctx.outputs = self.network(torch.cat([ctx.x_labeled, ctx.x_strong.to(ctx.x_labeled.dtype)]))
+        if self.student_taps is not None:
+            ctx.features = self.student_taps.features
+        return ctx
+
+    def supervised_loss(self, ctx: StepContext) -> torch.Tensor:
+        return self.loss(ctx.labeled_outputs(), ctx.y_labeled)
+
+    def pseudo_label_loss(self, ctx: StepContext) -> torch.Tensor:
+        t = ctx.strong_targets
+        return confidence_weighted_ce(ctx.unlabeled_logits(), t["pseudo_label"], t["confidence"], ctx.valid,
+                                      self.confidence_threshold)
+
+    def compute_losses(self, ctx: StepContext) -> Dict[str, torch.Tensor]:
+        """Weighted loss terms; their sum is the training loss. Keys must be in ``loss_terms``."""
+        return {"sup": self.supervised_weight * self.supervised_loss(ctx),
+                "unsup": self.pseudo_label_weight * self.pseudo_label_loss(ctx)}
+
+    def trainable_parameters(self):
+        return list(self.network.parameters()) + list(self.heads.parameters())
+
+    def train_step(self, batch: dict) -> dict:
+        unlabeled = next(self.dataloader_unlabeled)
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            ctx = self.prepare_step(batch, unlabeled)
+            terms = self.compute_losses(ctx)
+            total = sum(terms.values())
+        self._check_finite(terms, ctx)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(total).backward()
+            average_gradients(self.heads.parameters())
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.grad_clip_norm)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            total.backward()
+            average_gradients(self.heads.parameters())
+            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.grad_clip_norm)
+            self.optimizer.step()
+        self.after_optimizer_step(ctx)
+        self.global_step += 1
+        out = {"loss": total.detach().cpu().numpy()}
+        for t in self.loss_terms:
+            out[TERM_PREFIX + t] = float(terms[t].detach()) if t in terms else float("nan")
+        return out
+
+    def after_optimizer_step(self, ctx: StepContext) -> None:
+        self.teacher.update(self.network)
+        for name, t in self.head_teachers.items():
+            t.update(self.heads[name])
+
+    def _check_finite(self, terms: Dict[str, torch.Tensor], ctx: StepContext) -> None:
+        bad = [k for k, v in terms.items() if not bool(torch.isfinite(v.detach()).all())]
+        if bad:
+            values = {k: float(v.detach()) for k, v in terms.items()}
+            inputs_finite = bool(torch.isfinite(ctx.x_labeled).all()) and bool(torch.isfinite(ctx.x_weak).all())
+            hint = ("the input batch itself contains NaN/Inf: check the images of these cases in the raw data"
+                    if not inputs_finite else "the inputs are finite: lower the learning rate or check the loss "
+                                              "settings")
+            raise FloatingPointError(f"Non-finite training loss term(s) {bad} at epoch {self.current_epoch}, "
+                                     f"iteration {self.global_step}: {values}. Cases in this batch: "
+                                     f"{list(ctx.keys)}; {hint}.")
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end([{"loss": o["loss"]} for o in train_outputs])
+        for t in self.loss_terms:
+            vals = np.array([o[TERM_PREFIX + t] for o in train_outputs], dtype=float)
+            value = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+            if self.is_ddp:
+                import torch.distributed as dist
+                gathered = [None] * dist.get_world_size()
+                dist.all_gather_object(gathered, value)
+                value = float(np.nanmean(gathered)) if np.isfinite(gathered).any() else float("nan")
+            self.logger.log(TERM_PREFIX + t, value, self.current_epoch)
+
+    def on_epoch_end(self):
+        terms = {t: self.logger.get_value(TERM_PREFIX + t, step=-1) for t in self.loss_terms}
+        self.print_to_log_file("loss terms", {k: round(v, 4) for k, v in terms.items()})
+        super().on_epoch_end()
+
+    # ------------------------------------------------------------------------------------------
+    # checkpoints
+    # ------------------------------------------------------------------------------------------
+    def semicl_state_dict(self) -> dict:
+        state = super().semicl_state_dict()
+        state.update({
+            "teacher": self.teacher.model.state_dict() if self.teacher is not None else None,
+            "heads": self.heads.state_dict(),
+            "head_teachers": {n: t.model.state_dict() for n, t in self.head_teachers.items()},
+            "state_modules": self.state_modules.state_dict(),
+            "global_step": self.global_step,
+        })
+        return state
+
+    def load_semicl_state_dict(self, state: dict) -> None:
+        super().load_semicl_state_dict(state)
+        state = state or {}
+        if state.get("teacher") is None:
+            # a checkpoint of another trainer (e.g. nnUNetTrainer): start the teacher from the student
+            self.print_to_log_file("Checkpoint has no semi-supervised state: teacher and heads start fresh.")
+            self.sync_teachers()
+            return
+        self.teacher.model.load_state_dict(state["teacher"])
+        self.heads.load_state_dict(state["heads"])
+        for n, t in self.head_teachers.items():
+            t.model.load_state_dict(state["head_teachers"][n])
+        self.state_modules.load_state_dict(state["state_modules"])
+        self.global_step = int(state.get("global_step", 0))
+
+
+def _upgrade_logger(local_logger, terms):
+    """Replace nnU-Net's LocalLogger by ours, keeping whatever was logged already."""
+    new = SemiCLLocalLogger(terms, verbose=getattr(local_logger, "verbose", False))
+    for k, v in local_logger.my_fantastic_logging.items():
+        new.my_fantastic_logging[k] = v
+    return new

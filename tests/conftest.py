@@ -1,0 +1,75 @@
+"""Shared fixtures: nnU-Net folders in a temporary directory and the synthetic phantom dataset.
+
+The phantom dataset is generated, planned and preprocessed once per test session with the stock
+``nnUNetv2_plan_and_preprocess``; tests that train use its tiny inherited configurations
+(``2d_tiny``, ``3d_fullres_tiny``) and the ``20pct`` setting, whose plans carry a short schedule.
+"""
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+
+# CPU settings for every nnU-Net call in the tests (see docs/small_compute.md)
+CPU_ENV = {"nnUNet_def_n_proc": "1", "nnUNet_compile": "f", "OMP_NUM_THREADS": "2"}
+TRAIN_ENV = {"nnUNet_n_proc_DA": "0"}  # planning crashes with 0 in nnU-Net 2.8.1: only set it for training
+
+DATASET_ID = 990
+DATASET = f"Dataset{DATASET_ID}_SemiCLPhantom"
+SETTING = "20pct"
+PLANS = f"nnUNetPlans_{SETTING}"
+
+
+def run_cmd(args, env=None, timeout=600, check=True):
+    """Run a command (a stock nnU-Net entry point or ours) and return the CompletedProcess."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    proc = subprocess.run(args, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def nnunet_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nnunet")
+    dirs = {k: str(root / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for d in dirs.values():
+        os.makedirs(d, exist_ok=True)
+    old = {k: os.environ.get(k) for k in list(dirs) + list(CPU_ENV)}
+    os.environ.update(dirs)
+    os.environ.update(CPU_ENV)
+    yield SimpleNamespace(root=str(root), **{k.split("_")[1]: v for k, v in dirs.items()})
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def phantom(nnunet_dirs):
+    """The synthetic 3D phantom dataset, planned (2d, 3d_fullres + tiny variants) with a 20% setting."""
+    from nnunet_semicl.dataset_conversion.synthetic import generate_dataset
+
+    raw = generate_dataset(nnunet_dirs.raw, DATASET_ID, n_patients=10, n_test_patients=2, verbose=False)
+    run_cmd(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d", "3d_fullres", "-npfp", "2",
+             "-np", "2", "2", "--verify_dataset_integrity"])
+    run_cmd([sys.executable, "-m", "nnunet_semicl.cli", "tiny-config", str(DATASET_ID), "-c", "2d", "3d_fullres"])
+    run_cmd([sys.executable, "-m", "nnunet_semicl.cli", "split", str(DATASET_ID), "--fraction", "0.2", "--group",
+             r"phantom\d+", "--name", SETTING, "--epochs", "2", "--iterations", "3", "--val-iterations", "1"])
+    pre = os.path.join(nnunet_dirs.preprocessed, DATASET)
+    return SimpleNamespace(id=DATASET_ID, name=DATASET, raw=raw, pre=pre, results=nnunet_dirs.results,
+                           plans=PLANS, setting=SETTING, dirs=nnunet_dirs)
+
+
+def shared_data(*parts):
+    path = os.path.join(SHARED_DATA, *parts)
+    if not os.path.exists(path):
+        pytest.skip(f"real data not available at {path}")
+    return path

@@ -1,0 +1,49 @@
+"""Helpers to drive nnU-Net's own entry points from tests (in-process where that saves import time)."""
+import os
+import sys
+from contextlib import contextmanager
+
+import torch
+
+from tests.conftest import TRAIN_ENV
+
+
+@contextmanager
+def env(**values):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: str(v) for k, v in values.items()})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def stock_train(*argv: str):
+    """``nnUNetv2_train ARGV -device cpu`` through nnU-Net's console-script function, in this process."""
+    from nnunetv2.run.run_training import run_training_entry
+
+    old_argv = sys.argv
+    sys.argv = ["nnUNetv2_train", *map(str, argv), "-device", "cpu"]
+    try:
+        with env(**TRAIN_ENV):
+            run_training_entry()
+    finally:
+        sys.argv = old_argv
+        torch.set_num_threads(2)
+
+
+def make_trainer(dataset_id, configuration, fold, trainer, plans, continue_training=False):
+    """The trainer exactly as ``nnUNetv2_train`` builds it (stock lookup by class name)."""
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    return get_trainer_from_args(str(dataset_id), configuration, fold, trainer, plans, continue_training,
+                                 torch.device("cpu"))
+
+
+def output_folder(phantom, trainer, configuration, fold=0, plans=None):
+    return os.path.join(phantom.results, phantom.name, f"{trainer}__{plans or phantom.plans}__{configuration}",
+                        f"fold_{fold}")

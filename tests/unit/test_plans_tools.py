@@ -1,0 +1,68 @@
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from nnunet_semicl.data.plans_tools import (add_tiny_configuration, make_tiny_configuration,
+                                            sync_setting_variants)
+from nnunet_semicl.data.splits import SplitError, make_setting, write_split_file, write_setting
+
+ARCH3D = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+          "arch_kwargs": {"n_stages": 6, "features_per_stage": [32, 64, 128, 256, 320, 320],
+                          "conv_op": "torch.nn.modules.conv.Conv3d",
+                          "kernel_sizes": [[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
+                          "strides": [[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]],
+                          "n_conv_per_stage": [2] * 6, "n_conv_per_stage_decoder": [2] * 5, "conv_bias": True},
+          "_kw_requires_import": ["conv_op"]}
+PLANS = {"dataset_name": "Dataset001_X", "plans_name": "nnUNetPlans",
+         "configurations": {"3d_fullres": {"data_identifier": "nnUNetPlans_3d_fullres", "patch_size": [20, 256, 224],
+                                           "batch_size": 2, "architecture": ARCH3D}}}
+
+
+def test_tiny_configuration_is_consistent():
+    tiny = make_tiny_configuration(PLANS, "3d_fullres")
+    kw = tiny["architecture"]["arch_kwargs"]
+    assert tiny["inherits_from"] == "3d_fullres" and "data_identifier" not in tiny  # reuses the parent's data
+    assert kw["n_stages"] == 4 and len(kw["strides"]) == 4 and len(kw["n_conv_per_stage_decoder"]) == 3
+    assert kw["features_per_stage"] == [8, 16, 32, 64]
+    total = np.prod(np.array(kw["strides"]), axis=0)
+    assert all(p % t == 0 for p, t in zip(tiny["patch_size"], total))
+    assert max(tiny["patch_size"]) <= 32
+    assert PLANS["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["n_stages"] == 6  # not modified
+    with pytest.raises(SplitError, match="divisible"):
+        make_tiny_configuration(PLANS, "3d_fullres", patch_size=[10, 30, 30])
+
+
+def test_tiny_configuration_builds_with_nnunet(tmp_path):
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    plans = copy.deepcopy(PLANS)
+    plans["configurations"]["3d_fullres_tiny"] = make_tiny_configuration(plans, "3d_fullres")
+    pm = PlansManager(plans)
+    cm = pm.get_configuration("3d_fullres_tiny")
+    assert cm.data_identifier == "nnUNetPlans_3d_fullres"
+    net = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+                                 cm.network_arch_init_kwargs_req_import, 1, 3, deep_supervision=False)
+    import torch
+    assert net(torch.zeros(1, 1, *cm.patch_size)).shape[2:] == torch.Size(cm.patch_size)
+
+
+def test_add_tiny_and_sync_variants(tmp_path):
+    (tmp_path / "nnUNetPlans.json").write_text(json.dumps(PLANS))
+    folds = [{"train": ["a", "b", "c"], "val": ["d"]}]
+    write_setting(str(tmp_path), make_setting(folds, "s1", n_labeled=1))
+    written = add_tiny_configuration(str(tmp_path), "3d_fullres")
+    assert len(written) == 2  # base plans and the s1 variant
+    # a converter writes a split file before planning: sync-plans creates the missing variant
+    write_split_file(str(tmp_path), make_setting(folds, "s2", n_labeled=2))
+    base = json.loads((tmp_path / "nnUNetPlans.json").read_text())
+    base["configurations"]["3d_fullres"]["batch_size"] = 5  # re-planned
+    (tmp_path / "nnUNetPlans.json").write_text(json.dumps(base))
+    updated = sync_setting_variants(str(tmp_path))
+    assert sorted(map(lambda p: p.split("/")[-1], updated)) == ["nnUNetPlans_s1.json", "nnUNetPlans_s2.json"]
+    for s in ("s1", "s2"):
+        v = json.loads((tmp_path / f"nnUNetPlans_{s}.json").read_text())
+        assert v["configurations"]["3d_fullres"]["batch_size"] == 5 and v["semicl"]["setting"] == s
+        assert "3d_fullres_tiny" in v["configurations"]
+    assert sync_setting_variants(str(tmp_path)) == []  # idempotent

@@ -1,0 +1,166 @@
+import json
+import os
+
+import pytest
+
+from nnunet_semicl.data.splits import (PLANS_BLOCK, UNLABELED_KEY, SplitError, choose_labeled, default_folds,
+                                       make_setting, resolve_case_sets, validate_fold_sets, write_setting)
+
+CASES = [f"patient{p:03d}_frame{f:02d}" for p in range(1, 11) for f in (1, 2)]
+GROUP = r"patient\d+"
+
+
+def folds():
+    return default_folds(CASES)
+
+
+def test_default_folds_equal_nnunet_split():
+    from nnunet_semicl.data.splits import default_folds as ours
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+    assert ours(CASES) == generate_crossval_split(sorted(CASES), seed=12345, n_splits=5)
+
+
+def test_grouped_default_folds_keep_patients_together():
+    f = default_folds(CASES, group_regex=GROUP)
+    assert sorted(c for x in f for c in x["val"]) == sorted(CASES)
+    for x in f:
+        val_p = {c.split("_")[0] for c in x["val"]}
+        assert not any(c.split("_")[0] in val_p for c in x["train"])
+
+
+def test_unlabeled_only_cases_always_train():
+    f = default_folds(CASES + ["u1", "u2"], unlabeled_only=["u1", "u2"])
+    assert all({"u1", "u2"} <= set(x["train"]) and not {"u1", "u2"} & set(x["val"]) for x in f)
+
+
+@pytest.mark.parametrize("kw", [dict(n_labeled=2), dict(fraction=0.25), dict(labeled_ids=["patient003", "patient006", "patient009"])])
+def test_patients_stay_together_and_sets_partition(kw):
+    s = make_setting(folds(), "t", group_regex=GROUP, seed=1, all_cases=CASES, **kw)
+    for k, f in enumerate(folds()):
+        sets = s["folds"][k]
+        assert set(sets["labeled"]) | set(sets["unlabeled"]) == set(f["train"])
+        patients = {c.split("_")[0] for c in sets["labeled"]}
+        for p in patients:  # both frames of every labeled patient are labeled (if in this fold's train)
+            assert {c for c in f["train"] if c.startswith(p)} <= set(sets["labeled"])
+    assert "all" in s
+
+
+def test_same_seed_same_split_other_seed_differs():
+    a = make_setting(folds(), "a", n_labeled=2, group_regex=GROUP, seed=3)
+    b = make_setting(folds(), "b", n_labeled=2, group_regex=GROUP, seed=3)
+    c = make_setting(folds(), "c", n_labeled=2, group_regex=GROUP, seed=4)
+    assert a["folds"] == b["folds"] and a["folds"] != c["folds"]
+
+
+def test_fraction_counts_groups():
+    s = choose_labeled(CASES, fraction=0.3, group_regex=GROUP)
+    assert len(s["labeled"]) == 6  # 3 patients x 2 frames
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(labeled_ids=["patient999"]), "not among the fold's annotated training"),
+    (dict(fraction=0.0), "in (0, 1)"),
+    (dict(fraction=1.0), "in (0, 1)"),
+    (dict(fraction=1.5), "in (0, 1)"),
+    (dict(n_labeled=0), "at least 1"),
+    (dict(n_labeled=99), "only"),
+    (dict(n_labeled=1, fraction=0.1), "exactly one"),
+])
+def test_bad_requests(kw, msg):
+    with pytest.raises(SplitError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        choose_labeled(CASES, group_regex=GROUP, **kw)
+
+
+def test_validation_case_cannot_be_labeled():
+    f = folds()[0]
+    with pytest.raises(SplitError, match="not among"):
+        choose_labeled(f["train"], labeled_ids=[f["val"][0]])
+    # across folds, a listed patient that validates in one fold is left out of that fold only
+    s = make_setting(folds(), "p", labeled_ids=["patient003", "patient005"], group_regex=GROUP)
+    wanted = {"patient003", "patient005"}
+    n_excluded = 0
+    for k, fo in enumerate(folds()):
+        train_patients = {c.split("_")[0] for c in fo["train"]}  # nnU-Net's default folds split by case
+        lab_patients = {c.split("_")[0] for c in s["folds"][k]["labeled"]}
+        assert lab_patients == wanted & train_patients
+        assert set(s["folds"][k].get("excluded_validation", [])) == wanted - train_patients
+        n_excluded += len(wanted - train_patients)
+    assert n_excluded > 0  # the situation actually occurred
+
+
+def test_all_labeled_means_zero_unlabeled():
+    with pytest.raises(SplitError, match="zero unlabeled"):
+        make_setting([{"train": CASES[:4], "val": CASES[4:]}], "x", labeled_ids=CASES[:4])
+
+
+def test_group_regex_must_match_every_case():
+    with pytest.raises(SplitError, match="does not match the group pattern"):
+        choose_labeled(CASES + ["other_case"], n_labeled=1, group_regex=GROUP)
+
+
+@pytest.mark.parametrize("sets,msg", [
+    ({"labeled": ["a"], "unlabeled": ["a", "b"]}, "both labeled and unlabeled"),
+    ({"labeled": ["a", "zz"], "unlabeled": ["b"]}, "labeled cases that are not training cases"),
+    ({"labeled": ["a"], "unlabeled": ["b", "zz"]}, "unlabeled cases that are not training cases"),
+    ({"labeled": [], "unlabeled": ["a", "b"]}, "zero labeled"),
+    ({"labeled": ["a", "b"], "unlabeled": []}, "zero unlabeled"),
+    ({"labeled": ["a"], "unlabeled": []}, "neither labeled nor unlabeled"),
+    ({"labeled": ["a", "a"], "unlabeled": ["b"]}, "duplicate"),
+    ({"labeled": ["a"]}, "missing list"),
+])
+def test_validate_fold_sets_errors(sets, msg):
+    with pytest.raises(SplitError, match=msg):
+        validate_fold_sets(sets, ["a", "b"], "0")
+
+
+def test_truly_unlabeled_cannot_be_labeled():
+    with pytest.raises(SplitError, match="no annotation"):
+        choose_labeled(CASES + ["u1"], labeled_ids=["u1"], unlabeled_only=["u1"])
+    with pytest.raises(SplitError, match="without annotation listed as labeled"):
+        validate_fold_sets({"labeled": ["a", "u1"], "unlabeled": ["b"]}, ["a", "b", "u1"], "0", ["u1"])
+
+
+def _plans(tmp_path):
+    plans = {"dataset_name": "Dataset001_X", "plans_name": "nnUNetPlans", "configurations": {"2d": {}}}
+    (tmp_path / "nnUNetPlans.json").write_text(json.dumps(plans))
+    return plans
+
+
+def test_write_setting_and_resolve(tmp_path):
+    _plans(tmp_path)
+    s = make_setting(folds(), "lab2", n_labeled=2, group_regex=GROUP, all_cases=CASES)
+    split_path, plans_path = write_setting(str(tmp_path), s, trainer_overrides={"num_epochs": 3})
+    variant = json.loads(open(plans_path).read())
+    assert variant["plans_name"] == "nnUNetPlans_lab2"
+    assert variant[PLANS_BLOCK] == {"setting": "lab2", "split_file": "splits_semicl_lab2.json",
+                                    "base_plans": "nnUNetPlans", "trainer": {"num_epochs": 3}}
+    assert not os.path.exists(tmp_path / "nnUNetPlans_2d")  # nothing in a data folder
+    sets = resolve_case_sets(variant, {}, str(tmp_path), 1, folds()[1]["train"])
+    assert list(sets.labeled) == s["folds"][1]["labeled"]
+    all_sets = resolve_case_sets(variant, {}, str(tmp_path), "all", CASES)
+    assert list(all_sets.labeled) == s["all"]["labeled"]
+    # rewriting the same content is fine, different content needs overwrite
+    write_setting(str(tmp_path), s, trainer_overrides={"num_epochs": 3})
+    other = make_setting(folds(), "lab2", n_labeled=3, group_regex=GROUP)
+    with pytest.raises(SplitError, match="already exists"):
+        write_setting(str(tmp_path), other)
+    write_setting(str(tmp_path), other, overwrite=True)
+    with pytest.raises(SplitError, match="defines 5 folds"):
+        resolve_case_sets(variant, {}, str(tmp_path), 7, CASES)
+
+
+def test_resolve_errors_and_truly_unlabeled_fallback(tmp_path):
+    plans = _plans(tmp_path)
+    with pytest.raises(SplitError, match="nnunet_semicl split"):
+        resolve_case_sets(plans, {}, str(tmp_path), 0, CASES)
+    sets = resolve_case_sets(plans, {UNLABELED_KEY: ["u1", "u2"]}, str(tmp_path), 0, CASES + ["u1", "u2"])
+    assert sets.unlabeled == ("u1", "u2") and len(sets.labeled) == len(CASES)
+    missing = dict(plans, semicl={"setting": "gone", "split_file": "splits_semicl_gone.json"})
+    with pytest.raises(SplitError, match="does not exist"):
+        resolve_case_sets(missing, {}, str(tmp_path), 0, CASES)
+
+
+def test_write_setting_needs_base_plans(tmp_path):
+    s = make_setting(folds(), "x", n_labeled=1)
+    with pytest.raises(SplitError, match="nnUNetv2_plan_and_preprocess first"):
+        write_setting(str(tmp_path), s)
