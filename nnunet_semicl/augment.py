@@ -190,6 +190,15 @@ def apply_flips(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
 # the composed strong view
 # ----------------------------------------------------------------------------------------------
 @dataclass
+class StrongViewParams:
+    """The random draws of one strong view, so that the same view can be replayed on other tensors."""
+    nd: int = 2                            # number of spatial axes
+    box: Optional[torch.Tensor] = None     # [B, *spatial] bool CutMix boxes (None: no mixing)
+    flips: Optional[torch.Tensor] = None   # [B, nd] bool
+    grid: Optional[torch.Tensor] = None    # [B, *spatial, nd] sampling grid (None: no warp)
+
+
+@dataclass
 class StrongAugmentation:
     """The student's strong view of an unlabeled batch (defaults: ReCo/ACTION, methods.md 2.5).
 
@@ -197,6 +206,10 @@ class StrongAugmentation:
     (``[B, *spatial]`` bool: False where the warp sampled outside the image). ``targets`` maps names
     to per-pixel tensors (``[B, *spatial]`` labels/masks or ``[B, C, *spatial]`` maps); integer and
     bool targets are resampled with nearest neighbour, float ones bilinearly.
+
+    ``sample`` + ``apply`` do the same in two steps and expose the draws; ``replay`` applies the
+    draws' mixing and geometry to another per-pixel tensor at *any* resolution (e.g. a teacher's
+    low-resolution feature map computed on the weak view), without another forward pass.
     """
     p_cutmix: float = 1.0
     cutmix_area: float = 0.5
@@ -211,40 +224,75 @@ class StrongAugmentation:
     warp_control_points: int = 4
     warp_scale: Tuple[float, float] = (1.0, 1.0)
 
-    def __call__(self, image: torch.Tensor, targets: Dict[str, torch.Tensor], generator=None
-                 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
+    def sample(self, image: torch.Tensor, generator=None) -> StrongViewParams:
         b = image.shape[0]
         spatial = tuple(image.shape[2:])
         nd = len(spatial)
         dev = image.device
-        targets = dict(targets)
-
-        # 1. mix
+        params = StrongViewParams(nd=nd)
         if self.p_cutmix > 0 and b > 1:
-            box = cutmix_masks(b, spatial, self.cutmix_area, self.p_cutmix, generator, dev)
-            mixed = cutmix({"__image__": image, **targets}, box)
-            image = mixed.pop("__image__")
-            targets = mixed
-
-        # 2. photometric, image only
-        image = colour_jitter(image, self.p_colour, self.brightness, self.contrast, generator)
-        image = gaussian_blur(image, self.p_blur, self.blur_sigma, generator)
-
-        # 3. geometry, identical for image and targets
-        valid = torch.ones((b, *spatial), dtype=torch.bool, device=dev)
+            params.box = cutmix_masks(b, spatial, self.cutmix_area, self.p_cutmix, generator, dev)
         if self.p_flip > 0:
-            flips = random_flips(b, nd, self.p_flip, generator, dev)
-            image = apply_flips(image, flips)
-            targets = {k: apply_flips(t, flips) for k, t in targets.items()}
+            params.flips = random_flips(b, nd, self.p_flip, generator, dev)
         if self.p_warp > 0:
             grid = random_smooth_grid(b, spatial, self.warp_magnitude, self.warp_control_points,
                                       self.warp_scale, 0.0, generator, dev)
             use = _rand((b,), generator, dev) < self.p_warp
-            grid = torch.where(use.view(b, *([1] * nd), 1), grid, identity_grid(b, spatial, dev))
-            image = warp(image, grid)
-            targets = {k: _warp_target(t, grid) for k, t in targets.items()}
-            valid = warp_valid_mask(grid)
+            params.grid = torch.where(use.view(b, *([1] * nd), 1), grid, identity_grid(b, spatial, dev))
+        return params
+
+    def apply(self, params: StrongViewParams, image: torch.Tensor, targets: Dict[str, torch.Tensor],
+              generator=None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
+        b, spatial = image.shape[0], tuple(image.shape[2:])
+        targets = dict(targets)
+        # 1. mix
+        if params.box is not None:
+            mixed = cutmix({"__image__": image, **targets}, params.box)
+            image = mixed.pop("__image__")
+            targets = mixed
+        # 2. photometric, image only
+        image = colour_jitter(image, self.p_colour, self.brightness, self.contrast, generator)
+        image = gaussian_blur(image, self.p_blur, self.blur_sigma, generator)
+        # 3. geometry, identical for image and targets
+        valid = torch.ones((b, *spatial), dtype=torch.bool, device=image.device)
+        if params.flips is not None:
+            image = apply_flips(image, params.flips)
+            targets = {k: apply_flips(t, params.flips) for k, t in targets.items()}
+        if params.grid is not None:
+            image = warp(image, params.grid)
+            targets = {k: _warp_target(t, params.grid) for k, t in targets.items()}
+            valid = warp_valid_mask(params.grid)
         return image, targets, valid
+
+    def __call__(self, image: torch.Tensor, targets: Dict[str, torch.Tensor], generator=None
+                 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
+        return self.apply(self.sample(image, generator), image, targets, generator)
+
+    @staticmethod
+    def replay(params: StrongViewParams, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mix and move ``x`` (``[B, ...spatial]`` or ``[B, C, *spatial]``, any resolution) like the image.
+
+        Returns ``(moved, valid)``; boxes are resized with nearest neighbour and the warp's grid
+        (normalised coordinates) bilinearly, so a low-resolution map follows the full-resolution view.
+        """
+        nd = params.nd
+        size = tuple(x.shape[-nd:])
+        if params.box is not None:
+            box = params.box
+            if tuple(box.shape[1:]) != size:
+                box = F.interpolate(box[:, None].float(), size=size, mode="nearest")[:, 0].bool()
+            x = cutmix({"x": x}, box)["x"]
+        if params.flips is not None:
+            x = apply_flips(x, params.flips)
+        valid = torch.ones((x.shape[0], *size), dtype=torch.bool, device=x.device)
+        if params.grid is not None:
+            grid = params.grid
+            if tuple(grid.shape[1:-1]) != size:
+                mode = "bilinear" if nd == 2 else "trilinear"
+                grid = F.interpolate(grid.movedim(-1, 1), size=size, mode=mode, align_corners=False).movedim(1, -1)
+            x = _warp_target(x, grid)
+            valid = warp_valid_mask(grid)
+        return x, valid
 
 
 def _warp_target(t: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_semicl.losses.similarity import gather_dot
 from nnunet_semicl.sampling.hard import hard_query_mask, sample_negative_classes, sample_pixels_of_classes
 from nnunet_semicl.sampling.uniform import UniformSampler
 
@@ -82,10 +83,9 @@ def anatomical_contrast_from_indices(rep: torch.Tensor, prototypes: torch.Tensor
         q = F.normalize(flat[query_index.reshape(-1)], dim=-1).view(m, q_per, d)   # with gradient
         pos = F.normalize(prototypes.detach().to(flat.dtype)[classes], dim=-1)     # [M, D]
         pos_logit = (q * pos.unsqueeze(1)).sum(-1, keepdim=True)                   # [M, Q, 1]
-        # negatives: similarities to every pixel, then pick the drawn ones. This never builds the
-        # [M, Q, N, D] tensor of gathered keys (about 1 GB at D = 512); the transient [Q, P]
-        # similarity of one class at a time is much smaller at the representation's resolution.
-        neg_logit = torch.stack([(q[i] @ table.t()).gather(1, negative_index[i]) for i in range(m)])  # [M, Q, N]
+        # negatives: only the Q x N drawn products, never the [M, Q, N, D] gathered keys (1 GB at D=512)
+        neg_logit = gather_dot(q.reshape(m * q_per, d), table,
+                               negative_index.reshape(m * q_per, -1)).view(m, q_per, -1)   # [M, Q, N]
         logits = torch.cat([pos_logit, neg_logit], dim=-1) / tau
         # cross-entropy with the positive at index 0; equal Q per class, so the global mean is the
         # mean over classes of the per-class means

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_semicl.losses.similarity import gather_dot
 from nnunet_semicl.modules.memory_bank import ClassMemoryBank
 from nnunet_semicl.sampling.base import PixelSampler
 from nnunet_semicl.sampling.uniform import UniformSampler
@@ -153,9 +154,10 @@ def memory_bank_contrast_from_indices(anchors: torch.Tensor, positive: torch.Ten
     with torch.autocast(device_type=anchors.device.type, enabled=False):
         q = F.normalize(_at_least_fp32(anchors), dim=-1)
         p = F.normalize(positive.detach().to(q.dtype), dim=-1)
-        k = F.normalize(bank.detach().to(q.dtype), dim=-1)
         pos_logit = (q @ p).unsqueeze(1) / temperature                               # [A, 1]
-        neg_logit = (q @ k.t()).gather(1, negative_index) / temperature              # [A, N]
+        # cosine to the drawn bank rows without copying or normalising the whole bank (up to 50k x D)
+        norms = torch.linalg.vector_norm(bank.detach(), dim=1, dtype=q.dtype).clamp_min(1e-12)
+        neg_logit = gather_dot(q, bank, negative_index) / norms[negative_index] / temperature  # [A, N]
         if negative_weight is not None:
             w = negative_weight.detach().to(q.dtype)
             neg_logit = neg_logit + torch.log(w * w.numel())
@@ -245,17 +247,18 @@ def memory_bank_contrast_loss(student_rep: torch.Tensor, teacher_rep: torch.Tens
         anchor_mask = pos_mask & (probs[:, c] > anchor_threshold)
         if not bool(anchor_mask.any()):
             continue
-        negatives = bank.get(c)
+        negatives, oldest = bank.storage(c)   # storage order, no copy
         if negatives.shape[0] == 0:
             continue
-        negatives = negatives.to(device)
         positive = teacher_flat[pos_mask.reshape(-1)].mean(0)
         a = sampler(anchor_mask, num_anchors, generator)
         n_a = a.index.numel()
+        # samplers work in insertion order (the index strata depend on it); map to storage positions
         bank_mask = torch.ones(negatives.shape[0], dtype=torch.bool, device=device)
         ns = negative_sampler(bank_mask, n_a * num_negatives, generator)
+        rows = (ns.index + oldest) % negatives.shape[0]
         losses.append(memory_bank_contrast_from_indices(
-            student_flat[a.index], positive, negatives, ns.index.view(n_a, num_negatives), temperature,
+            student_flat[a.index], positive, negatives, rows.view(n_a, num_negatives), temperature,
             a.weight if use_weights else None, ns.weight.view(n_a, num_negatives) if use_weights else None))
 
     if stats is not None:

@@ -10,19 +10,23 @@ def conv_nd(dim: int):
     return {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dim]
 
 
-def select_representation_taps(spatial_shapes: Sequence[Sequence[int]], max_voxels: int) -> int:
-    """Index of the finest tap whose spatial size (per sample) is at most ``max_voxels``.
+def select_representation_taps(spatial_shapes: Sequence[Sequence[int]], max_voxels: int,
+                               patch_size: Optional[Sequence[int]] = None, min_stride: int = 1) -> int:
+    """Index of the tap at whose resolution the pixel representation is computed.
 
     ``spatial_shapes`` are ordered lowest resolution first (as :func:`unet_tap_modules`). The
-    representation is computed at that resolution from it and every coarser tap, which bounds the
-    memory of the contrastive machinery whatever patch size nnU-Net plans (3D patches in particular).
+    choice is the finest tap whose size per sample is at most ``max_voxels`` and, when
+    ``patch_size`` is given, whose largest per-axis stride is at least ``min_stride`` (ReCo computes
+    its representation at 1/4 resolution). The head uses that tap and every coarser one. This bounds
+    the memory and compute of the contrastive machinery whatever patch nnU-Net plans (3D above all).
     """
     best = 0
     for i, s in enumerate(spatial_shapes):
         n = 1
         for d in s:
             n *= int(d)
-        if n <= max_voxels:
+        stride_ok = patch_size is None or max(int(p) // int(d) for p, d in zip(patch_size, s)) >= min_stride
+        if n <= max_voxels and stride_ok:
             best = i
     return best
 

@@ -64,6 +64,10 @@ class ClassMemoryBank(nn.Module):
             if gather or bool(sel.any()):  # under DDP every rank must join the gather
                 self.push_class(c, features[sel], gather=gather)
 
+    def storage(self, c: int):
+        """Class ``c``'s entries in storage order (no copy) and the storage position of the oldest."""
+        return self.banks[c].storage()
+
     def get(self, c: int) -> torch.Tensor:
         """Class ``c``'s valid entries [len, dim], oldest first."""
         return self.banks[c].get()[0]

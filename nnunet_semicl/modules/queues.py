@@ -72,6 +72,17 @@ class RingBuffer(nn.Module):
             labels = self.labels[order.to(self.labels.device)] if self.with_labels else None
         return items, labels
 
+    def storage(self) -> Tuple[torch.Tensor, int]:
+        """The valid items *in storage order* (a view, no copy) and the storage position of the oldest.
+
+        Item ``i`` in insertion order (oldest first) is ``view[(offset + i) % len(view)]``; use this
+        instead of :meth:`get` to index a large buffer without reordering (copying) it.
+        """
+        c = len(self)
+        if c < self.size:
+            return self.items[:c], 0
+        return self.items, int(self.ptr.item())
+
     @torch.no_grad()
     def reset(self) -> None:
         self.items.zero_()

@@ -129,3 +129,15 @@ def test_labels_of_wrong_length_raise():
     bl = RingBuffer(4, (2,), with_labels=True)
     with pytest.raises((ValueError, RuntimeError)):
         bl.push(torch.zeros(3, 2), torch.tensor([5]))
+
+
+def test_storage_view_maps_insertion_order_without_copy():
+    b = RingBuffer(4, (1,))
+    b.push(torch.arange(6.0)[:, None])          # 0..5 -> keeps 2,3,4,5 with wrap-around
+    view, oldest = b.storage()
+    assert view.data_ptr() == b.items.data_ptr()  # a view of the storage, not a copy
+    ordered = torch.stack([view[(oldest + i) % len(view)] for i in range(len(b))])
+    assert torch.equal(ordered, b.get()[0]) and ordered[:, 0].tolist() == [2.0, 3.0, 4.0, 5.0]
+    c = RingBuffer(4, (1,))
+    c.push(torch.ones(2, 1))
+    assert c.storage()[0].shape == (2, 1) and c.storage()[1] == 0

@@ -1,0 +1,31 @@
+import pytest
+import torch
+
+from nnunet_semicl.losses.similarity import gather_dot
+
+
+@pytest.mark.parametrize("chunk,rows", [(1, 11), (3, 11), (64, 11), (3, 200)])
+def test_value_and_gradient_match_explicit_gather(chunk, rows):
+    torch.manual_seed(0)
+    q = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    table = torch.randn(rows, 5, dtype=torch.float64)  # 11 rows: dense path, 200 rows: chunked path
+    index = torch.randint(0, rows, (7, 4))
+    out = gather_dot(q, table, index, chunk=chunk)
+    ref = (table[index] * q[:, None, :]).sum(-1)
+    assert torch.allclose(out, ref)
+    w = torch.randn(7, 4, dtype=torch.float64)
+    (g,) = torch.autograd.grad((out * w).sum(), q)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), q)
+    assert torch.allclose(g, g_ref)
+    assert torch.autograd.gradcheck(lambda x: gather_dot(x, table, index, chunk), (q,))
+
+
+def test_table_gets_no_gradient_and_empty_index():
+    q = torch.randn(3, 2, requires_grad=True)
+    table = torch.randn(4, 2, requires_grad=True)
+    gather_dot(q, table, torch.zeros(3, 2, dtype=torch.long)).sum().backward()
+    assert table.grad is None and q.grad is not None
+    empty = gather_dot(q, table, torch.zeros(3, 0, dtype=torch.long))
+    assert empty.shape == (3, 0)
+    with pytest.raises(ValueError):
+        gather_dot(q, table, torch.zeros(2, 2, dtype=torch.long))
