@@ -5,11 +5,16 @@ The phantom dataset is generated, planned and preprocessed once per test session
 (``2d_tiny``, ``3d_fullres_tiny``) and the ``20pct`` setting, whose plans carry a short schedule.
 """
 import os
-import subprocess
+
+# before torch is imported anywhere: OpenMP threads that spin while waiting make CPU training 10x
+# slower whenever another process competes for the 2 cores (docs/small_compute.md)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import subprocess  # noqa: E402
 import sys
 from types import SimpleNamespace
 
-import pytest
+import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
@@ -22,6 +27,7 @@ DATASET_ID = 990
 DATASET = f"Dataset{DATASET_ID}_SemiCLPhantom"
 SETTING = "20pct"
 PLANS = f"nnUNetPlans_{SETTING}"
+PHASES_PLANS = "nnUNetPlans_phases"  # same labeled cases, 4 epochs x 2 iterations: every method phase runs
 
 
 def run_cmd(args, env=None, timeout=600, check=True):
@@ -63,9 +69,11 @@ def phantom(nnunet_dirs):
     run_cmd([sys.executable, "-m", "nnunet_semicl.cli", "tiny-config", str(DATASET_ID), "-c", "2d", "3d_fullres"])
     run_cmd([sys.executable, "-m", "nnunet_semicl.cli", "split", str(DATASET_ID), "--fraction", "0.2", "--group",
              r"phantom\d+", "--name", SETTING, "--epochs", "2", "--iterations", "3", "--val-iterations", "1"])
+    run_cmd([sys.executable, "-m", "nnunet_semicl.cli", "split", str(DATASET_ID), "--fraction", "0.2", "--group",
+             r"phantom\d+", "--name", "phases", "--epochs", "4", "--iterations", "2", "--val-iterations", "1"])
     pre = os.path.join(nnunet_dirs.preprocessed, DATASET)
     return SimpleNamespace(id=DATASET_ID, name=DATASET, raw=raw, pre=pre, results=nnunet_dirs.results,
-                           plans=PLANS, setting=SETTING, dirs=nnunet_dirs)
+                           plans=PLANS, setting=SETTING, phases_plans=PHASES_PLANS, dirs=nnunet_dirs)
 
 
 def shared_data(*parts):

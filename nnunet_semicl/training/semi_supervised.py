@@ -30,7 +30,7 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
 
-from nnunet_semicl.augment import StrongAugmentation
+from nnunet_semicl.augment import StrongAugmentation, StrongViewParams
 from nnunet_semicl.data.unlabeled_loader import nnUNetUnlabeledDataLoader, weak_transforms
 from nnunet_semicl.losses.pseudo_label import confidence_weighted_ce, pseudo_labels
 from nnunet_semicl.modules.distributed import average_gradients, broadcast_module
@@ -47,13 +47,16 @@ class StepContext:
     y_labeled: object                      # nnU-Net target (a list of scales under deep supervision)
     x_weak: torch.Tensor                   # unlabeled batch, weak view (what the teacher saw)
     keys: Sequence[str] = ()               # case ids of the labeled + unlabeled batch (for errors)
-    teacher_logits: Optional[torch.Tensor] = None
+    teacher_logits: Optional[torch.Tensor] = None          # teacher on x_weak (full resolution)
+    teacher_logits_labeled: Optional[torch.Tensor] = None  # teacher on x_labeled (teacher_sees_labeled)
     teacher_probs: Optional[torch.Tensor] = None
     pseudo_label: Optional[torch.Tensor] = None
     confidence: Optional[torch.Tensor] = None
-    teacher_features: Optional[List[torch.Tensor]] = None
+    teacher_features: Optional[List[torch.Tensor]] = None          # taps of the teacher on x_weak
+    teacher_features_labeled: Optional[List[torch.Tensor]] = None  # ... on x_labeled (teacher_sees_labeled)
     x_strong: Optional[torch.Tensor] = None
     strong_targets: Dict[str, torch.Tensor] = field(default_factory=dict)
+    strong_params: Optional[StrongViewParams] = None  # the strong view's draws (StrongAugmentation.replay)
     valid: Optional[torch.Tensor] = None   # [Bu, *spatial] pixels of the strong view with content
     outputs: object = None                 # student outputs on cat(labeled, strong)
     features: Optional[List[torch.Tensor]] = None  # student taps on cat(labeled, strong)
@@ -231,6 +234,14 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
         logits = self.teacher(x)
         return logits[0] if isinstance(logits, (list, tuple)) else logits
 
+    def teacher_sees_labeled(self) -> bool:
+        """Whether the teacher also processes the labeled batch this iteration (for teacher views of it)."""
+        return False
+
+    def augmentation_for_step(self) -> StrongAugmentation:
+        """The strong view used this iteration (methods with phases may use a different one per phase)."""
+        return self.strong_augmentation
+
     def strong_view_targets(self, ctx: StepContext) -> Dict[str, torch.Tensor]:
         """Per-pixel tensors that must follow the strong view's mixing and geometry."""
         return {"pseudo_label": ctx.pseudo_label, "confidence": ctx.confidence}
@@ -242,11 +253,19 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
         ctx = StepContext(x_labeled=batch["data"].to(dev, non_blocking=True), y_labeled=y,
                           x_weak=unlabeled["data"].to(dev, non_blocking=True),
                           keys=list(batch.get("keys", [])) + list(unlabeled.get("keys", [])))
-        ctx.teacher_logits = self.teacher_forward(ctx.x_weak)
+        k = ctx.n_labeled if self.teacher_sees_labeled() else 0
+        x_teacher = torch.cat([ctx.x_labeled, ctx.x_weak]) if k else ctx.x_weak
+        logits = self.teacher_forward(x_teacher)  # one teacher forward for both streams
+        ctx.teacher_logits, ctx.teacher_logits_labeled = logits[k:], (logits[:k] if k else None)
         if self.teacher_taps is not None:
-            ctx.teacher_features = self.teacher_taps.features
+            feats = self.teacher_taps.features
+            ctx.teacher_features = [f[k:] for f in feats]
+            ctx.teacher_features_labeled = [f[:k] for f in feats] if k else None
         ctx.teacher_probs, ctx.pseudo_label, ctx.confidence = pseudo_labels(ctx.teacher_logits)
-        ctx.x_strong, ctx.strong_targets, ctx.valid = self.strong_augmentation(ctx.x_weak, self.strong_view_targets(ctx))
+        aug = self.augmentation_for_step()
+        ctx.strong_params = aug.sample(ctx.x_weak)
+        ctx.x_strong, ctx.strong_targets, ctx.valid = aug.apply(ctx.strong_params, ctx.x_weak,
+                                                                self.strong_view_targets(ctx))
         if self.student_taps is not None:
             self.student_taps.clear()
         ctx.outputs = self.network(torch.cat([ctx.x_labeled, ctx.x_strong.to(ctx.x_labeled.dtype)]))

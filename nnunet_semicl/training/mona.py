@@ -1,0 +1,181 @@
+"""MONA (TPAMI 2024) and ARCO (NeurIPS 2023): methods.md sections 5 and 6.
+
+One nnU-Net training with two phases:
+
+* ``local`` (first third of the epochs): the relational semi-supervised pre-training, i.e. ACTION's
+  stages i and ii merged: ``L_sup + L_global + L_local`` (MONA's stage 1);
+* ``finetune``: ``L_sup + 0.01 L_contrast + L_unsup + L_eqv + L_nn`` with
+  - **tailness** (``contrast``): U2PL-style pixel contrast against per-class memory banks of teacher
+    features, reliable/unreliable pixels split by entropy with a percentile decaying 20 -> 0,
+    anchors drawn by the method's sampler (uniform: MONA; stratified: ARCO);
+  - **consistency** (``eqv``): KL between the student on the strong (warped) view and the teacher's
+    probabilities moved by the same warp, on confident foreground;
+  - **diversity** (``nn``): the student's image embedding pulled toward the k nearest neighbours of
+    the teacher's embedding in a FIFO pool of compact teacher embeddings (it trains, unlike the
+    released loss, which has no gradient).
+
+The teacher's representation of the unlabeled images is computed on the weak view (the forward
+that also gives the pseudo-labels) and moved into the strong view's geometry by replaying the
+augmentation's draws at the representation's resolution: no second teacher forward. Deviations
+from the official code are listed in docs/methods/mona_arco.md.
+"""
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+
+from nnunet_semicl.losses.equivariance import confident_foreground_mask, equivariance_loss
+from nnunet_semicl.losses.memory_bank import memory_bank_contrast_loss, pixel_entropy
+from nnunet_semicl.losses.nearest_neighbour import (NearestNeighbourPool, embedding_dim, image_embedding,
+                                                    nearest_neighbour_loss)
+from nnunet_semicl.modules.memory_bank import ClassMemoryBank
+from nnunet_semicl.sampling.base import PixelSampler
+from nnunet_semicl.sampling.stratified import StratifiedSampler
+from nnunet_semicl.sampling.uniform import UniformSampler
+from nnunet_semicl.schedules import linear_decay
+from nnunet_semicl.training.action import nnUNetTrainerACTION, resize_labels
+from nnunet_semicl.training.semi_supervised import StepContext
+
+
+class nnUNetTrainerMONA(nnUNetTrainerACTION):
+    # ---- phases: relational pre-training (ACTION i+ii merged), then fine-tuning (~100 + 200 epochs) --
+    global_phase_fraction = 0.0
+    local_phase_fraction = 1.0 / 3.0
+    supervised_weight = 1.0            # CE + Dice (methods.md 2.6)
+    representation_activation = True   # MONA/ARCO's projection has a nonlinearity
+    # ---- tailness: U2PL-style memory-bank contrast (paper / code values) -------------------------
+    contrast_weight = 0.01
+    contrast_tau = 0.5
+    contrast_anchors = 256
+    contrast_negatives = 512
+    anchor_threshold = 0.3
+    negative_threshold = 0.97
+    entropy_alpha_start = 20.0         # alpha_t = 20 (1 - t/T) over the fine-tuning phase
+    bank_size = 30000
+    bank_background_size = 50000
+    bank_dtype = None                  # None: float16 on CUDA (halves the banks' memory), float32 on CPU
+                                       # (CPU half-precision conversion would dominate the step)
+    negative_rule = "intended"         # "as_released": the released code's (nearly empty) negative rule
+    # ---- consistency: equivariance -----------------------------------------------------------
+    equivariance_weight = 1.0
+    equivariance_threshold = 0.7
+    # ---- diversity: nearest neighbours -------------------------------------------------------
+    nn_weight = 1.0
+    nn_k = 5
+    nn_pool_size = 36
+    nn_grid = 4                        # image embedding: the representation pooled to 4 cells per axis
+    nn_query = "teacher"
+    loss_terms = ("sup", "unsup", "global", "local", "contrast", "eqv", "nn")
+
+    # ------------------------------------------------------------------------------------------
+    def build_sampler(self) -> PixelSampler:
+        return UniformSampler()
+
+    def teacher_sees_labeled(self) -> bool:
+        # labeled pixels contribute teacher features and probabilities to positives and negatives
+        return self.phase() == "finetune"
+
+    def build_head_teachers(self):
+        return super().build_head_teachers() + ("rep",)
+
+    def build_state(self):
+        state = super().build_state()
+        k = self.label_manager.num_segmentation_heads
+        d = self.default_dim(self.representation_dim)
+        state["bank"] = ClassMemoryBank(k, d, [self.bank_background_size] + [self.bank_size] * (k - 1),
+                                        dtype=self.bank_dtype or (torch.float16 if self.device.type == "cuda"
+                                                                  else torch.float32))
+        state["nn_pool"] = NearestNeighbourPool(self.nn_pool_size, embedding_dim(d, self.spatial_dims, self.nn_grid))
+        self.sampler = self.build_sampler()
+        return state
+
+    def strong_view_targets(self, ctx: StepContext):
+        return {**super().strong_view_targets(ctx), "teacher_probs": ctx.teacher_probs}
+
+    def finetune_progress(self) -> float:
+        _, e_fine = self.phase_starts()
+        total = max(1, (self.num_epochs - e_fine) * self.num_iterations_per_epoch)
+        return (self.global_step - e_fine * self.num_iterations_per_epoch) / total
+
+    # ------------------------------------------------------------------------------------------
+    def teacher_representation(self, ctx: StepContext):
+        """Teacher representation of ``cat(labeled, unlabeled weak)``, its probabilities at that resolution."""
+        t = self.representation_taps() + 1
+        feats = [torch.cat([a, b]) for a, b in zip(ctx.teacher_features_labeled[:t], ctx.teacher_features[:t])]
+        with torch.no_grad():
+            rep = self.head_teachers["rep"].model(feats)
+            logits = torch.cat([ctx.teacher_logits_labeled, ctx.teacher_logits])
+            probs = F.interpolate(torch.softmax(logits.float(), 1), size=tuple(rep.shape[2:]), mode="area")
+        return rep, probs
+
+    def tailness(self, ctx: StepContext, rep: torch.Tensor, t_rep: torch.Tensor, t_probs: torch.Tensor):
+        n = ctx.n_labeled
+        size = tuple(rep.shape[2:])
+        # the unlabeled half of the teacher maps was computed on the weak view: move it into the strong view
+        t_rep_u, moved_ok = self.augmentation_for_step().replay(ctx.strong_params, t_rep[n:].float())
+        t_probs_u, _ = self.augmentation_for_step().replay(ctx.strong_params, t_probs[n:])
+        t_rep = torch.cat([t_rep[:n].float(), t_rep_u])
+        t_probs = torch.cat([t_probs[:n], t_probs_u])
+        y = ctx.labeled_target_full()
+        valid_l = torch.ones_like(y, dtype=torch.bool)
+        if self.label_manager.has_ignore_label:
+            valid_l = y != self.label_manager.ignore_label
+        labels = resize_labels(torch.cat([y, ctx.strong_targets["pseudo_label"].to(y.dtype)]), size)
+        valid = resize_labels(torch.cat([valid_l, ctx.valid]), size)
+        valid[n:] &= moved_ok
+        full = ctx.outputs[0] if isinstance(ctx.outputs, (list, tuple)) else ctx.outputs
+        # the released code splits reliable/unreliable by the entropy of the student on the strong view
+        entropy = pixel_entropy(F.interpolate(torch.softmax(full.detach().float(), 1), size=size, mode="area"))
+        is_labeled = torch.arange(rep.shape[0], device=rep.device) < n
+        alpha = linear_decay(self.finetune_progress(), 1.0, self.entropy_alpha_start, 0.0)
+        return memory_bank_contrast_loss(rep, t_rep, labels, is_labeled, t_probs, entropy, alpha,
+                                         self.state_modules["bank"], sampler=self.sampler, valid=valid,
+                                         num_anchors=self.contrast_anchors, num_negatives=self.contrast_negatives,
+                                         temperature=self.contrast_tau, anchor_threshold=self.anchor_threshold,
+                                         negative_threshold=self.negative_threshold,
+                                         negative_rule=self.negative_rule, gather=True)
+
+    def consistency(self, ctx: StepContext) -> torch.Tensor:
+        target = ctx.strong_targets["teacher_probs"]
+        mask = confident_foreground_mask(target, self.equivariance_threshold) & ctx.valid
+        return equivariance_loss(ctx.unlabeled_logits(), target, mask)
+
+    def diversity(self, ctx: StepContext, rep: torch.Tensor, t_rep: torch.Tensor) -> torch.Tensor:
+        n = ctx.n_labeled
+        student = image_embedding(rep[n:], self.nn_grid)
+        teacher = image_embedding(t_rep[n:].float(), self.nn_grid)   # weak view
+        pool = self.state_modules["nn_pool"]
+        loss = nearest_neighbour_loss(student, teacher, pool, self.nn_k, self.nn_query)
+        pool.push(teacher, gather=True)  # after the loss: an image is never its own neighbour
+        return loss
+
+    def compute_losses(self, ctx: StepContext) -> Dict[str, torch.Tensor]:
+        if self.phase() != "finetune":
+            return super().compute_losses(ctx)  # relational pre-training
+        rep = self.representation(ctx)
+        t_rep, t_probs = self.teacher_representation(ctx)
+        return {"sup": self.supervised_weight * self.supervised_loss(ctx),
+                "unsup": self.pseudo_label_weight * self.pseudo_label_loss(ctx),
+                "contrast": self.contrast_weight * self.tailness(ctx, rep, t_rep, t_probs),
+                "eqv": self.equivariance_weight * self.consistency(ctx),
+                "nn": self.nn_weight * self.diversity(ctx, rep, t_rep)}
+
+
+class nnUNetTrainerARCO(nnUNetTrainerMONA):
+    """ARCO-SG (the paper's best): stratified sampling over spatial strata (image x grid cell)."""
+    sampler_antithetic = False
+    sampler_strata = "spatial"         # "index": the released code's strata over the candidate list
+    sampler_grid = None                # None: 4 cells per axis in 2D (16 strata per image), 2 in 3D
+
+    def build_sampler(self) -> PixelSampler:
+        return StratifiedSampler(self.sampler_grid, antithetic=self.sampler_antithetic, strata=self.sampler_strata)
+
+
+class nnUNetTrainerARCO_SAG(nnUNetTrainerARCO):
+    """ARCO-SAG: stratified-antithetic sampling (reflections through each cell's centre)."""
+    sampler_antithetic = True
+
+
+class nnUNetTrainerARCO_indexStrata(nnUNetTrainerARCO):
+    """ARCO-SG with the released code's strata: blocks of the sqrt(N) x sqrt(N) re-laid candidate list."""
+    sampler_strata = "index"

@@ -1,0 +1,133 @@
+"""ACTION, ACTION++, MONA and ARCO trainers on the synthetic phantoms: every phase, resume, predict."""
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from tests.conftest import TRAIN_ENV
+from tests.integration.nnunet_helpers import env, make_trainer, output_folder, stock_train
+
+pytestmark = pytest.mark.integration
+
+# trainer -> {epoch: terms that must be finite in that epoch} for the 4-epoch "phases" setting
+PHASE_TERMS = {
+    "nnUNetTrainerACTION": {0: {"sup", "global"}, 1: {"sup", "global", "local"}, 2: {"sup", "unsup", "anco"}},
+    "nnUNetTrainerACTIONpp": {0: {"sup", "global"}, 1: {"sup", "global", "local"},
+                              2: {"sup", "unsup", "anco", "saacl"}},
+    "nnUNetTrainerMONA": {0: {"sup", "global", "local"}, 2: {"sup", "unsup", "contrast", "eqv", "nn"}},
+    "nnUNetTrainerARCO": {0: {"sup", "global", "local"}, 2: {"sup", "unsup", "contrast", "eqv", "nn"}},
+    "nnUNetTrainerARCO_SAG": {0: {"sup", "global", "local"}, 2: {"sup", "unsup", "contrast", "eqv", "nn"}},
+}
+
+
+def predict_one(model_folder, image, out_dir):
+    """Stock prediction from the trained model folder (the code path of nnUNetv2_predict: strict load)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, perform_everything_on_device=False,
+                                device=torch.device("cpu"), verbose=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(model_folder, (0,), "checkpoint_final.pth")
+    os.makedirs(out_dir, exist_ok=True)
+    predictor.predict_from_files([[image]], [os.path.join(out_dir, "case")], save_probabilities=False,
+                                 overwrite=True, num_processes_preprocessing=1, num_processes_segmentation_export=1)
+    return sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out_dir, "case.nii.gz")))
+
+
+@pytest.mark.parametrize("trainer", sorted(PHASE_TERMS))
+def test_method_trains_every_phase_through_stock_entry_and_predicts(phantom, trainer, tmp_path):
+    stock_train(phantom.id, "2d_tiny", 0, "-tr", trainer, "-p", phantom.phases_plans)
+    folder = output_folder(phantom, trainer, "2d_tiny", plans=phantom.phases_plans)
+    ckpt = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    log = ckpt["logging"]
+    for epoch, terms in PHASE_TERMS[trainer].items():
+        finite = {k[len("train_loss_"):] for k, v in log.items()
+                  if k.startswith("train_loss_") and np.isfinite(v[epoch])}
+        assert finite == terms, (epoch, finite)
+    assert ckpt["semicl"]["global_step"] == 4 * 2
+    assert set(ckpt["semicl"]["heads"]) and set(ckpt["semicl"]["head_teachers"])
+    seg = predict_one(os.path.dirname(folder), os.path.join(phantom.raw, "imagesTs", "phantom010_frame01_0000.nii.gz"),
+                      str(tmp_path / "pred"))
+    assert seg.shape == (10, 64, 64) and set(np.unique(seg)) <= {0, 1, 2, 3}
+
+
+def test_phase_schedule():
+    from nnunet_semicl.training.action import (nnUNetTrainerACTION, nnUNetTrainerACTION_noPretrain,
+                                               nnUNetTrainerACTIONPretrain)
+    from nnunet_semicl.training.mona import nnUNetTrainerMONA
+
+    def phases(cls, n):
+        t = cls.__new__(cls)   # only the phase arithmetic, no nnU-Net state
+        t.num_epochs = n
+        return [t.phase(e) for e in range(n)]
+
+    assert phases(nnUNetTrainerACTION, 8) == ["global"] * 2 + ["local"] * 2 + ["finetune"] * 4
+    assert phases(nnUNetTrainerACTION, 1000).count("finetune") == 500
+    assert phases(nnUNetTrainerACTION_noPretrain, 4) == ["finetune"] * 4
+    assert phases(nnUNetTrainerACTIONPretrain, 4) == ["global"] * 2 + ["local"] * 2
+    assert phases(nnUNetTrainerMONA, 6) == ["local"] * 2 + ["finetune"] * 4
+
+
+def _train_epochs(trainer, n):
+    """nnU-Net's run_training loop for the first ``n`` epochs, then a latest checkpoint (an interruption)."""
+    trainer.on_train_start()
+    for _ in range(n):
+        trainer.on_epoch_start()
+        trainer.on_train_epoch_start()
+        outs = [trainer.train_step(next(trainer.dataloader_train)) for _ in range(trainer.num_iterations_per_epoch)]
+        trainer.on_train_epoch_end(outs)
+        with torch.no_grad():
+            trainer.on_validation_epoch_start()
+            vals = [trainer.validation_step(next(trainer.dataloader_val))
+                    for _ in range(trainer.num_val_iterations_per_epoch)]
+            trainer.on_validation_epoch_end(vals)
+        trainer.on_epoch_end()
+    trainer.save_checkpoint(os.path.join(trainer.output_folder, "checkpoint_latest.pth"))
+
+
+def _assert_state_equal(saved: dict, module_state: dict, what: str):
+    assert set(saved) == set(module_state), what
+    for k, v in saved.items():
+        assert torch.equal(module_state[k].cpu(), v.cpu()), f"{what}: {k}"
+
+
+@pytest.mark.parametrize("trainer,cfg", [("nnUNetTrainerACTIONpp", "3d_fullres_tiny"), ("nnUNetTrainerARCO", "2d_tiny")])
+def test_resume_across_the_phase_boundary_restores_every_state(phantom, trainer, cfg):
+    from nnunetv2.run.run_training import maybe_load_checkpoint
+
+    with env(**TRAIN_ENV):
+        t = make_trainer(phantom.id, cfg, 0, trainer, phantom.phases_plans)
+        # ACTION++: interrupted at the boundary into fine-tuning (epochs 0 global, 1 local, 2-3 fine-tuning);
+        # ARCO: interrupted inside fine-tuning (epoch 0 pre-training), with its banks and pool filled
+        stop = 2
+        _train_epochs(t, stop)
+        ckpt = torch.load(os.path.join(t.output_folder, "checkpoint_latest.pth"), map_location="cpu",
+                          weights_only=False)
+        for dl in (t.dataloader_train, t.dataloader_val, t.dataloader_unlabeled):
+            getattr(dl, "_finish", lambda: None)()
+
+        t2 = make_trainer(phantom.id, cfg, 0, trainer, phantom.phases_plans, continue_training=True)
+        maybe_load_checkpoint(t2, True, False)                 # what --c does
+        s = ckpt["semicl"]
+        _assert_state_equal(s["teacher"], t2.teacher.model.state_dict(), "teacher")
+        _assert_state_equal(s["heads"], t2.heads.state_dict(), "heads")
+        for name, sd in s["head_teachers"].items():
+            _assert_state_equal(sd, t2.head_teachers[name].model.state_dict(), f"head teacher {name}")
+        _assert_state_equal(s["state_modules"], t2.state_modules.state_dict(), "queues/banks/centres")
+        assert t2.current_epoch == stop and t2.global_step == stop * 2 and t2.phase() == "finetune"
+        if trainer == "nnUNetTrainerACTIONpp":
+            assert len(t2.state_modules["global_queue"]) > 0 and len(t2.state_modules["local_queue"]) > 0
+            assert t2.ats_temperature() == t.ats_temperature()  # same schedule position
+        else:
+            assert sum(t2.state_modules["bank"].counts()) > 0 and len(t2.state_modules["nn_pool"]) > 0
+        opt = t2.optimizer.state_dict()["state"]
+        for pid, st in ckpt["optimizer_state"]["state"].items():
+            assert torch.equal(opt[pid]["momentum_buffer"].cpu(), st["momentum_buffer"])
+        t2.run_training()                                      # finishes the remaining epochs
+        assert t2.current_epoch == 4 and t2.global_step == 8
+        if trainer == "nnUNetTrainerACTIONpp":
+            assert "fine-tuning starts; teacher re-initialised" in open(t2.log_file).read()
+            assert len(t2.state_modules["saacl_queue"]) > 0 and bool(t2.state_modules["centres"].seen.any())
+        log = t2.logger.get_value("train_losses", None)
+        assert len(log) == 4 and np.all(np.isfinite(log))
