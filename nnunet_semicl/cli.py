@@ -38,12 +38,6 @@ def _cmd_ext_path(args):
     print_ext_path()
 
 
-def _cmd_synthetic(args):
-    from nnunet_semicl.dataset_conversion.synthetic import main as synthetic_main
-
-    synthetic_main(args.rest)
-
-
 def _cmd_split(args):
     from nnunet_semicl.data.datasets import resolve_dataset_name
     from nnunet_semicl.data.splits import (default_folds, load_json, make_setting, read_folds, save_json,
@@ -127,10 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("ext-path", help="print the trainer folder for nnUNet_extTrainer")
     s.set_defaults(func=_cmd_ext_path)
 
-    s = sub.add_parser("synthetic", help="write the built-in synthetic dataset (see --help of the module)",
-                       add_help=False)
-    s.add_argument("rest", nargs=argparse.REMAINDER)
-    s.set_defaults(func=_cmd_synthetic)
+    sub.add_parser("synthetic", help="write the built-in synthetic dataset (nnunet_semicl synthetic -h)")
 
     s = sub.add_parser("split", help="write a labeled/unlabeled setting beside splits_final.json")
     s.add_argument("dataset", help="dataset id or name")
@@ -198,9 +189,15 @@ def _missing(module):
 def main(argv=None):
     from nnunet_semicl.data.splits import SplitError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["synthetic"]:  # its own parser (see python -m nnunet_semicl.dataset_conversion.synthetic -h)
+        from nnunet_semicl.dataset_conversion.synthetic import main as synthetic_main
+        synthetic_main(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        args.func(args)
+        return 0
     except (SplitError, FileExistsError, FileNotFoundError) as e:
         print(f"nnunet_semicl {args.command}: error: {e}", file=sys.stderr)
         raise SystemExit(2)

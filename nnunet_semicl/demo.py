@@ -1,0 +1,156 @@
+"""``nnunet_semicl demo``: a short end-to-end semi-supervised run on the built-in synthetic dataset.
+
+Every step is a stock nnU-Net command (or one of ours), run exactly as a user would:
+
+1. ``nnunet_semicl synthetic``: cardiac-like phantoms (20 training patients x ED/ES, 5 held out)
+2. ``nnUNetv2_plan_and_preprocess --verify_dataset_integrity``
+3. ``nnunet_semicl tiny-config`` (CPU) and ``nnunet_semicl split --fraction 0.1``: 10% labeled
+4. ``nnUNetv2_train`` with nnUNetTrainerLabeledOnly and a semi-supervised trainer, short schedule
+5. ``nnUNetv2_predict`` on the held-out images and ``nnUNetv2_evaluate_folder``
+6. a per-class Dice table
+
+It takes about 5-10 minutes on a 2-core CPU and uses CUDA when it is available. Everything is
+written under ``--workdir`` (default ``./nnunet_semicl_demo``), never to your own nnU-Net folders.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+DATASET_ID = 990
+DATASET = f"Dataset{DATASET_ID:03d}_SemiCLPhantom"
+LABELS = ("RV", "MLV", "LVC")
+
+
+def add_arguments(p):
+    p.add_argument("--workdir", default="nnunet_semicl_demo", help="folder for nnUNet_raw/preprocessed/results")
+    p.add_argument("--trainers", nargs="+", default=["nnUNetTrainerLabeledOnly", "nnUNetTrainerACTIONpp"],
+                   help="trainers to compare (default: labeled-only vs ACTION++)")
+    p.add_argument("--fraction", type=float, default=0.1, help="labeled fraction of the training patients")
+    p.add_argument("--patients", type=int, default=20, help="training patients (2 frames each)")
+    p.add_argument("--test-patients", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=None, help="default: 12 on CPU, 50 on CUDA")
+    p.add_argument("--iterations", type=int, default=None, help="iterations per epoch (default: 25 CPU, 100 CUDA)")
+    p.add_argument("--configuration", default=None, help="default: 2d_tiny on CPU, 2d on CUDA")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing --workdir first")
+
+
+def _step(msg):
+    print(f"\n=== {time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+
+def _run(args, env, quiet=False):
+    """Run a command, streaming its output (progress stays visible); raise with its tail on failure."""
+    print("$ " + " ".join(map(str, args)), flush=True)
+    proc = subprocess.Popen(list(map(str, args)), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1)
+    tail = []
+    for line in proc.stdout:
+        tail = (tail + [line])[-60:]
+        if not quiet or _interesting(line):
+            print(line, end="", flush=True)
+    if proc.wait() != 0:
+        raise SystemExit(f"Command failed ({proc.returncode}): {' '.join(map(str, args))}\n{''.join(tail)}")
+
+
+def _interesting(line: str) -> bool:
+    keys = ("Epoch ", "train_loss", "loss terms", "Pseudo dice", "Epoch time", "Mean Validation Dice", "Error",
+            "error", "Traceback")
+    return any(k in line for k in keys)
+
+
+def run(args):
+    import torch
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = device == "cuda"
+    epochs = args.epochs or (50 if cuda else 12)
+    iterations = args.iterations or (100 if cuda else 25)
+    configuration = args.configuration or ("2d" if cuda else "2d_tiny")
+
+    work = os.path.abspath(args.workdir)
+    if os.path.exists(work) and os.listdir(work):
+        if not args.overwrite:
+            raise SystemExit(f"{work} already exists and is not empty. Pass --overwrite to replace it, or choose "
+                             f"another --workdir.")
+        shutil.rmtree(work)
+    dirs = {k: os.path.join(work, k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for d in dirs.values():
+        os.makedirs(d, exist_ok=True)
+    env = dict(os.environ, **dirs, nnUNet_def_n_proc="2", PYTHONUNBUFFERED="1")
+    # torch's OpenMP threads spin while waiting; on a busy 2-core machine that makes CPU training
+    # 10x slower. Passive waiting costs nothing when the machine is idle (docs/small_compute.md).
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env.pop("nnUNet_n_proc_DA", None)  # nnU-Net 2.8.1 planning crashes with 0
+    train_env = dict(env, nnUNet_n_proc_DA="0" if not cuda else env.get("nnUNet_n_proc_DA", "4"))
+    if not cuda:
+        train_env["nnUNet_compile"] = "f"
+    py = [sys.executable, "-m", "nnunet_semicl.cli"]
+    t0 = time.time()
+    print(f"nnunet_semicl demo on {device}: {args.trainers} on {configuration}, {epochs} epochs x {iterations} "
+          f"iterations, {args.fraction:.0%} labeled; workdir {work}", flush=True)
+
+    _step("1/6 synthetic dataset")
+    _run(py + ["synthetic", "--id", str(DATASET_ID), "--patients", str(args.patients), "--test-patients",
+               str(args.test_patients), "--raw", dirs["nnUNet_raw"]], env)
+    _step("2/6 nnUNetv2_plan_and_preprocess")
+    _run(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-npfp", "2", "-np", "2",
+          "--verify_dataset_integrity"], env)
+    _step("3/6 labeled subset and (CPU) tiny configuration")
+    if configuration.endswith("_tiny"):
+        _run(py + ["tiny-config", str(DATASET_ID), "-c", configuration[: -len("_tiny")]], env)
+    _run(py + ["split", str(DATASET_ID), "--fraction", str(args.fraction), "--group", r"phantom\d+", "--name",
+               "demo", "--epochs", str(epochs), "--iterations", str(iterations), "--val-iterations", "5"], env)
+    raw = os.path.join(dirs["nnUNet_raw"], DATASET)
+    results = {}
+    for i, trainer in enumerate(args.trainers):
+        _step(f"4/6 nnUNetv2_train {trainer} ({i + 1}/{len(args.trainers)})")
+        ts = time.time()
+        _run(["nnUNetv2_train", DATASET_ID, configuration, "0", "-tr", trainer, "-p", "nnUNetPlans_demo",
+              "-device", device], train_env, quiet=True)
+        train_s = time.time() - ts
+        _step(f"5/6 nnUNetv2_predict + nnUNetv2_evaluate_folder ({trainer})")
+        out = os.path.join(work, "predictions", trainer)
+        _run(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", out, "-d", DATASET_ID, "-c",
+              configuration, "-f", "0", "-tr", trainer, "-p", "nnUNetPlans_demo", "-device", device, "-npp", "0",
+              "-nps", "0", "--disable_progress_bar"], env, quiet=True)
+        model = os.path.join(dirs["nnUNet_results"], DATASET, f"{trainer}__nnUNetPlans_demo__{configuration}")
+        _run(["nnUNetv2_evaluate_folder", os.path.join(raw, "labelsTs"), out, "-djfile",
+              os.path.join(model, "dataset.json"), "-pfile", os.path.join(model, "plans.json"), "-np", "2"],
+             env, quiet=True)
+        summary = json.load(open(os.path.join(out, "summary.json")))
+        results[trainer] = ({str(k): v["Dice"] for k, v in summary["mean"].items()},
+                            summary["foreground_mean"]["Dice"], train_s)
+
+    _step("6/6 held-out Dice (nnUNetv2_evaluate_folder)")
+    print(format_table(results))
+    print(f"\nTotal {time.time() - t0:.0f} s. Results, logs and progress.png: "
+          f"{os.path.join(dirs['nnUNet_results'], DATASET)}", flush=True)
+    return results
+
+
+def format_table(results) -> str:
+    head = f"| {'trainer':<28} | " + " | ".join(f"{n:>6}" for n in LABELS) + " |   mean | train s |"
+    lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
+    for trainer, (per_class, mean, secs) in results.items():
+        vals = " | ".join(f"{per_class.get(str(i + 1), float('nan')):6.3f}" for i in range(len(LABELS)))
+        lines.append(f"| {trainer:<28} | {vals} | {mean:6.3f} | {secs:7.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(prog="nnunet_semicl demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
