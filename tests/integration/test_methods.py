@@ -83,7 +83,10 @@ def _train_epochs(trainer, n):
                     for _ in range(trainer.num_val_iterations_per_epoch)]
             trainer.on_validation_epoch_end(vals)
         trainer.on_epoch_end()
+    # nnU-Net saves before on_epoch_end advances the epoch (on_train_end compensates the same way)
+    trainer.current_epoch -= 1
     trainer.save_checkpoint(os.path.join(trainer.output_folder, "checkpoint_latest.pth"))
+    trainer.current_epoch += 1
 
 
 def _assert_state_equal(saved: dict, module_state: dict, what: str):
