@@ -35,10 +35,11 @@ def predict_one(model_folder, image, out_dir):
     return sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out_dir, "case.nii.gz")))
 
 
-@pytest.mark.parametrize("trainer", sorted(PHASE_TERMS))
-def test_method_trains_every_phase_through_stock_entry_and_predicts(phantom, trainer, tmp_path):
-    stock_train(phantom.id, "2d_tiny", 0, "-tr", trainer, "-p", phantom.phases_plans)
-    folder = output_folder(phantom, trainer, "2d_tiny", plans=phantom.phases_plans)
+@pytest.mark.parametrize("trainer,cfg", [(t, "2d_tiny") for t in sorted(PHASE_TERMS)]
+                         + [("nnUNetTrainerACTIONpp", "3d_fullres_tiny")])
+def test_method_trains_every_phase_through_stock_entry_and_predicts(phantom, trainer, cfg, tmp_path):
+    stock_train(phantom.id, cfg, 0, "-tr", trainer, "-p", phantom.phases_plans)
+    folder = output_folder(phantom, trainer, cfg, plans=phantom.phases_plans)
     ckpt = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     log = ckpt["logging"]
     for epoch, terms in PHASE_TERMS[trainer].items():
@@ -95,22 +96,24 @@ def _assert_state_equal(saved: dict, module_state: dict, what: str):
         assert torch.equal(module_state[k].cpu(), v.cpu()), f"{what}: {k}"
 
 
-@pytest.mark.parametrize("trainer,cfg", [("nnUNetTrainerACTIONpp", "3d_fullres_tiny"), ("nnUNetTrainerARCO", "2d_tiny")])
-def test_resume_across_the_phase_boundary_restores_every_state(phantom, trainer, cfg):
+@pytest.mark.parametrize("trainer,cfg,stop", [
+    ("nnUNetTrainerACTION", "2d_tiny", 2),        # interrupted at the boundary into fine-tuning (0 global, 1 local)
+    ("nnUNetTrainerACTIONpp", "3d_fullres_tiny", 3),  # inside fine-tuning: SAACL queue, centroids, ATS position
+    ("nnUNetTrainerARCO", "2d_tiny", 2),          # inside fine-tuning (0 pre-training): banks and NN pool
+])
+def test_resume_restores_every_state_across_phases(phantom, trainer, cfg, stop):
     from nnunetv2.run.run_training import maybe_load_checkpoint
 
+    fold = 1  # its own output folder: --c prefers a checkpoint_final.pth, e.g. one left by the fold-0 tests
     with env(**TRAIN_ENV):
-        t = make_trainer(phantom.id, cfg, 0, trainer, phantom.phases_plans)
-        # ACTION++: interrupted at the boundary into fine-tuning (epochs 0 global, 1 local, 2-3 fine-tuning);
-        # ARCO: interrupted inside fine-tuning (epoch 0 pre-training), with its banks and pool filled
-        stop = 2
+        t = make_trainer(phantom.id, cfg, fold, trainer, phantom.phases_plans)
         _train_epochs(t, stop)
         ckpt = torch.load(os.path.join(t.output_folder, "checkpoint_latest.pth"), map_location="cpu",
                           weights_only=False)
         for dl in (t.dataloader_train, t.dataloader_val, t.dataloader_unlabeled):
             getattr(dl, "_finish", lambda: None)()
 
-        t2 = make_trainer(phantom.id, cfg, 0, trainer, phantom.phases_plans, continue_training=True)
+        t2 = make_trainer(phantom.id, cfg, fold, trainer, phantom.phases_plans, continue_training=True)
         maybe_load_checkpoint(t2, True, False)                 # what --c does
         s = ckpt["semicl"]
         _assert_state_equal(s["teacher"], t2.teacher.model.state_dict(), "teacher")
@@ -119,18 +122,20 @@ def test_resume_across_the_phase_boundary_restores_every_state(phantom, trainer,
             _assert_state_equal(sd, t2.head_teachers[name].model.state_dict(), f"head teacher {name}")
         _assert_state_equal(s["state_modules"], t2.state_modules.state_dict(), "queues/banks/centres")
         assert t2.current_epoch == stop and t2.global_step == stop * 2 and t2.phase() == "finetune"
-        if trainer == "nnUNetTrainerACTIONpp":
+        if trainer.startswith("nnUNetTrainerACTION"):
             assert len(t2.state_modules["global_queue"]) > 0 and len(t2.state_modules["local_queue"]) > 0
+        if trainer == "nnUNetTrainerACTIONpp":
+            assert len(t2.state_modules["saacl_queue"]) > 0 and bool(t2.state_modules["centres"].seen.any())
+            assert torch.equal(t2.state_modules["centres"].assignment, t.state_modules["centres"].assignment)
             assert t2.ats_temperature() == t.ats_temperature()  # same schedule position
-        else:
+        if trainer == "nnUNetTrainerARCO":
             assert sum(t2.state_modules["bank"].counts()) > 0 and len(t2.state_modules["nn_pool"]) > 0
         opt = t2.optimizer.state_dict()["state"]
         for pid, st in ckpt["optimizer_state"]["state"].items():
             assert torch.equal(opt[pid]["momentum_buffer"].cpu(), st["momentum_buffer"])
         t2.run_training()                                      # finishes the remaining epochs
         assert t2.current_epoch == 4 and t2.global_step == 8
-        if trainer == "nnUNetTrainerACTIONpp":
+        if trainer == "nnUNetTrainerACTION":  # the resumed run did the phase switch itself
             assert "fine-tuning starts; teacher re-initialised" in open(t2.log_file).read()
-            assert len(t2.state_modules["saacl_queue"]) > 0 and bool(t2.state_modules["centres"].seen.any())
         log = t2.logger.get_value("train_losses", None)
         assert len(log) == 4 and np.all(np.isfinite(log))
