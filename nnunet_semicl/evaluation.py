@@ -35,6 +35,8 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from nnunet_semicl.dataset_conversion.common import exit_2_on, module_main  # CLI shape shared with convert-*
+
 METRICS = ("dice", "jaccard", "hd95_mm", "asd_mm", "hd95_voxel", "asd_voxel")
 CONVENTIONS = ("nan", "ssl4mis")
 #: names the papers use in their tables, for the dataset.json names of our converters
@@ -425,7 +427,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> None:
     ref, dataset_json = args.ref, args.dataset_json
-    try:
+    with exit_2_on("evaluate", EvaluationError):
         if args.dataset is not None:
             from nnunet_semicl.data.datasets import resolve_dataset_name
             from nnunet_semicl.data.splits import SplitError
@@ -442,15 +444,10 @@ def run(args) -> None:
         evaluate_folders(args.pred, ref, labels=args.labels, dataset_json=dataset_json, file_ending=args.file_ending,
                          convention=args.empty, num_processes=args.np, output=args.output, method_name=args.name,
                          verbose=not args.quiet)
-    except EvaluationError as e:
-        print(f"nnunet_semicl evaluate: error: {e}", file=sys.stderr)
-        raise SystemExit(2)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m nnunet_semicl.evaluation")
-    add_arguments(p)
-    run(p.parse_args(argv))
+    module_main("python -m nnunet_semicl.evaluation", add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -9,16 +9,26 @@
   place only when every case converted, so a failed conversion leaves nothing half-written.
 * output folders, the ``--overwrite`` rule, dataset-id clashes, ``splits_final.json`` and the
   labeled-setting files (through :mod:`nnunet_semicl.data.splits`).
+* :class:`DatasetSpec` and :func:`convert_dataset`: the one conversion pipeline; a converter module
+  describes its dataset in a ``DatasetSpec`` (layouts and their locate functions, labels, texts).
+* :func:`add_converter_arguments`, :func:`run_converter`, :func:`exit_2_on`, :func:`module_main`: the
+  command lines (``nnunet_semicl convert-*`` and ``python -m``; ``evaluate`` shares the last two).
 
 Heavy imports (numpy, SimpleITK, h5py, tqdm) happen inside functions: the command-line help must stay
 fast.
 """
+import argparse
 import json
 import os
 import shutil
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
+
+if TYPE_CHECKING:  # protocols imports this module (ConversionError)
+    from nnunet_semicl.dataset_conversion.protocols import Protocol
 
 #: Tolerances for "same geometry" between an image and its label (mm, relative, direction cosines).
 SPACING_RTOL = 1e-3
@@ -47,6 +57,13 @@ def short_list(items: Sequence[str], n: int = 8) -> str:
     items = list(items)
     more = f" ... (+{len(items) - n} more)" if len(items) > n else ""
     return ", ".join(str(i) for i in items[:n]) + more
+
+
+def raise_if_problems(root: str, problems: Sequence[str]) -> None:
+    """Report every problem a locate function found in ``root`` at once (the first 8), not one per run."""
+    if problems:
+        raise ConversionError(f"{len(problems)} problem(s) in {root}: " + " | ".join(problems[:8])
+                              + (f" | ... (+{len(problems) - 8} more)" if len(problems) > 8 else ""))
 
 
 def log(msg: str, verbose: bool = True) -> None:
@@ -176,6 +193,13 @@ def check_image_values(arr, path: str) -> None:
 
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise ConversionError(f"Image {path} contains NaN or infinite values; the file is damaged.")
+
+
+def read_id_list(path: str, drop: str = "") -> List[str]:
+    """The ids of a ``*.list`` file (one a line), with ``drop`` removed: SSL4MIS lists name files (``x.h5``)."""
+    with open(path) as f:
+        ids = [line.strip() for line in f if line.strip()]
+    return [i.replace(drop, "") for i in ids] if drop else ids
 
 
 def read_h5_pair(path: str, ndim: int):
@@ -410,6 +434,180 @@ class Timer:
         return round(time.time() - self.t0, 2)
 
 
+# ------------------------------------------------------------------------------------------------
+# the conversion pipeline, shared by the ACDC and LA converters
+# ------------------------------------------------------------------------------------------------
+#: ``locate(input folder, case ids)`` -> ({case id: worker-task keys of its source files}, absent case ids)
+Locate = Callable[[str, Sequence[str]], Tuple[Dict[str, dict], List[str]]]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What differs between the ACDC and LA converters; :func:`convert_dataset` does the rest."""
+    title: str                                    # "ACDC": log lines and the progress bar
+    module: str                                   # the converter, recorded in conversion_info.json
+    unit: str                                     # what one case is called in messages: "case" / "volume"
+    labeled_units: str                            # what a setting labels: "patients" / "volumes"
+    default_id: int
+    default_name: str
+    locate: Dict[str, Locate]                     # per input layout, in the order messages name the layouts
+    detect_layout: Callable[[str], str]           # input folder -> layout (raises when there is no data)
+    hdf5_layout: str                              # the layout whose files store no spacing (--spacing applies)
+    default_spacing: Tuple[float, float, float]   # (z, y, x) mm assumed for it
+    isotropic_spacing: bool                       # --spacing may also be one value, for z, y and x
+    spacing_note: str                             # conversion_info.json: why the spacing is assumed
+    channel_name: str
+    labels: Dict[str, int]
+    dataset_text: Callable[[str], Dict[str, str]]  # layout -> dataset.json description, reference, licence
+    list_files: Tuple[Tuple[str, Tuple[str, ...]], ...]  # the input's own *.list files, the roles each lists
+    list_layouts: Tuple[str, ...]                 # the layouts that come with such list files
+    list_entry_ending: str                        # removed from list entries (SSL4MIS lists may name files)
+    methods_section: str                          # where the protocol is specified: "methods.md 7.1"
+    next_steps_configs: str                       # the nnU-Net configurations to plan
+    task_defaults: Dict[str, object] = field(default_factory=dict)  # worker-task keys the located sources lack
+    case_info_keys: Tuple[str, ...] = ()          # source keys recorded per case in conversion_info.json
+    # dataset notes in conversion_info.json, each where it has always stood in the file
+    info_after_spacing: Dict[str, str] = field(default_factory=dict)
+    info_after_protocol: Dict[str, str] = field(default_factory=dict)
+
+
+def assumed_spacing(spacing: Optional[Sequence[float]], spec: DatasetSpec) -> Tuple[float, ...]:
+    """``--spacing`` (or the dataset's default) as (z, y, x) mm; checked even where the files carry their own."""
+    spacing = tuple(float(s) for s in (spacing or spec.default_spacing))
+    if spec.isotropic_spacing and len(spacing) == 1:
+        spacing = spacing * 3
+    if len(spacing) != 3 or min(spacing) <= 0:
+        counts = "one or three" if spec.isotropic_spacing else "three"
+        raise ConversionError(f"--spacing needs {counts} positive values (z y x, mm), got {spacing}.")
+    return spacing
+
+
+def compare_input_lists(root: str, protocol: "Protocol", spec: DatasetSpec, verbose: bool) -> List[str]:
+    """Warn when the input's own ``*.list`` files disagree with the built-in protocol (which is used)."""
+    notes = []
+    for fname, roles in spec.list_files:
+        path = os.path.join(root, fname)
+        if not os.path.isfile(path):
+            continue
+        listed = set(read_id_list(path, spec.list_entry_ending))
+        expected = set(protocol.cases_of(g for r in roles for g in getattr(protocol, r)))
+        if listed != expected:
+            notes.append(f"{path} differs from the built-in protocol ({len(listed - expected)} extra, "
+                         f"{len(expected - listed)} absent ids); the built-in lists ({spec.methods_section}) are "
+                         f"used.")
+    for n in notes:
+        log(f"WARNING: {n}", verbose)
+    return notes
+
+
+def check_missing(missing: List[str], protocol: "Protocol", spec: DatasetSpec, input_dir: str, allow_missing: bool,
+                  verbose: bool) -> None:
+    """Protocol cases absent from the input: an error, or with ``--allow-missing`` a warning."""
+    unit = spec.unit
+    if missing and not allow_missing:
+        by_role = {r: [c for c in missing if protocol.role_of(protocol.group_of(c)) == r]
+                   for r in ("train", "val", "test")}
+        detail = "; ".join(f"{r}: {short_list(v)}" for r, v in by_role.items() if v)
+        raise ConversionError(f"{len(missing)} {unit}(s) of the protocol are not in {input_dir} ({detail}). Supply "
+                              f"the complete dataset, or pass --allow-missing to convert the {unit}s that are present "
+                              f"(the split files then cover only those; settings whose labeled {spec.labeled_units} "
+                              f"are absent are skipped).")
+    if missing:
+        log(f"WARNING: {len(missing)} protocol {unit}(s) absent from the input and left out (--allow-missing): "
+            f"{short_list(missing)}", verbose)
+
+
+def convert_dataset(spec: DatasetSpec, protocol: "Protocol", input_dir: str, raw: Optional[str],
+                    preprocessed: Optional[str], dataset_id: int, name: str, layout: str,
+                    spacing: Optional[Sequence[float]], cv_folds: Optional[int], allow_missing: bool,
+                    num_processes: int, overwrite: bool, verbose: bool, created_by: str) -> dict:
+    """Convert ``spec``'s dataset (arguments as ``convert_acdc``); return the summary.
+
+    Every check that can fail on the input runs before anything is written, and the raw dataset is
+    staged, so a failed conversion leaves the output roots as they were.
+    """
+    from nnunet_semicl.dataset_conversion.protocols import make_folds, make_settings
+
+    timer = Timer()
+    protocol.check()
+    raw_root, prep_root = output_roots(raw, preprocessed)
+    input_dir = os.path.abspath(input_dir)
+    dataset_name = f"Dataset{int(dataset_id):03d}_{name}"
+    dataset_dir = os.path.join(raw_root, dataset_name)
+    check_dataset_id_free(dataset_name, [raw_root, prep_root, os.environ.get("nnUNet_results")])
+    if os.path.exists(dataset_dir) and not overwrite:
+        raise FileExistsError(f"{dataset_dir} already exists. Pass --overwrite to replace it (then run "
+                              f"nnUNetv2_plan_and_preprocess again), or choose another --id.")
+    if layout == "auto":
+        layout = spec.detect_layout(input_dir)
+    if layout not in spec.locate:
+        raise ConversionError(f"Unknown layout '{layout}' (use {', '.join(spec.locate)} or auto).")
+    assumes_spacing = layout == spec.hdf5_layout
+    if not assumes_spacing and spacing is not None:
+        log(f"NOTE: --spacing is ignored for the {layout} release (its files carry their geometry).", verbose)
+    spacing = assumed_spacing(spacing, spec)
+
+    cases = protocol.cases_of(protocol.all_groups)
+    found, missing = spec.locate[layout](input_dir, cases)
+    notes = compare_input_lists(input_dir, protocol, spec, verbose) if layout in spec.list_layouts else []
+    check_missing(missing, protocol, spec, input_dir, allow_missing, verbose)
+
+    present = [c for c in cases if c in found]
+    folds = make_folds(protocol, present, cv_folds)
+    settings, skipped = make_settings(protocol, folds, cv=cv_folds is not None, created_by=created_by)
+    for s, why in skipped:
+        log(f"WARNING: setting '{s}' skipped: {why}", verbose)
+    skipped_names = [n for n, _ in skipped]
+    prep_base = os.path.join(prep_root, dataset_name)
+    plan_split_files(prep_base, folds, settings, overwrite, skipped=skipped_names)
+
+    roles = {c: protocol.role_of(protocol.group_of(c)) for c in present}
+    n_test = sum(r == "test" for r in roles.values())
+    n_train = len(present) - n_test
+    with Staging(raw_root, dataset_name, overwrite) as stage:
+        make_dataset_dirs(stage, with_test=n_test > 0)
+        tasks = [{**spec.task_defaults, **found[c], "case": c, "spacing": spacing,
+                  **make_task_paths(stage, c, roles[c])} for c in present]
+        log(f"Converting {len(tasks)} {spec.title} {spec.unit}s ({layout} layout) from {input_dir} with "
+            f"{num_processes} process(es)", verbose)
+        results = run_tasks(tasks, num_processes, spec.title, verbose)
+        dataset_json = {"channel_names": {"0": spec.channel_name}, "labels": spec.labels, "numTraining": n_train,
+                        "file_ending": ".nii.gz", "name": name, **spec.dataset_text(layout)}
+        write_json(dataset_json, os.path.join(stage, "dataset.json"))
+        by_case = {r["case"]: r for r in results}
+        info = {
+            "converter": spec.module,
+            "created_by": created_by,
+            "input": input_dir,
+            "layout": layout,
+            "spacing_zyx_mm": list(spacing) if assumes_spacing else "from the image files",
+            "spacing_note": spec.spacing_note if assumes_spacing else "",
+            **spec.info_after_spacing,
+            "protocol": protocol.name, "protocol_source": protocol.source,
+            **spec.info_after_protocol,
+            "cv_folds": cv_folds, "allow_missing": allow_missing, "missing_cases": missing,
+            "skipped_settings": dict(skipped), "list_file_notes": notes,
+            "cases": {c: {"role": roles[c], **{k: found[c][k] for k in spec.case_info_keys if k in found[c]},
+                          "shape_zyx": by_case[c]["shape"], "source": by_case[c]["source"]} for c in present},
+        }
+        write_json(info, os.path.join(stage, "conversion_info.json"))
+    split_paths = write_split_files(prep_base, folds, settings, overwrite, skipped=skipped_names)
+    note_stale_preprocessing(prep_base, overwrite, verbose)
+    summary = {"dataset_name": dataset_name, "dataset_dir": dataset_dir,
+               "layout": layout, "n_train_cases": n_train, "n_test_cases": n_test,
+               "n_fold0_train": len(folds[0]["train"]), "n_fold0_val": len(folds[0]["val"]), "n_folds": len(folds),
+               "missing": missing, "settings": [s["setting"] for s in settings], "skipped_settings": dict(skipped),
+               "split_files": split_paths, "seconds": timer.seconds}
+    log(f"Wrote {dataset_dir}: {n_train} training {spec.unit}s (fold 0: {summary['n_fold0_train']} train / "
+        f"{summary['n_fold0_val']} val), {n_test} test {spec.unit}s in imagesTs/labelsTs, settings "
+        f"{summary['settings']} in {prep_base} ({summary['seconds']:.1f} s).", verbose)
+    log(next_steps(int(dataset_id), dataset_name, spec.next_steps_configs, summary["settings"]), verbose)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------
+# command line (the converters; evaluate shares exit_2_on and module_main)
+# ------------------------------------------------------------------------------------------------
 def command_line() -> str:
     """The command as typed (recorded in the split files and conversion_info.json)."""
     import shlex
@@ -420,3 +618,53 @@ def command_line() -> str:
 def cli_error(command: str, e: BaseException) -> None:
     print(f"nnunet_semicl {command}: error: {e}", file=sys.stderr)
     raise SystemExit(2)
+
+
+@contextmanager
+def exit_2_on(command: str, *errors: Type[BaseException]) -> Iterator[None]:
+    """Report ``errors`` as ``nnunet_semicl <command>: error: ...`` and exit 2, argparse's status for a usage
+    error: they are the user's input, not a bug, so no traceback."""
+    try:
+        yield
+    except errors as e:
+        cli_error(command, e)
+
+
+def module_main(prog: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+                run: Callable[[argparse.Namespace], None], argv: Optional[Sequence[str]] = None) -> None:
+    """``python -m <module>``: the arguments and ``run`` of the matching ``nnunet_semicl`` sub-command."""
+    p = argparse.ArgumentParser(prog=prog)
+    add_arguments(p)
+    run(p.parse_args(argv))
+
+
+def add_converter_arguments(p: argparse.ArgumentParser, spec: DatasetSpec, description: str, input_help: str,
+                            spacing_help: str, cv_help: str) -> None:
+    """The arguments of ``nnunet_semicl convert-*`` (the parameters of :func:`convert_dataset`)."""
+    p.description = description
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("-i", "--input", required=True, help=input_help)
+    p.add_argument("--id", type=int, default=spec.default_id, help=f"dataset id (default {spec.default_id})")
+    p.add_argument("--name", default=spec.default_name, help=f"dataset name (default {spec.default_name})")
+    p.add_argument("--layout", choices=("auto",) + tuple(spec.locate), default="auto")
+    if spec.isotropic_spacing:
+        p.add_argument("--spacing", type=float, nargs="+", default=None, metavar="MM", help=spacing_help)
+    else:
+        p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"), help=spacing_help)
+    p.add_argument("--cv", type=int, nargs="?", const=5, default=None, metavar="K", help=cv_help)
+    p.add_argument("--allow-missing", action="store_true",
+                   help=f"convert the protocol {spec.unit}s that are present and leave out absent ones (default: "
+                        f"error)")
+    p.add_argument("-np", type=int, default=default_num_processes(), help="worker processes (default %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset and its split files")
+    p.add_argument("--raw", default=None, help="raw root (default $nnUNet_raw)")
+    p.add_argument("--preprocessed", default=None, help="preprocessed root for the split files "
+                                                        "(default $nnUNet_preprocessed)")
+    p.add_argument("-q", "--quiet", action="store_true")
+
+
+def run_converter(command: str, convert: Callable[..., dict], args: argparse.Namespace) -> None:
+    """``nnunet_semicl <command>``: ``convert`` (``convert_acdc`` / ``convert_la``) with the parsed arguments."""
+    with exit_2_on(command, ConversionError, FileExistsError):
+        convert(args.input, args.raw, args.preprocessed, args.id, args.name, args.layout, args.spacing, args.cv,
+                args.allow_missing, args.np, args.overwrite, not args.quiet, created_by=command_line())

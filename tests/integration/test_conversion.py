@@ -50,6 +50,30 @@ def _write(arr, path, spacing_xyz=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direc
     return img
 
 
+def _write_h5(path, image, label):
+    """An SSL4MIS / UA-MT HDF5 file: datasets ``image`` and ``label``."""
+    with h5py.File(path, "w") as f:
+        f.create_dataset("image", data=image)
+        f.create_dataset("label", data=label)
+
+
+def _set_label_voxel(path, value):
+    """Write ``value`` into the first voxel of the label file ``path`` (keeping its geometry)."""
+    ref = sitk.ReadImage(path)
+    arr = sitk.GetArrayFromImage(ref)
+    arr[0, 0, 0] = value
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(ref)
+    sitk.WriteImage(out, path)
+
+
+def _assert_same_geometry(images, ref):
+    for o in images:
+        assert o.GetSpacing() == pytest.approx(ref.GetSpacing())
+        assert o.GetOrigin() == pytest.approx(ref.GetOrigin())
+        assert o.GetDirection() == pytest.approx(ref.GetDirection())
+
+
 def _frames_of(p: int):
     """(ED, ES) frame numbers of mock patient number p: ED 1, ES varies like the real data."""
     return 1, 8 + p % 7
@@ -110,14 +134,10 @@ def make_ssl4mis_acdc(root, n_slices_099=11):
             if pat in protocols.ACDC.train:
                 order = rng.permutation(nz)  # the real train_slices.list is not in slice order
                 for z in order:
-                    with h5py.File(os.path.join(data, f"{case}_slice_{z + 1}.h5"), "w") as f:
-                        f.create_dataset("image", data=img[z])
-                        f.create_dataset("label", data=lab[z])
+                    _write_h5(os.path.join(data, f"{case}_slice_{z + 1}.h5"), img[z], lab[z])
                     slice_entries.append(f"{case}_slice_{z + 1}")
             else:
-                with h5py.File(os.path.join(data, f"{case}.h5"), "w") as f:
-                    f.create_dataset("image", data=img)
-                    f.create_dataset("label", data=lab)
+                _write_h5(os.path.join(data, f"{case}.h5"), img, lab)
     for name, groups in (("train.list", protocols.ACDC.train), ("val.list", protocols.ACDC.val),
                          ("test.list", protocols.ACDC.test)):
         with open(os.path.join(root, name), "w") as f:
@@ -155,9 +175,7 @@ def make_la_uamt(root, ids=LA_IDS):
         shape_xyz = (6 + i % 2, 5, 4)
         img = rng.randn(*shape_xyz).astype(np.float32)
         lab = (rng.rand(*shape_xyz) > 0.5).astype(np.uint8)
-        with h5py.File(os.path.join(d, "mri_norm2.h5"), "w") as f:
-            f.create_dataset("image", data=img)
-            f.create_dataset("label", data=lab)
+        _write_h5(os.path.join(d, "mri_norm2.h5"), img, lab)
         expected[case] = (img, lab)
     with open(os.path.join(root, "train.list"), "w") as f:
         f.write("\n".join(protocols.LA_TRAIN_LIST) + "\n")
@@ -262,10 +280,7 @@ def test_acdc_official_voxel_for_voxel(tmp_path, env):
         out_lab, out_lab_itk = _read(_case_file(raw_ds, case, role, "label"))
         np.testing.assert_array_equal(out_img, img)
         np.testing.assert_array_equal(out_lab, lab)
-        for o in (out_img_itk, out_lab_itk):  # geometry of the official files is kept
-            assert o.GetSpacing() == pytest.approx(ref_img.GetSpacing())
-            assert o.GetOrigin() == pytest.approx(ref_img.GetOrigin())
-            assert o.GetDirection() == pytest.approx(ref_img.GetDirection())
+        _assert_same_geometry((out_img_itk, out_lab_itk), ref_img)  # geometry of the official files is kept
         # frame01 = ED, frame02 = ES; the real frame number is recorded
         ed, es = _frames_of(int(case[7:10]))
         assert info["cases"][case]["phase"] == ("ED" if case.endswith("01") else "ES")
@@ -361,10 +376,7 @@ def test_la_challenge_nrrd_voxel_for_voxel(tmp_path, env):
         out_lab, ol = _read(_case_file(raw_ds, case, role, "label"))
         np.testing.assert_array_equal(out_img, img)
         np.testing.assert_array_equal(out_lab, lab)  # 255 -> 1
-        for o in (oi, ol):
-            assert o.GetSpacing() == pytest.approx(ref_img.GetSpacing())
-            assert o.GetOrigin() == pytest.approx(ref_img.GetOrigin())
-            assert o.GetDirection() == pytest.approx(ref_img.GetDirection())
+        _assert_same_geometry((oi, ol), ref_img)
 
 
 def test_la_uamt_h5_axis_order_and_spacing(tmp_path, env):
@@ -473,32 +485,17 @@ def test_error_h5_shape_mismatch(tmp_path, env):
     assert str(f5) in str(e.value)
 
 
-@pytest.mark.parametrize("which", ["acdc", "la"])
-def test_error_unexpected_label_values(tmp_path, env, which):
-    if which == "acdc":
-        src = tmp_path / "ACDC"
-        make_official_acdc(str(src))
-        gt = src / "training" / "patient070" / "patient070_frame01_gt.nii.gz"
-        ref = sitk.ReadImage(str(gt))
-        arr = sitk.GetArrayFromImage(ref)
-        arr[0, 0, 0] = 5
-        out = sitk.GetImageFromArray(arr)
-        out.CopyInformation(ref)
-        sitk.WriteImage(out, str(gt))
-        with pytest.raises(ConversionError, match=r"unexpected values \[5\]") as e:
-            convert_acdc(str(src), verbose=False)
-    else:
-        src = tmp_path / "LA"
-        make_la_challenge(str(src))
-        gt = src / "Training Set" / protocols.LA_TRAIN_LIST[0] / "laendo.nrrd"
-        ref = sitk.ReadImage(str(gt))
-        arr = sitk.GetArrayFromImage(ref)
-        arr[0, 0, 0] = 128
-        out = sitk.GetImageFromArray(arr)
-        out.CopyInformation(ref)
-        sitk.WriteImage(out, str(gt))
-        with pytest.raises(ConversionError, match=r"unexpected values \[128\]") as e:
-            convert_la(str(src), verbose=False)
+@pytest.mark.parametrize("make, convert, label_file, bad_value", [
+    (make_official_acdc, convert_acdc, os.path.join("training", "patient070", "patient070_frame01_gt.nii.gz"), 5),
+    (make_la_challenge, convert_la, os.path.join("Training Set", protocols.LA_TRAIN_LIST[0], "laendo.nrrd"), 128),
+], ids=["acdc", "la"])
+def test_error_unexpected_label_values(tmp_path, env, make, convert, label_file, bad_value):
+    src = tmp_path / "src"
+    make(str(src))
+    gt = src / label_file
+    _set_label_voxel(str(gt), bad_value)
+    with pytest.raises(ConversionError, match=rf"unexpected values \[{bad_value}\]") as e:
+        convert(str(src), verbose=False)
     assert str(gt) in str(e.value)
 
 
