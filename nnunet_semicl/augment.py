@@ -10,7 +10,7 @@ probabilities, validity mask) identically, so the student is never asked to pred
 label on a warped image.
 """
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch

@@ -19,6 +19,7 @@ import shlex
 import sys
 
 from nnunet_semicl import ext_trainer_path
+from nnunet_semicl.cli_support import cli_error
 
 # sub-commands implemented in other modules: (name, module, help); each module has add_arguments(p) and run(args)
 EXTERNAL_COMMANDS = [
@@ -199,8 +200,7 @@ def main(argv=None):
         args.func(args)
         return 0
     except (SplitError, FileExistsError, FileNotFoundError) as e:
-        print(f"nnunet_semicl {args.command}: error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        cli_error(args.command, e)
 
 
 if __name__ == "__main__":

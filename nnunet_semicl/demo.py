@@ -146,12 +146,9 @@ def format_table(results) -> str:
 
 
 def main(argv=None):
-    import argparse
+    from nnunet_semicl.cli_support import module_main
 
-    p = argparse.ArgumentParser(prog="nnunet_semicl demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return run(p.parse_args(argv))
+    module_main("nnunet_semicl demo", add_arguments, run, argv)
 
 
 if __name__ == "__main__":

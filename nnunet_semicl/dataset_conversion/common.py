@@ -23,9 +23,10 @@ import os
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+
+from nnunet_semicl.cli_support import exit_2_on
 
 if TYPE_CHECKING:  # protocols imports this module (ConversionError)
     from nnunet_semicl.dataset_conversion.protocols import Protocol
@@ -417,7 +418,7 @@ def note_stale_preprocessing(prep_base: str, overwrite: bool, verbose: bool) -> 
 
 def next_steps(dataset_id: int, dataset_name: str, configs: str, settings: List[str]) -> str:
     s = settings[1] if len(settings) > 1 else (settings[0] if settings else None)
-    lines = [f"Next steps:",
+    lines = ["Next steps:",
              f"  nnUNetv2_plan_and_preprocess -d {dataset_id} -c {configs} --verify_dataset_integrity",
              f"  nnunet_semicl sync-plans {dataset_id}"]
     if s:
@@ -613,29 +614,6 @@ def command_line() -> str:
     import shlex
 
     return " ".join([os.path.basename(sys.argv[0])] + [shlex.quote(a) for a in sys.argv[1:]])
-
-
-def cli_error(command: str, e: BaseException) -> None:
-    print(f"nnunet_semicl {command}: error: {e}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-@contextmanager
-def exit_2_on(command: str, *errors: Type[BaseException]) -> Iterator[None]:
-    """Report ``errors`` as ``nnunet_semicl <command>: error: ...`` and exit 2, argparse's status for a usage
-    error: they are the user's input, not a bug, so no traceback."""
-    try:
-        yield
-    except errors as e:
-        cli_error(command, e)
-
-
-def module_main(prog: str, add_arguments: Callable[[argparse.ArgumentParser], None],
-                run: Callable[[argparse.Namespace], None], argv: Optional[Sequence[str]] = None) -> None:
-    """``python -m <module>``: the arguments and ``run`` of the matching ``nnunet_semicl`` sub-command."""
-    p = argparse.ArgumentParser(prog=prog)
-    add_arguments(p)
-    run(p.parse_args(argv))
 
 
 def add_converter_arguments(p: argparse.ArgumentParser, spec: DatasetSpec, description: str, input_help: str,

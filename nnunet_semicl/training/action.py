@@ -12,7 +12,7 @@ The phase is a function of the epoch, so ``--c`` resumes in the right phase; at 
 fine-tuning the teacher restarts from the student (as in the official code). Deliberate
 differences from the official code are listed in docs/methods/action.md.
 """
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F

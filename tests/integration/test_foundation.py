@@ -1,9 +1,7 @@
 """The shared machinery end to end on the synthetic phantoms, through nnU-Net's own entry points."""
-import glob
 import json
 import os
 import pickle
-import subprocess
 import sys
 
 import numpy as np

@@ -1,5 +1,4 @@
 import copy
-import pickle
 
 import pytest
 import torch

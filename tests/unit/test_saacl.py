@@ -102,7 +102,7 @@ def test_lambda_zero_removes_centre_term():
     l0 = saacl_loss(a, y, v, q, ql, c, tau=tau, lambda_a=0.0)
     l2 = saacl_loss(a, y, v, q, ql, c, tau=tau, lambda_a=0.2)
     # independent: the centre term alone is -(1/n) sum_i log s_{i nu_i} / |P_i|
-    z, keys = F.normalize(a, dim=1), None
+    z = F.normalize(a, dim=1)
     logits = torch.cat([(z * F.normalize(v, dim=1)).sum(1, keepdim=True), z @ F.normalize(q, dim=1).T,
                         z @ F.normalize(c, dim=1).T], 1) / tau
     log_s = logits.log_softmax(1)
