@@ -139,3 +139,27 @@ def test_resume_restores_every_state_across_phases(phantom, trainer, cfg, stop):
             assert "fine-tuning starts; teacher re-initialised" in open(t2.log_file).read()
         log = t2.logger.get_value("train_losses", None)
         assert len(log) == 4 and np.all(np.isfinite(log))
+
+
+@pytest.mark.parametrize("trainer", ["nnUNetTrainerACTIONpp", "nnUNetTrainerARCO"])
+def test_fine_tuning_step_under_mixed_precision(phantom, trainer, monkeypatch):
+    """The CUDA branch wraps the step in autocast; here the same code path runs under CPU bf16 autocast
+    (no GPU in CI): every loss term stays finite because similarity maths is done in fp32."""
+    import nnunet_semicl.training.semi_supervised as semi
+
+    with env(**TRAIN_ENV):
+        t = make_trainer(phantom.id, "2d_tiny", 2, trainer, phantom.phases_plans)
+        t.disable_checkpointing = True
+        t.on_train_start()
+        try:
+            t.current_epoch = 3
+            t.on_train_epoch_start()
+            monkeypatch.setattr(semi, "dummy_context", lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+            outs = [t.train_step(next(t.dataloader_train)) for _ in range(2)]
+        finally:
+            t.on_train_end()
+    finite = {k for k, v in outs[-1].items() if np.isfinite(v)}
+    expected = {"loss", "train_loss_sup", "train_loss_unsup"} | (
+        {"train_loss_anco", "train_loss_saacl"} if trainer == "nnUNetTrainerACTIONpp"
+        else {"train_loss_contrast", "train_loss_eqv", "train_loss_nn"})
+    assert finite == expected
