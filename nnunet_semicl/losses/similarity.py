@@ -4,9 +4,10 @@ Pixel-contrast losses (ReCo/ACTION anatomical contrast, U2PL/MONA memory banks) 
 queries with N sampled keys: ``out[r, n] = q[r] . table[index[r, n]]``. Gathering the keys first
 builds an ``[R, N, D]`` tensor (4 classes x 256 queries x 512 negatives x 512 dims = 1 GB) that
 autograd keeps until backward; multiplying by the whole table instead costs ``R x P x D`` operations
-for P pixels. ``gather_dot`` computes only the R x N needed products, in row chunks, and its
-backward recomputes the gathered rows chunk by chunk: memory O(chunk x N x D), compute
-O(R x N x D), and only ``index`` is saved. The table is treated as a constant (no gradient).
+for P pixels. ``gather_dot`` multiplies by the whole table while the ``[R, P]`` result is moderate
+(fast, dense), and otherwise computes only the R x N needed products, in row chunks, with a
+backward that recomputes the gathered rows chunk by chunk: memory O(chunk x N x D) and only
+``index`` saved. The table is treated as a constant (no gradient).
 """
 import torch
 
@@ -33,7 +34,7 @@ class _GatherDot(torch.autograd.Function):
 
 
 def gather_dot(queries: torch.Tensor, table: torch.Tensor, index: torch.Tensor, chunk: int = 32,
-               dense_factor: int = 8) -> torch.Tensor:
+               dense_max_elements: int = 2 ** 25) -> torch.Tensor:
     """``[R, N]`` with ``out[r, n] = queries[r] . table[index[r, n]]``; gradient to ``queries`` only.
 
     Args:
@@ -42,10 +43,12 @@ def gather_dot(queries: torch.Tensor, table: torch.Tensor, index: torch.Tensor, 
             so an fp16 memory bank is never copied whole).
         index: long ``[R, N]`` rows of ``table``.
         chunk: query rows processed at once (bounds the temporary ``[chunk, N, D]`` tensor).
-        dense_factor: when the table has at most ``dense_factor x N`` rows, multiply by the whole
-            table instead (``[R, P]`` similarities, then pick): a dense matrix product is much
-            faster than gathering ``R x N`` rows, and its ``[R, P]`` output is then small. Pixel
-            tables at 1/4 resolution take this path; 50k-entry memory banks take the chunked one.
+        dense_max_elements: while ``R x P`` is at most this (2^25 similarities, 128 MB in fp32),
+            multiply by the whole table instead (``[R, P]`` similarities, then pick the drawn
+            ones): a dense matrix product runs near peak speed, whereas gathering ``R x N`` rows of
+            ``D`` values is memory-bound (measured on 2 CPU cores: 1.35 s against about 0.1 s per
+            step for ACTION's 1024 x 512 negatives over 5120 pixels). Larger problems take the
+            chunked path, whose memory does not grow with ``P``.
     """
     if queries.ndim != 2 or table.ndim != 2 or index.ndim != 2 or index.shape[0] != queries.shape[0]:
         raise ValueError(f"gather_dot: expected queries [R, D], table [P, D], index [R, N]; got "
@@ -53,6 +56,6 @@ def gather_dot(queries: torch.Tensor, table: torch.Tensor, index: torch.Tensor, 
     table = table.detach()
     if index.numel() == 0:
         return queries.new_zeros(index.shape) + queries.sum() * 0
-    if table.shape[0] <= dense_factor * index.shape[1]:
+    if queries.shape[0] * table.shape[0] <= dense_max_elements:
         return (queries @ table.to(queries.dtype).t()).gather(1, index)
     return _GatherDot.apply(queries, table, index, max(1, int(chunk)))

@@ -4,20 +4,20 @@ import torch
 from nnunet_semicl.losses.similarity import gather_dot
 
 
-@pytest.mark.parametrize("chunk,rows", [(1, 11), (3, 11), (64, 11), (3, 200)])
-def test_value_and_gradient_match_explicit_gather(chunk, rows):
+@pytest.mark.parametrize("chunk,rows,dense", [(1, 11, 0), (3, 11, 0), (64, 11, 0), (3, 200, 0), (3, 200, 10 ** 6)])
+def test_value_and_gradient_match_explicit_gather(chunk, rows, dense):
     torch.manual_seed(0)
     q = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
-    table = torch.randn(rows, 5, dtype=torch.float64)  # 11 rows: dense path, 200 rows: chunked path
+    table = torch.randn(rows, 5, dtype=torch.float64)  # dense=0: the chunked path; 10**6: the dense one
     index = torch.randint(0, rows, (7, 4))
-    out = gather_dot(q, table, index, chunk=chunk)
+    out = gather_dot(q, table, index, chunk=chunk, dense_max_elements=dense)
     ref = (table[index] * q[:, None, :]).sum(-1)
     assert torch.allclose(out, ref)
     w = torch.randn(7, 4, dtype=torch.float64)
     (g,) = torch.autograd.grad((out * w).sum(), q)
     (g_ref,) = torch.autograd.grad((ref * w).sum(), q)
     assert torch.allclose(g, g_ref)
-    assert torch.autograd.gradcheck(lambda x: gather_dot(x, table, index, chunk), (q,))
+    assert torch.autograd.gradcheck(lambda x: gather_dot(x, table, index, chunk, dense), (q,))
 
 
 def test_table_gets_no_gradient_and_empty_index():

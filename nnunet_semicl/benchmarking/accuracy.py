@@ -1,0 +1,427 @@
+"""``nnunet_semicl benchmark accuracy``: a CPU-scale training of every trainer on the real ACDC data.
+
+One command (resumable: finished runs are skipped, an interrupted one continues with ``--c``, or
+only re-runs its validation when its final checkpoint exists):
+
+1. ``nnunet_semicl convert-acdc -i ACDC_ssl4mis --allow-missing``: the SSL4MIS copy with the papers'
+   protocol (fold 0 validates on the 10 validation patients) and the 1pct/5pct/10pct settings;
+2. ``nnUNetv2_plan_and_preprocess -d 27 -c 2d --no_pp`` (plans only), then a reduced-resolution
+   inherited configuration ``2d_3mm`` is added to ``nnUNetPlans.json``: in-plane spacing 3 mm, its own
+   ``data_identifier``, a small U-Net (``make_tiny_configuration``: 5 stages, widths 16..128), patch
+   covering the median image; preprocessed with the stock ``nnUNetv2_preprocess -c 2d_3mm``;
+3. ``nnunet_semicl sync-plans 27`` creates ``nnUNetPlans_{1,5,10}pct``; the short schedule goes into
+   the settings' ``semicl.trainer`` block (what ``nnunet_semicl split --epochs/--iterations`` writes);
+4. per setting, a supervised **warm start**: ``nnUNetv2_train 27 2d_3mm 0 -tr nnUNetTrainerLabeledOnly
+   -p nnUNetPlans_<setting>_warm`` (a copy of the setting with a longer schedule). nnU-Net needs
+   several hundred iterations before its Dice moves at all, more than a CPU can give each of 16
+   runs; every trainer therefore starts from the warm start's network
+   (``nnunet_semicl.benchmarking.warm_start``: ``<trainer>_warmStart`` = the trainer unchanged, all
+   network weights loaded; ``--warm-epochs 0`` trains from scratch instead);
+5. ``nnUNetv2_train 27 2d_3mm 0 -tr <trainer>_warmStart -p nnUNetPlans_<setting> -device cpu`` for
+   every trainer and setting; nnU-Net's final validation writes ``fold_0/validation/summary.json``
+   (the 20 validation frames, at their original resolution);
+6. a per-class Dice table (JSON + markdown; the ``accuracy`` section of docs/performance.md).
+
+It checks that the methods learn (and do not break a model) on real data with a small budget; it is
+not a reproduction of the papers' numbers (3 mm in-plane, a small network, minutes of training).
+"""
+import argparse
+import math
+import os
+import shutil
+import sys
+import time
+from typing import Dict, Optional
+
+from nnunet_semicl.benchmarking.common import (fmt, format_machine, load_json, machine_info, markdown_table,
+                                               repo_docs_path, run_command, save_json, update_doc_section)
+
+DATASET_ID = 27
+DATASET = "Dataset027_ACDC"
+DEFAULT_TRAINERS = ("nnUNetTrainerLabeledOnly", "nnUNetTrainerMeanTeacher", "nnUNetTrainerPseudoLabel",
+                    "nnUNetTrainerACTION", "nnUNetTrainerACTIONpp", "nnUNetTrainerMONA", "nnUNetTrainerARCO",
+                    "nnUNetTrainerARCO_SAG")
+DEFAULT_SETTINGS = ("5pct", "10pct")
+LABELED_PATIENTS = {"1pct": 1, "5pct": 3, "10pct": 7}
+CLASSES = (("1", "RV"), ("2", "MLV"), ("3", "LVC"))
+#: the schedule (chosen for about 60-90 minutes for 8 trainers x 2 settings on 2 CPU cores; docs/performance.md)
+DEFAULT_EPOCHS = 8
+DEFAULT_ITERATIONS = 10
+DEFAULT_VAL_ITERATIONS = 2
+#: the shared supervised warm start (nnU-Net needs several hundred iterations before its Dice moves)
+DEFAULT_WARM_EPOCHS = 30
+DEFAULT_WARM_ITERATIONS = 25
+WARM_TRAINER = "nnUNetTrainerLabeledOnly"
+WARM_SUFFIX = "_warm"
+WARM_ROW = "warm start"
+WARM_START_SUFFIX = "_warmStart"   # nnunet_semicl/benchmarking/warm_start.py
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", "--input", default=None, help="the SSL4MIS ACDC folder (default: ../shared/data/ACDC_ssl4mis "
+                                                       "beside the checkout when present)")
+    p.add_argument("--workdir", default="nnunet_semicl_accuracy",
+                   help="folder for nnUNet_raw/preprocessed/results, logs and results (default ./nnunet_semicl_accuracy)")
+    p.add_argument("--trainers", nargs="+", default=None, help=f"default: {' '.join(DEFAULT_TRAINERS)}")
+    p.add_argument("--settings", nargs="+", default=None, help=f"default: {' '.join(DEFAULT_SETTINGS)}")
+    p.add_argument("--epochs", type=int, default=None, help=f"default {DEFAULT_EPOCHS}")
+    p.add_argument("--iterations", type=int, default=None, help=f"iterations per epoch (default {DEFAULT_ITERATIONS})")
+    p.add_argument("--val-iterations", type=int, default=None,
+                   help=f"validation iterations per epoch (default {DEFAULT_VAL_ITERATIONS})")
+    p.add_argument("--warm-epochs", type=int, default=None,
+                   help=f"epochs of the shared supervised warm start (nnUNetTrainerLabeledOnly) per setting; 0: every "
+                        f"trainer starts from scratch (default {DEFAULT_WARM_EPOCHS})")
+    p.add_argument("--warm-iterations", type=int, default=None,
+                   help=f"iterations per warm-start epoch (default {DEFAULT_WARM_ITERATIONS})")
+    p.add_argument("--lr", type=float, default=None, help="initial learning rate of every trainer (default: nnU-Net's "
+                                                          "0.01)")
+    p.add_argument("--spacing", type=float, default=3.0, help="in-plane spacing of the configuration, mm (default 3)")
+    p.add_argument("--configuration", default=None, help="name of the added configuration (default 2d_<spacing>mm)")
+    p.add_argument("--patch-size", type=int, nargs=2, default=None, help="default: the median image at --spacing, "
+                                                                         "rounded up to the network's stride")
+    p.add_argument("--batch-size", type=int, default=8, help="labeled batch size (= unlabeled) (default 8)")
+    p.add_argument("--stages", type=int, default=5, help="U-Net stages (default 5)")
+    p.add_argument("--max-features", type=int, default=128, help="widest stage (default 128)")
+    p.add_argument("--feature-divisor", type=int, default=2, help="nnU-Net's widths divided by this (default 2)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    p.add_argument("--redo", action="store_true", help="train again even when a run has finished")
+    p.add_argument("--smoke", action="store_true", help="pipeline check: nnUNetTrainerLabeledOnly, 5pct, 1 epoch x 2 "
+                                                        "iterations (other values with --trainers ...), default workdir "
+                                                        "./nnunet_semicl_accuracy_smoke; no docs update")
+    p.add_argument("--docs", default="auto", help="'auto' (the checkout's docs/performance.md, not with --smoke), "
+                                                  "'none', or a path")
+
+
+def resolve_options(args) -> dict:
+    smoke = bool(args.smoke)
+    spacing = float(args.spacing)
+    return {
+        "trainers": list(args.trainers or (["nnUNetTrainerLabeledOnly"] if smoke else DEFAULT_TRAINERS)),
+        "settings": list(args.settings or (["5pct"] if smoke else DEFAULT_SETTINGS)),
+        "epochs": args.epochs or (1 if smoke else DEFAULT_EPOCHS),
+        "iterations": args.iterations or (2 if smoke else DEFAULT_ITERATIONS),
+        "val_iterations": args.val_iterations or (1 if smoke else DEFAULT_VAL_ITERATIONS),
+        "lr": args.lr,
+        "warm_epochs": (args.warm_epochs if args.warm_epochs is not None else (1 if smoke else DEFAULT_WARM_EPOCHS)),
+        "warm_iterations": args.warm_iterations or (2 if smoke else DEFAULT_WARM_ITERATIONS),
+        "spacing": spacing,
+        "configuration": args.configuration or f"2d_{spacing:g}mm".replace(".", "p"),
+        "patch_size": args.patch_size,
+        "batch_size": args.batch_size,
+        "stages": args.stages,
+        "max_features": args.max_features,
+        "feature_divisor": args.feature_divisor,
+        "device": args.device,
+        "smoke": smoke,
+    }
+
+
+def schedule_overrides(opts: dict, warm: bool = False) -> dict:
+    """The settings' ``semicl.trainer`` block: the short schedule, and a checkpoint every few epochs (resumable).
+    ``warm``: the schedule of the supervised warm start."""
+    epochs = int(opts["warm_epochs"] if warm else opts["epochs"])
+    out = {"num_epochs": epochs, "num_iterations_per_epoch": int(opts["warm_iterations" if warm else "iterations"]),
+           "num_val_iterations_per_epoch": int(opts["val_iterations"]), "save_every": max(1, min(5, epochs // 3))}
+    if opts.get("lr") and not warm:  # the warm start keeps nnU-Net's learning rate
+        out["initial_lr"] = float(opts["lr"])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# configuration
+# ------------------------------------------------------------------------------------------------
+def reduced_configuration(plans: dict, opts: dict) -> dict:
+    """The inherited low-resolution configuration added to the plans (pure)."""
+    import numpy as np
+    from nnunet_semicl.data.plans_tools import _resolved_configuration, make_tiny_configuration
+
+    parent = _resolved_configuration(plans, "2d")
+    factor = np.array(parent["spacing"], dtype=float) / opts["spacing"]
+    median = np.array(parent["median_image_size_in_voxels"], dtype=float) * factor
+    n = min(int(opts["stages"]), int(parent["architecture"]["arch_kwargs"]["n_stages"]))
+    strides = parent["architecture"]["arch_kwargs"]["strides"][:n]
+    total = np.prod(np.array([s if isinstance(s, (list, tuple)) else [s, s] for s in strides]), axis=0)
+    patch = opts["patch_size"] or [int(math.ceil(m / t) * t) for m, t in zip(median, total)]
+    cfg = make_tiny_configuration(plans, "2d", patch_size=patch, feature_divisor=opts["feature_divisor"],
+                                  max_features=opts["max_features"], max_stages=n, batch_size=opts["batch_size"])
+    cfg["data_identifier"] = f"nnUNetPlans_{opts['configuration']}"
+    cfg["spacing"] = [float(opts["spacing"])] * 2
+    cfg["median_image_size_in_voxels"] = [float(round(m, 1)) for m in median]
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------
+# pipeline
+# ------------------------------------------------------------------------------------------------
+def _default_input() -> Optional[str]:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
+    path = os.path.join(os.path.dirname(root), "shared", "data", "ACDC_ssl4mis")
+    return path if os.path.isdir(path) else None
+
+
+def progress_line(line: str) -> bool:
+    """nnU-Net output lines worth echoing while a run trains (the rest goes to the log)."""
+    keys = ("Epoch ", "Pseudo dice", "loss terms", "Mean Validation Dice", "Traceback", "Error")
+    return any(k in line for k in keys)
+
+
+def _env(dirs: Dict[str, str], training: bool, device: str, extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    env = dict(os.environ, **dirs)
+    env.update(extra or {})
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env["nnUNet_def_n_proc"] = env.get("nnUNet_def_n_proc", "2")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("nnUNet_n_proc_DA", None)   # nnU-Net 2.8.1 planning crashes with 0
+    if training and device == "cpu":
+        env["nnUNet_n_proc_DA"] = "0"
+        env["nnUNet_compile"] = "f"
+    return env
+
+
+def prepare(work: str, dirs: Dict[str, str], opts: dict, source: str, log: str) -> dict:
+    """Convert, plan, add and preprocess the reduced configuration, write the settings' schedule (idempotent)."""
+    from nnunet_semicl.data.splits import load_json as sp_load, save_json as sp_save, write_plans_variant
+
+    env = _env(dirs, training=False, device=opts["device"])
+    cli = [sys.executable, "-m", "nnunet_semicl.cli"]
+    raw = os.path.join(dirs["nnUNet_raw"], DATASET)
+    pre = os.path.join(dirs["nnUNet_preprocessed"], DATASET)
+    if not os.path.isfile(os.path.join(raw, "dataset.json")):
+        print("\n== convert ACDC (about 30 s)", flush=True)
+        run_command(cli + ["convert-acdc", "-i", source, "--allow-missing", "-np", "2", "-q"], env, log)
+    plans_path = os.path.join(pre, "nnUNetPlans.json")
+    if not os.path.isfile(plans_path):
+        print("\n== nnUNetv2_plan_and_preprocess (plans only; about 30 s)", flush=True)
+        run_command(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "2", "-npfp", "2",
+                     "--verify_dataset_integrity", "--no_pp", "--no_pbar"], env, log)
+    plans = sp_load(plans_path)
+    cname = opts["configuration"]
+    cfg = reduced_configuration(plans, opts)
+    data_dir = os.path.join(pre, cfg["data_identifier"])
+    marker = os.path.join(work, f"preprocessed_{cname}.json")
+    if plans["configurations"].get(cname) != cfg:
+        if cname in plans["configurations"]:
+            print(f"Configuration {cname} changed: preprocessing it again", flush=True)
+        plans["configurations"][cname] = cfg
+        sp_save(plans, plans_path)
+        if os.path.isfile(marker):
+            os.remove(marker)
+    if not os.path.isfile(marker) or load_json(marker).get("configuration") != cfg:
+        print(f"\n== nnUNetv2_preprocess -c {cname} (spacing {cfg['spacing']} mm; about a minute)", flush=True)
+        if os.path.isdir(data_dir):
+            shutil.rmtree(data_dir)
+        run_command(["nnUNetv2_preprocess", "-d", DATASET_ID, "-c", cname, "-plans_name", "nnUNetPlans", "-np", "2"],
+                    env, log)
+        save_json({"configuration": cfg}, marker)
+    run_command(cli + ["sync-plans", DATASET_ID], env, log, echo=False)
+    for setting in opts["settings"]:
+        if not os.path.isfile(os.path.join(pre, f"splits_semicl_{setting}.json")):
+            raise SystemExit(f"setting {setting} does not exist in {pre} (the converter writes 1pct, 5pct, 10pct)")
+        write_plans_variant(pre, setting, "nnUNetPlans", overwrite=True, trainer_overrides=schedule_overrides(opts))
+        if opts["warm_epochs"] > 0:
+            # the warm start's own setting: the same labeled cases, its own (longer) schedule
+            content = sp_load(os.path.join(pre, f"splits_semicl_{setting}.json"))
+            content.update(setting=setting + WARM_SUFFIX, created_by=f"nnunet_semicl benchmark accuracy: copy of "
+                                                                     f"setting {setting} for the supervised warm start")
+            sp_save(content, os.path.join(pre, f"splits_semicl_{setting}{WARM_SUFFIX}.json"))
+            write_plans_variant(pre, setting + WARM_SUFFIX, "nnUNetPlans", overwrite=True,
+                                trainer_overrides=schedule_overrides(opts, warm=True))
+    return cfg
+
+
+def run_folder(dirs: Dict[str, str], trainer: str, setting: str, cname: str) -> str:
+    return os.path.join(dirs["nnUNet_results"], DATASET, f"{trainer}__nnUNetPlans_{setting}__{cname}")
+
+
+def read_summary(path: str) -> dict:
+    """Per-class and mean foreground Dice from nnU-Net's validation/summary.json."""
+    s = load_json(path)
+    out = {name: s["mean"].get(k, {}).get("Dice") for k, name in CLASSES}
+    out["mean"] = s["foreground_mean"]["Dice"]
+    out["n_cases"] = len(s.get("metric_per_case", []))
+    return out
+
+
+def write_warm_start_shim(work: str) -> str:
+    """A folder for nnUNet_extTrainer with one module that re-exports the ``<trainer>_warmStart`` classes."""
+    folder = os.path.join(work, "trainers")
+    os.makedirs(folder, exist_ok=True)
+    names = ", ".join(f"{t}{WARM_START_SUFFIX}" for t in DEFAULT_TRAINERS)
+    with open(os.path.join(folder, "nnunet_semicl_benchmark_trainers.py"), "w") as f:
+        f.write("# generated by nnunet_semicl benchmark accuracy: benchmark-only trainers (warm start), see\n"
+                "# nnunet_semicl/benchmarking/warm_start.py\n"
+                f"from nnunet_semicl.benchmarking.warm_start import {names}  # noqa: F401\n")
+    return folder
+
+
+def train_one(dirs, opts, trainer: str, setting: str, log: str, redo: bool, overrides: dict,
+              pretrained: Optional[str] = None, shim: Optional[str] = None) -> dict:
+    """Train (or continue, re-validate, or skip) one run; return its result row.
+
+    ``pretrained``: a warm-start checkpoint; the run then uses ``<trainer>_warmStart`` (found in ``shim``)."""
+    cname = opts["configuration"]
+    model = run_folder(dirs, trainer, setting, cname)
+    fold = os.path.join(model, "fold_0")
+    summary = os.path.join(fold, "validation", "summary.json")
+    record_file = os.path.join(fold, "semicl_benchmark_run.json")
+    if redo and os.path.isdir(model):
+        shutil.rmtree(model)
+    if os.path.isfile(os.path.join(model, "plans.json")):
+        used = load_json(os.path.join(model, "plans.json")).get("semicl", {}).get("trainer")
+        record = load_json(record_file) if os.path.isfile(record_file) else {}
+        if used != overrides or record.get("pretrained", pretrained) != pretrained:
+            raise SystemExit(f"{model} was trained with the schedule {used} (warm start {record.get('pretrained')}), "
+                             f"not {overrides} (warm start {pretrained}). Pass --redo to train it again, or use "
+                             f"another --workdir.")
+    if os.path.isfile(summary):
+        row = {"status": "done before"}
+    else:
+        extra = []
+        if os.path.isfile(os.path.join(fold, "checkpoint_final.pth")):
+            extra = ["--val"]
+        elif os.path.isfile(os.path.join(fold, "checkpoint_latest.pth")):
+            extra = ["--c"]
+        device = opts["device"]
+        env_extra = {}
+        if pretrained:
+            if not os.path.isfile(pretrained):
+                raise SystemExit(f"the warm-start checkpoint {pretrained} does not exist")
+            ext = [shim] + [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p.strip()]
+            env_extra = {"NNUNET_SEMICL_WARM_START": pretrained, "nnUNet_extTrainer": os.pathsep.join(ext)}
+        t = time.time()
+        run_command(["nnUNetv2_train", DATASET_ID, cname, "0", "-tr", trainer, "-p", f"nnUNetPlans_{setting}",
+                     "-device", device] + extra, _env(dirs, training=True, device=device, extra=env_extra), log,
+                    filter_fn=progress_line)
+        prev = load_json(record_file).get("wall_s", 0.0) if os.path.isfile(record_file) else 0.0
+        save_json({"wall_s": prev + time.time() - t, "pretrained": pretrained}, record_file)
+        row = {"status": "trained" + (f" ({extra[0]})" if extra and extra[0] in ("--val", "--c") else "")}
+    row.update(read_summary(summary))
+    row["wall_s"] = load_json(record_file).get("wall_s") if os.path.isfile(record_file) else None
+    return row
+
+
+def run(args) -> dict:
+    # before torch starts its OpenMP threads (here or in the subprocesses): docs/small_compute.md
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    opts = resolve_options(args)
+    work = os.path.abspath(args.workdir + ("_smoke" if opts["smoke"] and args.workdir == "nnunet_semicl_accuracy"
+                                           else ""))
+    source = args.input or _default_input()
+    if not source or not os.path.isdir(source):
+        raise SystemExit("Pass -i /path/to/ACDC_ssl4mis (the SSL4MIS copy of ACDC: data/*.h5 and the *.list files).")
+    if opts["device"] == "auto":
+        import torch
+        opts["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    dirs = {k: os.path.join(work, k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for d in list(dirs.values()) + [os.path.join(work, "logs")]:
+        os.makedirs(d, exist_ok=True)
+    with open(os.path.join(work, ".gitignore"), "w") as f:
+        f.write("# derived from research-only data: never commit\n*\n")
+    t0 = time.time()
+    runs = [(s, t) for s in opts["settings"] for t in opts["trainers"]]
+    print(f"nnunet_semicl benchmark accuracy: {len(opts['trainers'])} trainers x {len(opts['settings'])} settings, "
+          f"{opts['epochs']} epochs x {opts['iterations']} iterations, device {opts['device']}; workdir {work}",
+          flush=True)
+    cfg = prepare(work, dirs, opts, source, os.path.join(work, "logs", "prepare.log"))
+    warm = opts["warm_epochs"] > 0
+    shim = None
+    if warm:  # per setting: the warm start first, then every trainer from it
+        unsupported = [t for t in opts["trainers"] if t not in DEFAULT_TRAINERS]
+        if unsupported:
+            raise SystemExit(f"no warm-start variant of {unsupported} (nnunet_semicl/benchmarking/warm_start.py); "
+                             f"pass --warm-epochs 0 to train them from scratch")
+        shim = write_warm_start_shim(work)
+        runs = [(s, t) for s in opts["settings"] for t in [WARM_TRAINER + WARM_SUFFIX] + opts["trainers"]]
+    results: Dict[str, Dict[str, dict]] = {}
+    for i, (setting, trainer) in enumerate(runs):
+        is_warm = trainer.endswith(WARM_SUFFIX)
+        name, plans_setting = (WARM_TRAINER, setting + WARM_SUFFIX) if is_warm else (trainer, setting)
+        pretrained = None
+        if warm and not is_warm:
+            pretrained = os.path.join(run_folder(dirs, WARM_TRAINER, setting + WARM_SUFFIX, opts["configuration"]),
+                                      "fold_0", "checkpoint_final.pth")
+            name = trainer + WARM_START_SUFFIX
+        print(f"\n== [{i + 1}/{len(runs)}] {name} -p nnUNetPlans_{plans_setting}"
+              + (" (from the warm start)" if pretrained else "") + f"   ({(time.time() - t0) / 60:.1f} min elapsed)",
+              flush=True)
+        row = train_one(dirs, opts, name, plans_setting, os.path.join(work, "logs", f"{plans_setting}_{name}.log"),
+                        args.redo, schedule_overrides(opts, warm=is_warm), pretrained, shim)
+        results.setdefault(WARM_ROW if is_warm else trainer, {})[setting] = row
+        print(f"   {row['status']}: Dice RV {fmt(row['RV'])}, MLV {fmt(row['MLV'])}, LVC {fmt(row['LVC'])}, "
+              f"mean {fmt(row['mean'])}", flush=True)
+    report = {"machine": machine_info(opts["device"], os.cpu_count()), "options": opts,
+              "command": "nnunet_semicl benchmark accuracy " + " ".join(sys.argv[3:] if sys.argv[1:2] == ["benchmark"]
+                                                                       else sys.argv[1:]),
+              "configuration": {k: cfg[k] for k in ("patch_size", "batch_size", "spacing", "data_identifier")},
+              "architecture": cfg["architecture"]["arch_kwargs"]["features_per_stage"],
+              "results": results, "wall_s": round(time.time() - t0, 1)}
+    md = format_accuracy_markdown(report)
+    save_json(report, os.path.join(work, "accuracy.json"))
+    with open(os.path.join(work, "accuracy.md"), "w") as f:
+        f.write(md + "\n")
+    print("\n" + md, flush=True)
+    docs = None if args.docs == "none" else ((None if opts["smoke"] else repo_docs_path()) if args.docs == "auto"
+                                             else args.docs)
+    if docs:
+        update_doc_section(docs, "accuracy", md)
+        print(f"\nUpdated the accuracy section of {docs}", flush=True)
+    print(f"\nResults: {os.path.join(work, 'accuracy.json')} and accuracy.md ({(time.time() - t0) / 60:.1f} min)",
+          flush=True)
+    return report
+
+
+def format_accuracy_markdown(report: dict) -> str:
+    o = report["options"]
+    settings = o["settings"]
+    headers = ["trainer"]
+    for s in settings:
+        n = LABELED_PATIENTS.get(s)
+        tag = f"{s} ({n} pat.)" if n else s
+        headers += [f"{tag} RV", "MLV", "LVC", "mean"]
+    headers += ["train min"]
+    rows = []
+    for trainer, per in report["results"].items():
+        cells = [f"{trainer} (`{WARM_TRAINER}`)" if trainer == WARM_ROW else f"`{trainer}`"]
+        for s in settings:
+            r = per.get(s)
+            cells += [fmt(r and r.get(k)) for k in ("RV", "MLV", "LVC", "mean")] if r else ["-"] * 4
+        cells.append(" / ".join(fmt(per[s]["wall_s"] / 60.0, 1) if per.get(s) and per[s].get("wall_s") else "-"
+                                for s in settings))
+        rows.append(cells)
+    c = report["configuration"]
+    table = markdown_table(headers, rows, "l" + "r" * (len(headers) - 1))
+    return "\n".join([
+        f"Measured {report['machine'].get('date')} with `{report['command']}`"
+        + (" (**smoke run: not a measurement**)" if o.get("smoke") else "") + f"; {report['wall_s'] / 60:.0f} min in all.",
+        "",
+        f"- Machine: {format_machine(report['machine'])}.",
+        f"- ACDC, SSL4MIS copy (`convert-acdc --allow-missing`); configuration `{o['configuration']}` inherited from "
+        f"`2d`: spacing {c['spacing']} mm, patch {c['patch_size']}, batch {c['batch_size']} labeled (+ "
+        f"{c['batch_size']} unlabeled), U-Net widths {report['architecture']}; {o['epochs']} epochs x "
+        f"{o['iterations']} iterations ({o['val_iterations']} validation iterations), trainers' default "
+        f"hyperparameters and phase fractions"
+        + (f", initial learning rate {o['lr']}" if o.get("lr") else "") + ".",
+        (f"- Start: per setting, a supervised warm start (`{WARM_TRAINER}`, {o['warm_epochs']} x "
+         f"{o['warm_iterations']} iterations on the setting's labeled cases, nnU-Net's learning rate; row "
+         f"`{WARM_ROW}`); then every trainer, the labeled-only baseline included, trains as `<trainer>_warmStart`: "
+         f"the trainer unchanged, its network starting from all weights of the warm start (heads, queues and the "
+         f"optimizer fresh; the EMA teacher a copy of the student). Differences to the warm-start row are what "
+         f"the short schedule of each loss did."
+         if o.get("warm_epochs") else "- Start: every trainer from scratch (no warm start)."),
+        "- Dice: nnU-Net's final validation of fold 0 = the 20 frames (ED, ES) of the 10 validation patients, "
+        "`fold_0/validation/summary.json` (mean over cases); `train min`: wall time of `nnUNetv2_train` including the "
+        "final validation. A check that the methods learn, not the papers' protocol or numbers.",
+        "",
+        table,
+    ])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="nnunet_semicl benchmark accuracy", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

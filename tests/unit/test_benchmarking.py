@@ -1,0 +1,323 @@
+"""Pure parts of ``nnunet_semicl.benchmarking``: tables, ratios, the summary of step measurements, the
+docs-section writer, the sampler benchmark on tiny masks, and the accuracy report (a few seconds)."""
+import json
+import math
+
+import pytest
+import torch
+
+from nnunet_semicl.benchmarking import accuracy, common, samplers, step
+
+
+# ------------------------------------------------------------------------------------------------
+# common
+# ------------------------------------------------------------------------------------------------
+def test_markdown_table_alignment_and_errors():
+    t = common.markdown_table(["name", "value"], [["a", "1.0"], ["long name", "22.50"]])
+    lines = t.splitlines()
+    assert lines[0] == "| name      | value |"
+    assert lines[1] == "|:----------|------:|"
+    assert lines[2] == "| a         |   1.0 |"
+    assert lines[3] == "| long name | 22.50 |"
+    assert common.markdown_table(["a", "b"], [["x", "y"]], align="ll").splitlines()[1] == "|:--|:--|"
+    with pytest.raises(ValueError):
+        common.markdown_table(["a", "b"], [["only one"]])
+    with pytest.raises(ValueError):
+        common.markdown_table(["a", "b"], [], align="l")
+
+
+def test_ratio_and_formatting():
+    assert common.ratio(3.0, 2.0) == 1.5
+    for a, b in ((1.0, 0.0), (None, 1.0), (1.0, None), (float("nan"), 1.0), (1.0, -2.0)):
+        assert math.isnan(common.ratio(a, b))
+    assert common.fmt(1.23456) == "1.235"
+    assert common.fmt(float("nan")) == "-" and common.fmt(None) == "-"
+    assert common.fmt_pct(0.0834) == "+8.3%" and common.fmt_pct(-0.05) == "-5.0%" and common.fmt_pct(None) == "-"
+    assert common.median([3, 1, None, 2]) == 2 and math.isnan(common.median([None]))
+
+
+DOC = """# Performance
+
+Intro text that must survive.
+
+## Step cost
+
+{step_begin}
+not yet measured
+{step_end}
+
+## Samplers
+
+{samp_begin}
+old sampler numbers
+{samp_end}
+
+Closing text.
+"""
+
+
+def _doc():
+    sb, se = common.section_markers("step")
+    pb, pe = common.section_markers("samplers")
+    return DOC.format(step_begin=sb, step_end=se, samp_begin=pb, samp_end=pe)
+
+
+def test_replace_section_changes_only_its_own_section():
+    text = _doc()
+    new = common.replace_section(text, "step", "| a | b |\n|---|---|\n| 1 | 2 |\n")
+    assert common.read_section(new, "step") == "| a | b |\n|---|---|\n| 1 | 2 |"
+    assert common.read_section(new, "samplers") == "old sampler numbers"
+    assert "Intro text that must survive." in new and new.endswith("Closing text.\n")
+    # everything outside the step section is byte-identical
+    b, e = common.section_markers("step")
+    assert new[: new.index(b)] == text[: text.index(b)]
+    assert new[new.index(e):] == text[text.index(e):]
+    # idempotent
+    assert common.replace_section(new, "step", "| a | b |\n|---|---|\n| 1 | 2 |") == new
+
+
+def test_replace_section_appends_missing_and_rejects_broken_markers():
+    text = "# Title\n\nSome text.\n"
+    new = common.replace_section(text, "accuracy", "table")
+    assert new.startswith(text)
+    assert common.read_section(new, "accuracy") == "table"
+    b, _ = common.section_markers("accuracy")
+    with pytest.raises(ValueError, match="no end marker"):
+        common.replace_section(f"{b}\ncontent without end\n", "accuracy", "x")
+    with pytest.raises(ValueError, match="more than once"):
+        twice = common.replace_section(common.replace_section("", "step", "a"), "samplers", "b")
+        common.replace_section(twice + twice, "step", "c")
+
+
+def test_update_doc_section_writes_file(tmp_path):
+    path = tmp_path / "docs" / "performance.md"
+    common.update_doc_section(str(path), "step", "first")
+    common.update_doc_section(str(path), "samplers", "second")
+    common.update_doc_section(str(path), "step", "third")
+    text = path.read_text()
+    assert common.read_section(text, "step") == "third" and common.read_section(text, "samplers") == "second"
+    assert not [p for p in path.parent.iterdir() if p.name != "performance.md"]  # no temporary file left
+
+
+def test_machine_info_fields():
+    info = common.machine_info("cpu", 2)
+    assert info["cores"] >= 1 and info["torch_threads"] == 2 and info["device"] == "cpu"
+    text = common.format_machine(info)
+    assert "torch" in text and "OMP_WAIT_POLICY" in text
+
+
+# ------------------------------------------------------------------------------------------------
+# step cost
+# ------------------------------------------------------------------------------------------------
+def _result(label, times, peak, before, rep=0, tl=False, phase=None, breakdown=None):
+    trainer = label.split("@")[0]
+    return {"label": label, "trainer": trainer, "phase": phase, "teacher_sees_labeled": tl, "times": times,
+            "median_s": sorted(times)[len(times) // 2], "data_s": 0.01, "peak_rss_mb": peak, "rss_before_mb": before,
+            "rss_increase_mb": peak - before, "state_mb": 0.0, "heads_mb": 0.0, "rep": rep, "breakdown": breakdown}
+
+
+def _fake_results():
+    res = []
+    for rep, jitter in enumerate((0.0, 0.02, -0.02)):
+        res += [
+            _result(step.STOCK, [1.0 + jitter] * 3, 1000.0, 900.0, rep),
+            _result(step.MEAN_TEACHER, [2.0 + jitter] * 3, 1200.0, 1000.0, rep),
+            _result(step.MT_TEACHER_LABELED, [2.4 + jitter] * 3, 1260.0, 1000.0, rep, tl=True),
+            _result("nnUNetTrainerACTION", [2.1 + jitter] * 3, 1300.0, 1050.0, rep, phase="finetune"),
+            _result("nnUNetTrainerACTIONpp", [3.0 + jitter] * 3, 1500.0, 1100.0, rep, tl=True, phase="finetune",
+                    breakdown={"teacher_forward": 0.5, "student_forward": 0.6, "compute_losses": 1.0,
+                               "saacl": 0.7, "backward_and_step": 0.8}),
+            _result("nnUNetTrainerACTIONpp@local", [2.2 + jitter] * 3, 1250.0, 1100.0, rep, phase="local"),
+        ]
+    return res
+
+
+def test_summarize_ratios_and_breakdown():
+    s = step.summarize(_fake_results())
+    rows = {r["label"]: r for r in s["rows"]}
+    assert rows[step.STOCK]["step_s"] == pytest.approx(1.0)
+    assert rows[step.STOCK]["step_s_min"] == pytest.approx(0.98) and rows[step.STOCK]["step_s_max"] == pytest.approx(1.02)
+    assert rows[step.STOCK]["reps"] == 3 and rows[step.STOCK]["n_steps"] == 9
+    assert rows[step.MEAN_TEACHER]["x_stock"] == pytest.approx(2.0)
+    assert rows["nnUNetTrainerACTIONpp"]["x_mean_teacher"] == pytest.approx(1.5)
+    assert rows["nnUNetTrainerACTIONpp"]["mem_x_mean_teacher"] == pytest.approx(1.25)
+    assert rows["nnUNetTrainerACTIONpp"]["breakdown"]["saacl"] == pytest.approx(0.7)
+    b = {x["label"]: x for x in s["breakdown"]}
+    assert set(b) == {"nnUNetTrainerACTION", "nnUNetTrainerACTIONpp"}  # pre-training phases are not methods' cost
+    # ACTION: teacher on unlabeled only -> reference is the mean teacher itself
+    a = b["nnUNetTrainerACTION"]
+    assert a["reference"] == step.MEAN_TEACHER and a["teacher_pass_time"] == 0.0
+    assert a["machinery_time"] == pytest.approx(0.05) and a["time_ok"] is True
+    assert a["machinery_memory"] == pytest.approx(100 / 1200) and a["memory_ok"] is True
+    assert a["machinery_increase"] == pytest.approx((250 - 200) / 200)
+    # ACTION++: teacher sees labeled -> extra teacher pass (2.4 vs 2.0) and machinery (3.0 vs 2.4)
+    p = b["nnUNetTrainerACTIONpp"]
+    assert p["reference"] == step.MT_TEACHER_LABELED
+    assert p["teacher_pass_time"] == pytest.approx(0.2)
+    assert p["machinery_time"] == pytest.approx(0.3) and p["time_ok"] is False
+    assert p["total_time"] == pytest.approx(p["teacher_pass_time"] + p["machinery_time"])
+    assert p["teacher_pass_memory"] == pytest.approx(0.05)
+    assert p["machinery_memory"] == pytest.approx(240 / 1200) and p["memory_ok"] is False
+
+
+def test_summarize_without_reference_gives_no_verdict():
+    res = [r for r in _fake_results() if r["label"] != step.MT_TEACHER_LABELED]
+    p = {x["label"]: x for x in step.summarize(res)["breakdown"]}["nnUNetTrainerACTIONpp"]
+    assert math.isnan(p["machinery_time"]) and p["time_ok"] is None and p["memory_ok"] is None
+    assert math.isnan(p["teacher_pass_time"])
+
+
+def test_step_markdown_contains_tables():
+    report = {"machine": common.machine_info("cpu", 2), "command": "nnunet_semicl benchmark step",
+              "options": {"smoke": False, "patients": 20, "phantom_shape": [10, 64, 64], "dataset": None,
+                          "configuration": "2d", "plans": "nnUNetPlans_bench", "reps": 3, "steps": 10, "warmup": 3,
+                          "device": "cpu"},
+              "batch": {"labeled_shape": [20, 1, 64, 64], "unlabeled_shape": [20, 1, 64, 64], "patch_size": [64, 64],
+                        "network_params_m": 7.77},
+              "summary": step.summarize(_fake_results())}
+    md = step.format_step_markdown(report)
+    assert "| `nnUNetTrainerACTIONpp`" in md and "+20.0%" in md and "+30.0%" in md and "**no**" in md
+    assert "saacl 0.700" in md            # the time breakdown table
+    assert "smoke" not in md
+    # every table row has the header's number of cells
+    for block in md.split("\n\n"):
+        lines = [ln for ln in block.splitlines() if ln.startswith("|")]
+        if lines:
+            assert len({ln.count("|") for ln in lines}) == 1
+
+
+def test_interleaved_orders_and_entries():
+    entries = ["a", "b", "c", "d"]
+    orders = step.interleaved_orders(entries, 4)
+    assert orders[0] == entries and orders[1] == entries[::-1]
+    assert all(sorted(o) == entries for o in orders)
+    assert step.parse_entry("nnUNetTrainerACTION@local") == ("nnUNetTrainerACTION", "local")
+    assert step.parse_entry("nnUNetTrainer") == ("nnUNetTrainer", None)
+    with pytest.raises(SystemExit):
+        step.parse_entry("nnUNetTrainerACTION@warmup")
+
+
+def test_breakdown_of_derives_backward():
+    sections = [{"prepare_step": 1.0, "teacher_forward": 0.3, "student_forward": 0.5, "compute_losses": 0.4,
+                 "after_optimizer_step": 0.1}] * 3
+    b = step.breakdown_of(sections, [2.5, 2.5, 2.5])
+    assert b["backward_and_step"] == pytest.approx(1.0)
+    assert b["aug_and_other_prepare"] == pytest.approx(0.2)
+    stock = step.breakdown_of([{"student_forward": 0.5, "compute_losses": 0.1}], [1.0])
+    assert stock["backward_and_step"] == pytest.approx(0.4)
+
+
+def test_cli_parses_benchmark_commands():
+    from nnunet_semicl.cli import build_parser
+
+    args = build_parser().parse_args(["benchmark", "step", "--smoke"])
+    opts = step.resolve_options(args)
+    assert opts["configuration"] == "2d_tiny" and opts["reps"] == 1 and opts["steps"] == 2
+    assert opts["trainers"] == list(step.SMOKE_TRAINERS)
+    full = step.resolve_options(build_parser().parse_args(["benchmark", "step", "--pretrain"]))
+    assert full["configuration"] == "2d" and full["trainers"][: len(step.DEFAULT_TRAINERS)] == list(step.DEFAULT_TRAINERS)
+    assert set(step.PRETRAIN_ENTRIES) <= set(full["trainers"])
+    acc = accuracy.resolve_options(build_parser().parse_args(["benchmark", "accuracy"]))
+    assert acc["trainers"] == list(accuracy.DEFAULT_TRAINERS) and acc["settings"] == ["5pct", "10pct"]
+    assert acc["configuration"] == "2d_3mm"
+    args = build_parser().parse_args(["benchmark", "samplers", "--smoke"])
+    assert args.smoke and args.draws == 1000
+
+
+# ------------------------------------------------------------------------------------------------
+# samplers
+# ------------------------------------------------------------------------------------------------
+def test_sampler_variance_on_tiny_mask():
+    # a smooth statistic over a ring-shaped region of 2 images: stratification must reduce the variance
+    yy, xx = torch.meshgrid(torch.arange(24.0), torch.arange(24.0), indexing="ij")
+    r = ((yy - 11.5) ** 2 + (xx - 11.5) ** 2).sqrt()
+    mask = torch.stack([(r > 3) & (r < 11), (r > 5) & (r < 10)])
+    h = torch.stack([yy + 0.5 * xx, 2.0 * xx]) / 24.0
+    res = samplers.estimator_variance({"smooth": h, "const": torch.ones_like(h)}, mask, n=32, draws=300, seed=1)
+    s = res["smooth"]
+    assert s["candidates"] == int(mask.sum())
+    assert s["truth"] == pytest.approx(float(h[mask].double().mean()))
+    assert s["uniform"]["var_ratio"] == pytest.approx(1.0)
+    assert s["sg"]["var_ratio"] < 0.6 and s["sag"]["var_ratio"] < 0.6
+    for name in samplers.SAMPLERS:
+        assert abs(s[name]["bias_z"]) < 4.0
+        assert res["const"][name]["mean"] == pytest.approx(1.0)  # the weights sum to 1
+    single = samplers.estimator_variance(h, mask, n=16, draws=20)
+    assert set(single) >= {"truth", "uniform", "sg", "sag"}
+
+
+def test_sampler_timing_and_markdown():
+    rows = samplers.timing_benchmark(sizes=[400], draws=[8, 64], images=4, bank_sizes=[300], min_time=0.0,
+                                     verbose=False)
+    assert [(r["kind"], r["n"]) for r in rows] == [("2d", 8), ("2d", 64), ("bank", 64)]
+    assert rows[0]["candidates"] == 400 and rows[0]["shape"] == [4, 10, 10]
+    assert all(r[s]["median_ms"] > 0 for r in rows for s in samplers.SAMPLERS)
+    images, labels, desc = samplers.phantom_slices(2, 32)
+    var = samplers.variance_benchmark(images, labels, strides=[1, 4], n=16, draws=10, verbose=False)
+    assert {r["stride"] for r in var} == {1, 4} and {r["statistic"] for r in var} == set(samplers.STATISTICS)
+    report = {"machine": common.machine_info("cpu", 1), "command": "nnunet_semicl benchmark samplers",
+              "options": {"images": 4, "draws": 10, "anchors": 16, "smoke": True}, "images": desc,
+              "timing": rows, "variance": var}
+    md = samplers.format_samplers_markdown(report)
+    assert "bank 300 (1-D)" in md and "smoke run" in md and "Var SG / Var U" in md
+
+
+# ------------------------------------------------------------------------------------------------
+# accuracy
+# ------------------------------------------------------------------------------------------------
+def _plans():
+    arch = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {"n_stages": 6, "features_per_stage": [32, 64, 128, 256, 512, 512],
+                            "conv_op": "torch.nn.modules.conv.Conv2d", "kernel_sizes": [[3, 3]] * 6,
+                            "strides": [[1, 1]] + [[2, 2]] * 5, "n_conv_per_stage": [2] * 6,
+                            "n_conv_per_stage_decoder": [2] * 5},
+            "_kw_requires_import": ["conv_op"]}
+    return {"configurations": {"2d": {"data_identifier": "nnUNetPlans_2d", "batch_size": 56, "patch_size": [256, 224],
+                                      "median_image_size_in_voxels": [256.0, 216.0], "spacing": [1.5, 1.5],
+                                      "architecture": arch}}}
+
+
+def _acc_args():
+    from nnunet_semicl.cli import build_parser
+    return build_parser().parse_args(["benchmark", "accuracy"])
+
+
+def test_reduced_configuration():
+    plans = _plans()
+    opts = accuracy.resolve_options(_acc_args())
+    cfg = accuracy.reduced_configuration(plans, opts)
+    assert cfg["inherits_from"] == "2d" and cfg["data_identifier"] == "nnUNetPlans_2d_3mm"
+    assert cfg["spacing"] == [3.0, 3.0] and cfg["batch_size"] == 8
+    assert cfg["patch_size"] == [128, 112]          # 128 x 108 at 3 mm, rounded up to the stride 16
+    kw = cfg["architecture"]["arch_kwargs"]
+    assert kw["n_stages"] == 5 and kw["features_per_stage"] == [16, 32, 64, 128, 128]
+    assert plans["configurations"]["2d"]["architecture"]["arch_kwargs"]["n_stages"] == 6  # parent untouched
+    assert accuracy.schedule_overrides(opts) == {"num_epochs": accuracy.DEFAULT_EPOCHS,
+                                                 "num_iterations_per_epoch": accuracy.DEFAULT_ITERATIONS,
+                                                 "num_val_iterations_per_epoch": accuracy.DEFAULT_VAL_ITERATIONS,
+                                                 "save_every": max(1, min(5, accuracy.DEFAULT_EPOCHS // 3))}
+
+
+def test_read_summary_and_accuracy_markdown(tmp_path):
+    summary = {"mean": {"1": {"Dice": 0.5}, "2": {"Dice": 0.6}, "3": {"Dice": 0.7}},
+               "foreground_mean": {"Dice": 0.6}, "metric_per_case": [{}] * 20}
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(summary))
+    row = accuracy.read_summary(str(path))
+    assert row == {"RV": 0.5, "MLV": 0.6, "LVC": 0.7, "mean": 0.6, "n_cases": 20}
+    report = {"machine": common.machine_info("cpu", 2), "command": "nnunet_semicl benchmark accuracy",
+              "options": {"settings": ["5pct", "10pct"], "configuration": "2d_3mm", "epochs": 12, "iterations": 20,
+                          "val_iterations": 2, "smoke": False, "warm_epochs": 40, "warm_iterations": 25},
+              "configuration": {"patch_size": [128, 112], "batch_size": 8, "spacing": [3.0, 3.0]},
+              "architecture": [16, 32, 64, 128, 128], "wall_s": 3600.0,
+              "results": {accuracy.WARM_ROW: {"5pct": dict(row, wall_s=500.0)},
+                          "nnUNetTrainerLabeledOnly": {"5pct": dict(row, wall_s=120.0)},
+                          "nnUNetTrainerACTIONpp": {"5pct": dict(row, wall_s=300.0),
+                                                    "10pct": dict(row, mean=0.8, wall_s=330.0)}}}
+    md = accuracy.format_accuracy_markdown(report)
+    assert "| 5pct (3 pat.) RV |" in md.replace("  ", " ") or "5pct (3 pat.) RV" in md
+    assert "`nnUNetTrainerACTIONpp`" in md and "0.800" in md and "5.0 / 5.5" in md and "2.0 / -" in md
+    assert "| warm start (`nnUNetTrainerLabeledOnly`)" in md and "40 x 25 iterations" in md
+    warm = accuracy.schedule_overrides(dict(accuracy.resolve_options(_acc_args()), lr=0.02), warm=True)
+    assert warm["num_epochs"] == accuracy.DEFAULT_WARM_EPOCHS and "initial_lr" not in warm
+    assert warm["num_iterations_per_epoch"] == accuracy.DEFAULT_WARM_ITERATIONS
