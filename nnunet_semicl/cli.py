@@ -9,6 +9,7 @@
     nnunet_semicl demo                        the end-to-end demo
     nnunet_semicl evaluate ...                paper-style metrics of a prediction folder
     nnunet_semicl convert-acdc / convert-la   dataset conversion with the papers' protocols
+    nnunet_semicl benchmark step|samplers|accuracy   docs/performance.md's measurements
 
 Planning, training, prediction and nnU-Net's own evaluation use the stock ``nnUNetv2_*`` commands.
 """
@@ -27,7 +28,7 @@ EXTERNAL_COMMANDS = [
     ("evaluate", "nnunet_semicl.evaluation", "Dice, Jaccard, HD95, ASD of a prediction folder (paper tables)"),
     ("convert-acdc", "nnunet_semicl.dataset_conversion.acdc", "ACDC -> Dataset027_ACDC with the papers' protocol"),
     ("convert-la", "nnunet_semicl.dataset_conversion.la", "LA 2018 -> Dataset028_LA with the papers' protocol"),
-    ("benchmark", "nnunet_semicl.benchmarking", "step time and peak memory of every trainer"),
+    ("benchmark", "nnunet_semicl.benchmarking", "step cost, sampler cost and variance, CPU-scale ACDC accuracy run"),
 ]
 
 

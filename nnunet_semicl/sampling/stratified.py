@@ -42,8 +42,9 @@ the paired candidates; snapping to the nearest candidate would over-weight the r
 The output order is shuffled by default (as the released code does): losses that reshape a long
 draw into ``[anchors, negatives]`` rows then get a mix of strata in every row.
 
-Everything is vectorised: strata are built from the flat indices with integer arithmetic, sort,
-bincount and cumsum; the only Python loop is over the (at most 3) spatial axes.
+Everything is vectorised: strata are built from the flat indices with integer arithmetic, run-length
+grouping, bincount and cumsum (no sort over all candidates); the only Python loop is over the (at
+most 3) spatial axes.
 """
 import math
 from typing import Dict, Optional, Sequence, Tuple, Union
@@ -107,6 +108,34 @@ def _owners(counts: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(ends, torch.arange(total, device=counts.device), right=True)
 
 
+def stable_group_order(key: torch.Tensor) -> torch.Tensor:
+    """``torch.argsort(key, stable=True)`` computed from the runs of equal consecutive values.
+
+    Candidates come in raster order, so their stratum ids form long runs (a cell's pixels on one row
+    are consecutive): sorting the R run values instead of the N candidates costs O(N + R log R)
+    instead of O(N log N) (measured on 2 CPU cores for 1e7 candidates: SG took 2.7 s with full sorts).
+    """
+    n = key.numel()
+    run_value, run_of, run_len = torch.unique_consecutive(key, return_inverse=True, return_counts=True)
+    run_order = torch.argsort(run_value, stable=True)
+    sorted_len = run_len[run_order]
+    dest_start = torch.empty_like(run_len)
+    dest_start[run_order] = torch.cumsum(sorted_len, 0) - sorted_len   # where each run goes, grouped by key
+    run_start = torch.cumsum(run_len, 0) - run_len
+    i = torch.arange(n, device=key.device)
+    order = torch.empty(n, dtype=torch.long, device=key.device)
+    order[dest_start[run_of] + (i - run_start[run_of])] = i
+    return order
+
+
+def _dense_ids(key: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(key, return_inverse=True)`` ids and the group sizes, via the runs of ``key``."""
+    run_value, run_of, run_len = torch.unique_consecutive(key, return_inverse=True, return_counts=True)
+    uniq, run_id = torch.unique(run_value, return_inverse=True)
+    sizes = torch.zeros(uniq.numel(), dtype=torch.long, device=key.device).scatter_add_(0, run_id, run_len)
+    return run_id[run_of], sizes
+
+
 def _draw(cand: torch.Tensor, stratum: torch.Tensor, n: int, generator: Optional[torch.Generator],
           antithetic: bool = False, partner: Optional[torch.Tensor] = None, shuffle: bool = True) -> Sample:
     """Stratified (antithetic) draw of ``n`` candidates.
@@ -117,8 +146,7 @@ def _draw(cand: torch.Tensor, stratum: torch.Tensor, n: int, generator: Optional
     """
     device = cand.device
     N = cand.numel()
-    _, sid = torch.unique(stratum, return_inverse=True)
-    sizes = torch.bincount(sid)
+    sid, sizes = _dense_ids(stratum)
     if sizes.numel() > n:
         # fewer draws than strata: merge consecutive strata into <= n groups of about equal size
         before = torch.cumsum(sizes, 0) - sizes
@@ -133,14 +161,14 @@ def _draw(cand: torch.Tensor, stratum: torch.Tensor, n: int, generator: Optional
 
     if not antithetic:
         owner = _owners(alloc)                      # [n]
-        order = torch.argsort(sid, stable=True)                                   # candidates grouped by stratum
+        order = stable_group_order(sid)                                           # candidates grouped by stratum
         pos = order[start[owner] + _randbelow(sizes[owner], generator)]
         index = cand[pos]
         weight = share[owner] / alloc[owner]
     else:
         paired = partner >= 0
         # group by stratum, paired candidates first, unpaired ones at the end of each stratum block
-        order = torch.argsort(sid * 2 + (~paired).long(), stable=True)
+        order = stable_group_order(sid * 2 + (~paired).long())
         unpaired_sizes = torch.bincount(sid[~paired], minlength=M)
         unpaired_start = start + sizes - unpaired_sizes
         half = (alloc + 1) // 2
@@ -262,21 +290,30 @@ class StratifiedSampler(PixelSampler):
         shape = tuple(mask.shape) if mask.ndim > 1 else (1, mask.shape[0])  # [N] -> one image
         spatial = shape[1:]
         grid = self.grid_for(len(spatial))
-        # stratum id = image * cells + raveled cell id; offset = flat shift to the point reflection
-        stratum = cand // math.prod(spatial)
-        offset = torch.zeros_like(cand)
+        # stratum id = image * cells + raveled cell id; offset = flat shift to the point reflection.
+        # Both are built on the grid by broadcasting per-axis vectors (O(size) work per axis) and then
+        # read at the candidates: a few passes over N instead of a dozen integer ops per axis.
+        nd = len(spatial)
+        stratum_map = torch.arange(shape[0], device=cand.device).view(-1, *([1] * nd))
+        offset_map = torch.zeros((1,) * (nd + 1), dtype=torch.long, device=cand.device)
         stride = math.prod(spatial)
-        for size, g in zip(spatial, grid):
+        for axis, (size, g) in enumerate(zip(spatial, grid)):
             stride //= size
-            x = (cand // stride) % size
+            x = torch.arange(size, device=cand.device)
             cell, lo, hi = _cell_bounds(x, size, g)
-            stratum = stratum * g + cell
-            offset = offset + (lo + hi - 1 - 2 * x) * stride
+            view = [1] * (nd + 1)
+            view[axis + 1] = size
+            stratum_map = stratum_map * g + cell.view(view)
+            if self.antithetic:
+                offset_map = offset_map + ((lo + hi - 1 - 2 * x) * stride).view(view)
+        stratum = stratum_map.expand(shape).reshape(-1)[cand]
         partner = None
         if self.antithetic:
-            refl = cand + offset                   # stays inside the same image and cell
-            # candidate position of the reflection (cand is sorted), -1 when it is not a candidate
-            pos = torch.searchsorted(cand, refl).clamp_max(cand.numel() - 1)
-            partner = torch.where(cand[pos] == refl, pos, torch.full_like(pos, -1))
+            refl = cand + offset_map.expand(shape).reshape(-1)[cand]   # stays inside the same image and cell
+            # candidate position of the reflection, -1 when it is not a candidate (a lookup table over
+            # the grid: O(N), where a binary search in the sorted candidates costs O(N log N))
+            position = torch.full((flat_mask.numel(),), -1, dtype=torch.long, device=cand.device)
+            position[cand] = torch.arange(cand.numel(), device=cand.device)
+            partner = position[refl]
         return _draw(cand, stratum, n, generator, self.antithetic, partner, self.shuffle)
 

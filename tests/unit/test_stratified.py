@@ -5,7 +5,8 @@ from fractions import Fraction
 import pytest
 import torch
 
-from nnunet_semicl.sampling.stratified import StratifiedSampler, index_strata, proportional_allocation
+from nnunet_semicl.sampling.stratified import (StratifiedSampler, index_strata, proportional_allocation,
+                                              stable_group_order)
 from nnunet_semicl.sampling.uniform import UniformSampler
 
 MODES = [("spatial", False), ("spatial", True), ("index", False), ("index", True)]
@@ -382,3 +383,27 @@ def test_index_mode_is_unbiased_for_the_bank_mean():
         e = estimates(s, mask, h, 128, 200, 31)
         assert abs(float(e.mean()) - true) < 4 * float(e.std()) / math.sqrt(200)
         assert float(e.var()) < 0.5 * float(eu.var())
+
+
+@pytest.mark.parametrize("kind", ["runs", "random", "constant", "single"])
+def test_stable_group_order_equals_stable_argsort(kind):
+    g = torch.Generator().manual_seed(3)
+    if kind == "runs":      # raster-order strata: long runs of equal ids, ids revisited on later rows
+        key = torch.repeat_interleave(torch.randint(0, 7, (200,), generator=g), torch.randint(1, 30, (200,), generator=g))
+    elif kind == "random":  # no structure at all: every run has length 1
+        key = torch.randint(-5, 50, (3000,), generator=g)
+    elif kind == "constant":
+        key = torch.full((100,), 4)
+    else:
+        key = torch.tensor([9])
+    assert torch.equal(stable_group_order(key), torch.argsort(key, stable=True))
+
+
+def test_spatial_draws_reproduce_with_the_same_generator():
+    mask = torch.rand(3, 40, 37, generator=torch.Generator().manual_seed(0)) > 0.3
+    for antithetic in (False, True):
+        s = StratifiedSampler(antithetic=antithetic)
+        a = s(mask, 300, torch.Generator().manual_seed(5))
+        b = s(mask, 300, torch.Generator().manual_seed(5))
+        assert torch.equal(a.index, b.index) and torch.equal(a.weight, b.weight)
+        assert bool(mask.reshape(-1)[a.index].all())
