@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+from nnunet_semicl.cpu_env import CPU_MALLOC_ENV
+
 DATASET_ID = 990
 DATASET = f"Dataset{DATASET_ID:03d}_SemiCLPhantom"
 LABELS = ("RV", "MLV", "LVC")
@@ -70,7 +72,8 @@ def run(args):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cuda = device == "cuda"
     # ~800 iterations on CPU: shorter runs are dominated by run-to-run variance, and the methods'
-    # pre-training phases (the papers' first 25-50% of training) need room (docs/performance.md)
+    # pre-training phases (the papers' first 25-50% of training) need room (docs/demo.md: with 600,
+    # ACTION++ once entered fine-tuning without RV and LVC and the pseudo-labels kept them out)
     epochs = args.epochs or (50 if cuda else 20)
     iterations = args.iterations or (100 if cuda else 40)
     configuration = args.configuration or ("2d" if cuda else "2d_tiny")
@@ -92,6 +95,7 @@ def run(args):
     train_env = dict(env, nnUNet_n_proc_DA="0" if not cuda else env.get("nnUNet_n_proc_DA", "4"))
     if not cuda:
         train_env["nnUNet_compile"] = "f"
+        train_env.update({k: v for k, v in CPU_MALLOC_ENV.items() if k not in os.environ})
     py = [sys.executable, "-m", "nnunet_semicl.cli"]
     t0 = time.time()
     print(f"nnunet_semicl demo on {device}: {args.trainers} on {configuration}, {epochs} epochs x {iterations} "

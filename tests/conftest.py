@@ -9,6 +9,11 @@ import os
 # before torch is imported anywhere: OpenMP threads that spin while waiting make CPU training 10x
 # slower whenever another process competes for the 2 cores (docs/small_compute.md)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# ... and for the training subprocesses, glibc settings that stop page-faulting freed tensors back in
+from nnunet_semicl.cpu_env import CPU_MALLOC_ENV  # noqa: E402
+
+for _k, _v in CPU_MALLOC_ENV.items():
+    os.environ.setdefault(_k, _v)
 
 import subprocess  # noqa: E402
 import sys

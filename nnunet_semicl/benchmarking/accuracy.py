@@ -33,6 +33,7 @@ import sys
 import time
 from typing import Dict, Optional
 
+from nnunet_semicl.cpu_env import CPU_MALLOC_ENV
 from nnunet_semicl.benchmarking.common import (fmt, format_machine, load_json, machine_info, markdown_table,
                                                repo_docs_path, run_command, save_json, update_doc_section)
 
@@ -175,6 +176,8 @@ def _env(dirs: Dict[str, str], training: bool, device: str, extra: Optional[Dict
     if training and device == "cpu":
         env["nnUNet_n_proc_DA"] = "0"
         env["nnUNet_compile"] = "f"
+        for k, v in CPU_MALLOC_ENV.items():
+            env.setdefault(k, v)
     return env
 
 
