@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The three CPU benchmarks of docs/performance.md, one after the other (about 2 hours on 2 cores: 30 + 6 + 75 min).
+# The three CPU benchmarks of docs/performance.md, one after the other (about 1 h 45 min on 2 cores: 28 + 1.5 + 75 min).
 # Run on a quiet machine. Each command replaces its own section of docs/performance.md.
 #
 #   benchmarks/run_cpu_benchmarks.sh [ACDC_ssl4mis folder] [work folder]

@@ -11,3 +11,8 @@ CPU_MALLOC_ENV = {
     "MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024),   # the largest value glibc accepts on 64-bit
     "MALLOC_TRIM_THRESHOLD_": str(16 * 1024 ** 3),     # never give the heap top back to the kernel
 }
+
+
+def cpu_training_env(env: dict) -> dict:
+    """``env`` plus :data:`CPU_MALLOC_ENV` where ``env`` does not set them already (a user's choice wins)."""
+    return {**CPU_MALLOC_ENV, **env}

@@ -9,17 +9,17 @@ Every step is a stock nnU-Net command (or one of ours), run exactly as a user wo
 5. ``nnUNetv2_predict`` on the held-out images and ``nnUNetv2_evaluate_folder``
 6. a per-class Dice table
 
-It takes about 7 minutes on an idle 2-core CPU and uses CUDA when it is available. Everything is
+It takes about 9 minutes on an idle 2-core CPU (docs/demo.md) and uses CUDA when it is available. Everything is
 written under ``--workdir`` (default ``./nnunet_semicl_demo``), never to your own nnU-Net folders.
 """
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 
-from nnunet_semicl.cpu_env import CPU_MALLOC_ENV
+from nnunet_semicl.cli_support import run_command
+from nnunet_semicl.cpu_env import cpu_training_env
 
 DATASET_ID = 990
 DATASET = f"Dataset{DATASET_ID:03d}_SemiCLPhantom"
@@ -46,16 +46,7 @@ def _step(msg):
 
 def _run(args, env, quiet=False):
     """Run a command, streaming its output (progress stays visible); raise with its tail on failure."""
-    print("$ " + " ".join(map(str, args)), flush=True)
-    proc = subprocess.Popen(list(map(str, args)), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1)
-    tail = []
-    for line in proc.stdout:
-        tail = (tail + [line])[-60:]
-        if not quiet or _interesting(line):
-            print(line, end="", flush=True)
-    if proc.wait() != 0:
-        raise SystemExit(f"Command failed ({proc.returncode}): {' '.join(map(str, args))}\n{''.join(tail)}")
+    run_command(args, env, show=_interesting if quiet else (lambda line: True))
 
 
 def _interesting(line: str) -> bool:
@@ -95,7 +86,7 @@ def run(args):
     train_env = dict(env, nnUNet_n_proc_DA="0" if not cuda else env.get("nnUNet_n_proc_DA", "4"))
     if not cuda:
         train_env["nnUNet_compile"] = "f"
-        train_env.update({k: v for k, v in CPU_MALLOC_ENV.items() if k not in os.environ})
+        train_env = cpu_training_env(train_env)
     py = [sys.executable, "-m", "nnunet_semicl.cli"]
     t0 = time.time()
     print(f"nnunet_semicl demo on {device}: {args.trainers} on {configuration}, {epochs} epochs x {iterations} "

@@ -33,9 +33,11 @@ import sys
 import time
 from typing import Dict, Optional
 
-from nnunet_semicl.cpu_env import CPU_MALLOC_ENV
-from nnunet_semicl.benchmarking.common import (fmt, format_machine, load_json, machine_info, markdown_table,
-                                               repo_docs_path, run_command, save_json, update_doc_section)
+from nnunet_semicl.cpu_env import cpu_training_env
+from nnunet_semicl.benchmarking.common import (fmt, format_machine, machine_info, markdown_table, repo_docs_path,
+                                               update_doc_section)
+from nnunet_semicl.cli_support import run_command
+from nnunet_semicl.data.splits import load_json, save_json
 
 DATASET_ID = 27
 DATASET = "Dataset027_ACDC"
@@ -176,14 +178,13 @@ def _env(dirs: Dict[str, str], training: bool, device: str, extra: Optional[Dict
     if training and device == "cpu":
         env["nnUNet_n_proc_DA"] = "0"
         env["nnUNet_compile"] = "f"
-        for k, v in CPU_MALLOC_ENV.items():
-            env.setdefault(k, v)
+        env = cpu_training_env(env)
     return env
 
 
 def prepare(work: str, dirs: Dict[str, str], opts: dict, source: str, log: str) -> dict:
     """Convert, plan, add and preprocess the reduced configuration, write the settings' schedule (idempotent)."""
-    from nnunet_semicl.data.splits import load_json as sp_load, save_json as sp_save, write_plans_variant
+    from nnunet_semicl.data.splits import write_plans_variant
 
     env = _env(dirs, training=False, device=opts["device"])
     cli = [sys.executable, "-m", "nnunet_semicl.cli"]
@@ -197,7 +198,7 @@ def prepare(work: str, dirs: Dict[str, str], opts: dict, source: str, log: str) 
         print("\n== nnUNetv2_plan_and_preprocess (plans only; about 30 s)", flush=True)
         run_command(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "2", "-npfp", "2",
                      "--verify_dataset_integrity", "--no_pp", "--no_pbar"], env, log)
-    plans = sp_load(plans_path)
+    plans = load_json(plans_path)
     cname = opts["configuration"]
     cfg = reduced_configuration(plans, opts)
     data_dir = os.path.join(pre, cfg["data_identifier"])
@@ -206,7 +207,7 @@ def prepare(work: str, dirs: Dict[str, str], opts: dict, source: str, log: str) 
         if cname in plans["configurations"]:
             print(f"Configuration {cname} changed: preprocessing it again", flush=True)
         plans["configurations"][cname] = cfg
-        sp_save(plans, plans_path)
+        save_json(plans, plans_path)
         if os.path.isfile(marker):
             os.remove(marker)
     if not os.path.isfile(marker) or load_json(marker).get("configuration") != cfg:
@@ -223,10 +224,10 @@ def prepare(work: str, dirs: Dict[str, str], opts: dict, source: str, log: str) 
         write_plans_variant(pre, setting, "nnUNetPlans", overwrite=True, trainer_overrides=schedule_overrides(opts))
         if opts["warm_epochs"] > 0:
             # the warm start's own setting: the same labeled cases, its own (longer) schedule
-            content = sp_load(os.path.join(pre, f"splits_semicl_{setting}.json"))
+            content = load_json(os.path.join(pre, f"splits_semicl_{setting}.json"))
             content.update(setting=setting + WARM_SUFFIX, created_by=f"nnunet_semicl benchmark accuracy: copy of "
                                                                      f"setting {setting} for the supervised warm start")
-            sp_save(content, os.path.join(pre, f"splits_semicl_{setting}{WARM_SUFFIX}.json"))
+            save_json(content, os.path.join(pre, f"splits_semicl_{setting}{WARM_SUFFIX}.json"))
             write_plans_variant(pre, setting + WARM_SUFFIX, "nnUNetPlans", overwrite=True,
                                 trainer_overrides=schedule_overrides(opts, warm=True))
     return cfg
@@ -294,7 +295,7 @@ def train_one(dirs, opts, trainer: str, setting: str, log: str, redo: bool, over
         t = time.time()
         run_command(["nnUNetv2_train", DATASET_ID, cname, "0", "-tr", trainer, "-p", f"nnUNetPlans_{setting}",
                      "-device", device] + extra, _env(dirs, training=True, device=device, extra=env_extra), log,
-                    filter_fn=progress_line)
+                    show=progress_line, indent="    ")
         prev = load_json(record_file).get("wall_s", 0.0) if os.path.isfile(record_file) else 0.0
         save_json({"wall_s": prev + time.time() - t, "pretrained": pretrained}, record_file)
         row = {"status": "trained" + (f" ({extra[0]})" if extra and extra[0] in ("--val", "--c") else "")}

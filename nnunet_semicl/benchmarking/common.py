@@ -4,12 +4,11 @@ writer that replaces one generated section of ``docs/performance.md`` (and nothi
 Nothing here imports torch or nnU-Net at module level (``nnunet_semicl benchmark -h`` stays fast).
 """
 import datetime
-import json
 import os
 import platform
 import statistics
 import tempfile
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 #: the three generated sections of docs/performance.md
 SECTIONS = ("step", "samplers", "accuracy")
@@ -205,57 +204,3 @@ def update_doc_section(path: str, key: str, body: str) -> str:
         f.write(new)
     os.replace(tmp, path)
     return path
-
-
-def save_json(obj, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
-    os.replace(tmp, path)
-    return path
-
-
-def load_json(path: str):
-    with open(path) as f:
-        return json.load(f)
-
-
-def _json_default(o):
-    try:
-        import numpy as np
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:
-        pass
-    raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
-def run_command(args: List[str], env: Dict[str, str], log_path: Optional[str] = None, echo: bool = True,
-                filter_fn=None) -> None:
-    """Run a command; its output goes to ``log_path`` (and, filtered, to stdout). Raise with the tail on failure."""
-    import subprocess
-
-    args = [str(a) for a in args]
-    if echo:
-        print("$ " + " ".join(args), flush=True)
-    log = open(log_path, "a") if log_path else None
-    tail: List[str] = []
-    try:
-        proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-        for line in proc.stdout:
-            tail = (tail + [line])[-60:]
-            if log:
-                log.write(line)
-                log.flush()
-            if filter_fn is not None and filter_fn(line):
-                print("    " + line.rstrip(), flush=True)
-        rc = proc.wait()
-    finally:
-        if log:
-            log.close()
-    if rc != 0:
-        where = f" (log: {log_path})" if log_path else ""
-        raise SystemExit(f"Command failed ({rc}){where}: {' '.join(args)}\n{''.join(tail)}")

@@ -270,11 +270,20 @@ def load_json(path: str):
         raise SplitError(f"{path} is not valid JSON ({e}). Fix or delete it.") from e
 
 
-def save_json(obj, path: str) -> None:
+def save_json(obj, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
+        json.dump(obj, f, indent=2, sort_keys=False, default=_numpy_to_python)
     os.replace(tmp, path)  # never leave a half-written file behind
+    return path
+
+
+def _numpy_to_python(o):
+    """JSON for numpy scalars and arrays (benchmark and conversion records hold them)."""
+    if type(o).__module__ == "numpy":
+        return o.tolist() if hasattr(o, "tolist") else o.item()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
 def plans_variant(base_plans: dict, base_identifier: str, setting: str,

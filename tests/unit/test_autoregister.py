@@ -1,6 +1,5 @@
 """The site-packages .pth line: registers the trainer folder, and stays silent when the package is gone."""
 import os
-import site
 import subprocess
 import sys
 from pathlib import Path

@@ -321,3 +321,39 @@ def test_read_summary_and_accuracy_markdown(tmp_path):
     warm = accuracy.schedule_overrides(dict(accuracy.resolve_options(_acc_args()), lr=0.02), warm=True)
     assert warm["num_epochs"] == accuracy.DEFAULT_WARM_EPOCHS and "initial_lr" not in warm
     assert warm["num_iterations_per_epoch"] == accuracy.DEFAULT_WARM_ITERATIONS
+
+
+def test_run_command_streams_logs_and_exits_with_the_tail(tmp_path, capsys):
+    import os
+    import sys
+
+    from nnunet_semicl.cli_support import run_command
+
+    log = tmp_path / "cmd.log"
+    code = "import sys; print('keep me'); print('drop me'); sys.exit(0)"
+    run_command([sys.executable, "-c", code], dict(os.environ), str(log), echo=False, show=lambda l: "keep" in l,
+                indent="  ")
+    out = capsys.readouterr().out
+    assert out == "  keep me\n" and log.read_text() == "keep me\ndrop me\n"
+    with pytest.raises(SystemExit, match=r"Command failed \(3\).*boom"):
+        run_command([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], dict(os.environ), echo=False)
+
+
+def test_save_json_writes_numpy_values_and_folders(tmp_path):
+    import numpy as np
+
+    from nnunet_semicl.data.splits import load_json, save_json
+
+    path = tmp_path / "new" / "x.json"
+    save_json({"a": np.float32(1.5), "b": np.arange(3), "c": np.int64(2)}, str(path))
+    assert load_json(str(path)) == {"a": 1.5, "b": [0, 1, 2], "c": 2}
+    with pytest.raises(TypeError, match="not JSON serialisable"):
+        save_json({"a": object()}, str(tmp_path / "y.json"))
+
+
+def test_cpu_training_env_keeps_the_users_choice():
+    from nnunet_semicl.cpu_env import CPU_MALLOC_ENV, cpu_training_env
+
+    env = cpu_training_env({"MALLOC_TRIM_THRESHOLD_": "0", "PATH": "/bin"})
+    assert env["MALLOC_TRIM_THRESHOLD_"] == "0" and env["PATH"] == "/bin"
+    assert env["MALLOC_MMAP_THRESHOLD_"] == CPU_MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]
