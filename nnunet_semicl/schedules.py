@@ -1,5 +1,6 @@
 """Temperature and loss-weight schedules (pure functions of the training position)."""
 import math
+from typing import Optional, Sequence
 
 
 def cosine_temperature(t: float, period: float, tau_min: float, tau_max: float) -> float:
@@ -29,3 +30,21 @@ def linear_decay(t: float, length: float, start: float, end: float = 0.0) -> flo
         return end
     x = min(max(t, 0.0), length) / length
     return start + (end - start) * x
+
+
+def ramped_weight(step: int, start: Optional[int], length: float) -> float:
+    """Multiplier of an unsupervised loss weight: 0 before ``start`` (or while ``start`` is None, i.e. the
+    term has not been switched on yet), then :func:`sigmoid_rampup` counted from ``start`` (1 at once if
+    ``length <= 0``)."""
+    if start is None or step < start:
+        return 0.0
+    return sigmoid_rampup(step - start, length)
+
+
+def warmup_complete(step: int, min_steps: int, class_dice: Sequence[Sequence[float]], threshold: float) -> bool:
+    """The supervised warm-up rule: at least ``min_steps`` iterations done, and every foreground class's
+    online-validation Dice at least ``threshold`` in each of the given epochs (``class_dice``: one
+    sequence of per-class Dice per recent epoch; NaN, an absent class, counts as not reached)."""
+    if step < min_steps or len(class_dice) == 0:
+        return False
+    return all(len(d) > 0 and all(v >= threshold for v in d) for d in class_dice)

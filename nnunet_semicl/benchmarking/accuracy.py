@@ -1,29 +1,28 @@
-"""``nnunet_semicl benchmark accuracy``: a CPU-scale training of every trainer on the real ACDC data.
+"""``nnunet_semicl benchmark accuracy``: every trainer trained from scratch on the real ACDC data (CPU scale).
 
 One command (resumable: finished runs are skipped, an interrupted one continues with ``--c``, or
 only re-runs its validation when its final checkpoint exists):
 
 1. ``nnunet_semicl convert-acdc -i ACDC_ssl4mis --allow-missing``: the SSL4MIS copy with the papers'
    protocol (fold 0 validates on the 10 validation patients) and the 1pct/5pct/10pct settings;
-2. ``nnUNetv2_plan_and_preprocess -d 27 -c 2d --no_pp`` (plans only), then a reduced-resolution
-   inherited configuration ``2d_3mm`` is added to ``nnUNetPlans.json``: in-plane spacing 3 mm, its own
-   ``data_identifier``, a small U-Net (``make_tiny_configuration``: 5 stages, widths 16..128), patch
-   covering the median image; preprocessed with the stock ``nnUNetv2_preprocess -c 2d_3mm``;
-3. ``nnunet_semicl sync-plans 27`` creates ``nnUNetPlans_{1,5,10}pct``; the short schedule goes into
-   the settings' ``semicl.trainer`` block (what ``nnunet_semicl split --epochs/--iterations`` writes);
-4. per setting, a supervised **warm start**: ``nnUNetv2_train 27 2d_3mm 0 -tr nnUNetTrainerLabeledOnly
-   -p nnUNetPlans_<setting>_warm`` (a copy of the setting with a longer schedule). nnU-Net needs
-   several hundred iterations before its Dice moves at all, more than a CPU can give each of 16
-   runs; every trainer therefore starts from the warm start's network
-   (``nnunet_semicl.benchmarking.warm_start``: ``<trainer>_warmStart`` = the trainer unchanged, all
-   network weights loaded; ``--warm-epochs 0`` trains from scratch instead);
-5. ``nnUNetv2_train 27 2d_3mm 0 -tr <trainer>_warmStart -p nnUNetPlans_<setting> -device cpu`` for
-   every trainer and setting; nnU-Net's final validation writes ``fold_0/validation/summary.json``
-   (the 20 validation frames, at their original resolution);
-6. a per-class Dice table (JSON + markdown; the ``accuracy`` section of docs/performance.md).
+2. the stock ``nnUNetv2_plan_and_preprocess -d 27 -c 2d``, then the inherited configuration ``2d_cpu``
+   added to ``nnUNetPlans.json``: the parent's spacing and preprocessed data, patch 128 x 128, batch 8
+   (+ 8 unlabeled), a PlainConvUNet with 5 stages of widths 16-32-64-128-256, 3 x 3 kernels, strides
+   1, 2, 2, 2, 2 and 2 convolutions per stage (``--spacing`` makes a reduced-resolution configuration
+   with its own preprocessed data instead);
+3. ``nnunet_semicl sync-plans 27`` creates ``nnUNetPlans_{1,5,10}pct``; the schedule (36 epochs x 50
+   iterations, 10 validation iterations) goes into the settings' ``semicl.trainer`` block (what
+   ``nnunet_semicl split --epochs/--iterations`` writes); ``--runs N`` adds copies of a setting
+   (``5pct_run2`` ...) so that a trainer can be trained again in its own folder;
+4. ``nnUNetv2_train 27 2d_cpu 0 -tr <trainer> -p nnUNetPlans_<setting> -device cpu`` for every trainer,
+   setting and run, from scratch; nnU-Net's final validation writes ``fold_0/validation/summary.json``
+   (the 20 validation frames at their original resolution);
+5. a table of per-class Dice, mean, seconds per iteration and wall time (JSON + markdown; the
+   ``accuracy`` section of a docs file given with ``--docs``).
 
-It checks that the methods learn (and do not break a model) on real data with a small budget; it is
-not a reproduction of the papers' numbers (3 mm in-plane, a small network, minutes of training).
+``--warm-epochs N`` keeps the older protocol: a shared supervised warm start per setting
+(``nnUNetTrainerLabeledOnly`` on ``nnUNetPlans_<setting>_warm``), then every trainer as
+``<trainer>_warmStart`` (``nnunet_semicl.benchmarking.warm_start``) from its network.
 """
 import argparse
 import math
@@ -44,16 +43,21 @@ DATASET = "Dataset027_ACDC"
 DEFAULT_TRAINERS = ("nnUNetTrainerLabeledOnly", "nnUNetTrainerMeanTeacher", "nnUNetTrainerPseudoLabel",
                     "nnUNetTrainerACTION", "nnUNetTrainerACTIONpp", "nnUNetTrainerMONA", "nnUNetTrainerARCO",
                     "nnUNetTrainerARCO_SAG")
-DEFAULT_SETTINGS = ("5pct", "10pct")
+DEFAULT_SETTINGS = ("5pct",)
 LABELED_PATIENTS = {"1pct": 1, "5pct": 3, "10pct": 7}
 CLASSES = (("1", "RV"), ("2", "MLV"), ("3", "LVC"))
-#: the schedule (chosen for about 60-90 minutes for 8 trainers x 2 settings on 2 CPU cores; docs/performance.md)
-DEFAULT_EPOCHS = 8
-DEFAULT_ITERATIONS = 10
-DEFAULT_VAL_ITERATIONS = 2
-#: the shared supervised warm start (nnU-Net needs several hundred iterations before its Dice moves)
-DEFAULT_WARM_EPOCHS = 30
+#: the protocol's schedule: 1800 iterations from scratch (stock nnU-Net: about 0.44 s each on 2 CPU cores)
+DEFAULT_EPOCHS = 36
+DEFAULT_ITERATIONS = 50
+DEFAULT_VAL_ITERATIONS = 10
+#: the protocol's configuration (inherited from 2d)
+CONFIGURATION = "2d_cpu"
+PATCH_SIZE = (128, 128)
+MAX_FEATURES = 256
+#: the optional shared supervised warm start (``--warm-epochs``; off by default)
+DEFAULT_WARM_EPOCHS = 0
 DEFAULT_WARM_ITERATIONS = 25
+RUN_SUFFIX = "_run"
 WARM_TRAINER = "nnUNetTrainerLabeledOnly"
 WARM_SUFFIX = "_warm"
 WARM_ROW = "warm start"
@@ -78,13 +82,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"iterations per warm-start epoch (default {DEFAULT_WARM_ITERATIONS})")
     p.add_argument("--lr", type=float, default=None, help="initial learning rate of every trainer (default: nnU-Net's "
                                                           "0.01)")
-    p.add_argument("--spacing", type=float, default=3.0, help="in-plane spacing of the configuration, mm (default 3)")
-    p.add_argument("--configuration", default=None, help="name of the added configuration (default 2d_<spacing>mm)")
-    p.add_argument("--patch-size", type=int, nargs=2, default=None, help="default: the median image at --spacing, "
-                                                                         "rounded up to the network's stride")
+    p.add_argument("--runs", type=int, default=1, help="runs of every trainer (run 2.. in copies of the setting; "
+                                                       "default 1)")
+    p.add_argument("--spacing", type=float, default=None, help="in-plane spacing, mm: a reduced-resolution "
+                                                               "configuration with its own preprocessed data (default: "
+                                                               "the 2d configuration's spacing and data)")
+    p.add_argument("--configuration", default=None, help=f"name of the added configuration (default {CONFIGURATION}, "
+                                                         f"or 2d_<spacing>mm with --spacing)")
+    p.add_argument("--patch-size", type=int, nargs=2, default=None,
+                   help=f"default {PATCH_SIZE[0]} {PATCH_SIZE[1]} (with --spacing: the median image, rounded up to "
+                        f"the network's stride)")
     p.add_argument("--batch-size", type=int, default=8, help="labeled batch size (= unlabeled) (default 8)")
     p.add_argument("--stages", type=int, default=5, help="U-Net stages (default 5)")
-    p.add_argument("--max-features", type=int, default=128, help="widest stage (default 128)")
+    p.add_argument("--max-features", type=int, default=MAX_FEATURES, help=f"widest stage (default {MAX_FEATURES})")
     p.add_argument("--feature-divisor", type=int, default=2, help="nnU-Net's widths divided by this (default 2)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     p.add_argument("--redo", action="store_true", help="train again even when a run has finished")
@@ -97,7 +107,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def resolve_options(args) -> dict:
     smoke = bool(args.smoke)
-    spacing = float(args.spacing)
+    spacing = None if args.spacing is None else float(args.spacing)
+    if args.runs < 1:
+        raise SystemExit(f"--runs must be at least 1, got {args.runs}")
     return {
         "trainers": list(args.trainers or (["nnUNetTrainerLabeledOnly"] if smoke else DEFAULT_TRAINERS)),
         "settings": list(args.settings or (["5pct"] if smoke else DEFAULT_SETTINGS)),
@@ -105,10 +117,11 @@ def resolve_options(args) -> dict:
         "iterations": args.iterations or (2 if smoke else DEFAULT_ITERATIONS),
         "val_iterations": args.val_iterations or (1 if smoke else DEFAULT_VAL_ITERATIONS),
         "lr": args.lr,
-        "warm_epochs": (args.warm_epochs if args.warm_epochs is not None else (1 if smoke else DEFAULT_WARM_EPOCHS)),
+        "warm_epochs": args.warm_epochs if args.warm_epochs is not None else DEFAULT_WARM_EPOCHS,
         "warm_iterations": args.warm_iterations or (2 if smoke else DEFAULT_WARM_ITERATIONS),
+        "runs": int(args.runs),
         "spacing": spacing,
-        "configuration": args.configuration or f"2d_{spacing:g}mm".replace(".", "p"),
+        "configuration": args.configuration or (CONFIGURATION if spacing is None else f"2d_{spacing:g}mm".replace(".", "p")),
         "patch_size": args.patch_size,
         "batch_size": args.batch_size,
         "stages": args.stages,
@@ -134,19 +147,23 @@ def schedule_overrides(opts: dict, warm: bool = False) -> dict:
 # configuration
 # ------------------------------------------------------------------------------------------------
 def reduced_configuration(plans: dict, opts: dict) -> dict:
-    """The inherited low-resolution configuration added to the plans (pure)."""
+    """The inherited configuration added to the plans (pure): the protocol's ``2d_cpu`` on the parent's data,
+    or with ``spacing`` a lower-resolution one with its own ``data_identifier``."""
     import numpy as np
     from nnunet_semicl.data.plans_tools import _resolved_configuration, make_tiny_configuration
 
     parent = _resolved_configuration(plans, "2d")
+    n = min(int(opts["stages"]), int(parent["architecture"]["arch_kwargs"]["n_stages"]))
+    kwargs = dict(feature_divisor=opts["feature_divisor"], max_features=opts["max_features"], max_stages=n,
+                  batch_size=opts["batch_size"])
+    if opts["spacing"] is None:
+        return make_tiny_configuration(plans, "2d", patch_size=list(opts["patch_size"] or PATCH_SIZE), **kwargs)
     factor = np.array(parent["spacing"], dtype=float) / opts["spacing"]
     median = np.array(parent["median_image_size_in_voxels"], dtype=float) * factor
-    n = min(int(opts["stages"]), int(parent["architecture"]["arch_kwargs"]["n_stages"]))
     strides = parent["architecture"]["arch_kwargs"]["strides"][:n]
     total = np.prod(np.array([s if isinstance(s, (list, tuple)) else [s, s] for s in strides]), axis=0)
     patch = opts["patch_size"] or [int(math.ceil(m / t) * t) for m, t in zip(median, total)]
-    cfg = make_tiny_configuration(plans, "2d", patch_size=patch, feature_divisor=opts["feature_divisor"],
-                                  max_features=opts["max_features"], max_stages=n, batch_size=opts["batch_size"])
+    cfg = make_tiny_configuration(plans, "2d", patch_size=patch, **kwargs)
     cfg["data_identifier"] = f"nnUNetPlans_{opts['configuration']}"
     cfg["spacing"] = [float(opts["spacing"])] * 2
     cfg["median_image_size_in_voxels"] = [float(round(m, 1)) for m in median]
@@ -194,47 +211,93 @@ def prepare(work: str, dirs: Dict[str, str], opts: dict, source: str, log: str) 
         print("\n== convert ACDC (about 30 s)", flush=True)
         run_command(cli + ["convert-acdc", "-i", source, "--allow-missing", "-np", "2", "-q"], env, log)
     plans_path = os.path.join(pre, "nnUNetPlans.json")
+    own_data = opts["spacing"] is not None   # a reduced-resolution configuration has its own preprocessed data
     if not os.path.isfile(plans_path):
-        print("\n== nnUNetv2_plan_and_preprocess (plans only; about 30 s)", flush=True)
+        print("\n== nnUNetv2_plan_and_preprocess -c 2d" + (" (plans only; about 30 s)" if own_data else
+                                                          " (about 3 min)"), flush=True)
         run_command(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "2", "-npfp", "2",
-                     "--verify_dataset_integrity", "--no_pp", "--no_pbar"], env, log)
+                     "--verify_dataset_integrity", "--no_pbar"] + (["--no_pp"] if own_data else []), env, log)
     plans = load_json(plans_path)
+    parent_marker = os.path.join(work, "preprocessed_2d.json")
+    if not own_data and not os.path.isfile(parent_marker):
+        # a work folder planned with --no_pp by an earlier --spacing run: preprocess the 2d data now
+        print("\n== nnUNetv2_preprocess -c 2d (about 3 min)", flush=True)
+        run_command(["nnUNetv2_preprocess", "-d", DATASET_ID, "-c", "2d", "-plans_name", "nnUNetPlans", "-np", "2"],
+                    env, log)
+        save_json({"configuration": "2d"}, parent_marker)
     cname = opts["configuration"]
     cfg = reduced_configuration(plans, opts)
-    data_dir = os.path.join(pre, cfg["data_identifier"])
     marker = os.path.join(work, f"preprocessed_{cname}.json")
     if plans["configurations"].get(cname) != cfg:
         if cname in plans["configurations"]:
-            print(f"Configuration {cname} changed: preprocessing it again", flush=True)
+            print(f"Configuration {cname} changed" + (": preprocessing it again" if own_data else ""), flush=True)
         plans["configurations"][cname] = cfg
         save_json(plans, plans_path)
         if os.path.isfile(marker):
             os.remove(marker)
-    if not os.path.isfile(marker) or load_json(marker).get("configuration") != cfg:
+    if own_data and (not os.path.isfile(marker) or load_json(marker).get("configuration") != cfg):
+        data_dir = os.path.join(pre, cfg["data_identifier"])
         print(f"\n== nnUNetv2_preprocess -c {cname} (spacing {cfg['spacing']} mm; about a minute)", flush=True)
         if os.path.isdir(data_dir):
             shutil.rmtree(data_dir)
         run_command(["nnUNetv2_preprocess", "-d", DATASET_ID, "-c", cname, "-plans_name", "nnUNetPlans", "-np", "2"],
                     env, log)
         save_json({"configuration": cfg}, marker)
+    from nnunet_semicl.data.plans_tools import _resolved_configuration
+    resolved = _resolved_configuration(load_json(plans_path), cname)
     run_command(cli + ["sync-plans", DATASET_ID], env, log, echo=False)
     for setting in opts["settings"]:
         if not os.path.isfile(os.path.join(pre, f"splits_semicl_{setting}.json")):
             raise SystemExit(f"setting {setting} does not exist in {pre} (the converter writes 1pct, 5pct, 10pct)")
         write_plans_variant(pre, setting, "nnUNetPlans", overwrite=True, trainer_overrides=schedule_overrides(opts))
+        for run in range(2, opts["runs"] + 1):   # the same labeled cases, another results folder
+            copy_setting(pre, setting, run_setting(setting, run), schedule_overrides(opts), f"run {run}")
         if opts["warm_epochs"] > 0:
             # the warm start's own setting: the same labeled cases, its own (longer) schedule
-            content = load_json(os.path.join(pre, f"splits_semicl_{setting}.json"))
-            content.update(setting=setting + WARM_SUFFIX, created_by=f"nnunet_semicl benchmark accuracy: copy of "
-                                                                     f"setting {setting} for the supervised warm start")
-            save_json(content, os.path.join(pre, f"splits_semicl_{setting}{WARM_SUFFIX}.json"))
-            write_plans_variant(pre, setting + WARM_SUFFIX, "nnUNetPlans", overwrite=True,
-                                trainer_overrides=schedule_overrides(opts, warm=True))
-    return cfg
+            copy_setting(pre, setting, setting + WARM_SUFFIX, schedule_overrides(opts, warm=True),
+                         "the supervised warm start")
+    return resolved
+
+
+def run_setting(setting: str, run: int) -> str:
+    """The setting that run ``run`` (1-based) of a trainer trains with: run 1 uses the setting itself."""
+    return setting if run == 1 else f"{setting}{RUN_SUFFIX}{run}"
+
+
+def copy_setting(pre: str, setting: str, name: str, overrides: dict, purpose: str) -> None:
+    """A copy of a setting's split file under another name (same labeled cases), with its plans variant."""
+    from nnunet_semicl.data.splits import write_plans_variant
+
+    content = load_json(os.path.join(pre, f"splits_semicl_{setting}.json"))
+    content.update(setting=name, created_by=f"nnunet_semicl benchmark accuracy: copy of setting {setting} for {purpose}")
+    save_json(content, os.path.join(pre, f"splits_semicl_{name}.json"))
+    write_plans_variant(pre, name, "nnUNetPlans", overwrite=True, trainer_overrides=overrides)
 
 
 def run_folder(dirs: Dict[str, str], trainer: str, setting: str, cname: str) -> str:
     return os.path.join(dirs["nnUNet_results"], DATASET, f"{trainer}__nnUNetPlans_{setting}__{cname}")
+
+
+def average_runs(rows: list) -> dict:
+    """One table row from a trainer's runs of one setting: the mean of each value, and every run's row."""
+    out = {}
+    for key in ("RV", "MLV", "LVC", "mean", "s_per_it", "wall_s"):
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        out[key] = sum(vals) / len(vals) if vals else None
+    out["runs"] = rows
+    return out
+
+
+def seconds_per_iteration(checkpoint: str, iterations: int) -> Optional[float]:
+    """Median epoch duration (its validation iterations included) / training iterations per epoch."""
+    import numpy as np
+    import torch
+
+    if not os.path.isfile(checkpoint):
+        return None
+    log = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
+    durations = np.array(log["epoch_end_timestamps"]) - np.array(log["epoch_start_timestamps"])
+    return float(np.median(durations)) / iterations if len(durations) else None
 
 
 def read_summary(path: str) -> dict:
@@ -301,6 +364,8 @@ def train_one(dirs, opts, trainer: str, setting: str, log: str, redo: bool, over
         row = {"status": "trained" + (f" ({extra[0]})" if extra and extra[0] in ("--val", "--c") else "")}
     row.update(read_summary(summary))
     row["wall_s"] = load_json(record_file).get("wall_s") if os.path.isfile(record_file) else None
+    row["s_per_it"] = seconds_per_iteration(os.path.join(fold, "checkpoint_final.pth"),
+                                            int(overrides["num_iterations_per_epoch"]))
     return row
 
 
@@ -322,10 +387,10 @@ def run(args) -> dict:
     with open(os.path.join(work, ".gitignore"), "w") as f:
         f.write("# derived from research-only data: never commit\n*\n")
     t0 = time.time()
-    runs = [(s, t) for s in opts["settings"] for t in opts["trainers"]]
-    print(f"nnunet_semicl benchmark accuracy: {len(opts['trainers'])} trainers x {len(opts['settings'])} settings, "
-          f"{opts['epochs']} epochs x {opts['iterations']} iterations, device {opts['device']}; workdir {work}",
-          flush=True)
+    runs = [(s, t, r) for s in opts["settings"] for r in range(1, opts["runs"] + 1) for t in opts["trainers"]]
+    print(f"nnunet_semicl benchmark accuracy: {len(opts['trainers'])} trainers x {len(opts['settings'])} settings x "
+          f"{opts['runs']} run(s), {opts['epochs']} epochs x {opts['iterations']} iterations, device {opts['device']}; "
+          f"workdir {work}", flush=True)
     cfg = prepare(work, dirs, opts, source, os.path.join(work, "logs", "prepare.log"))
     warm = opts["warm_epochs"] > 0
     shim = None
@@ -335,11 +400,11 @@ def run(args) -> dict:
             raise SystemExit(f"no warm-start variant of {unsupported} (nnunet_semicl/benchmarking/warm_start.py); "
                              f"pass --warm-epochs 0 to train them from scratch")
         shim = write_warm_start_shim(work)
-        runs = [(s, t) for s in opts["settings"] for t in [WARM_TRAINER + WARM_SUFFIX] + opts["trainers"]]
-    results: Dict[str, Dict[str, dict]] = {}
-    for i, (setting, trainer) in enumerate(runs):
+        runs = [(s, WARM_TRAINER + WARM_SUFFIX, 1) for s in opts["settings"]] + runs
+    per_run: Dict[str, Dict[str, list]] = {}
+    for i, (setting, trainer, run) in enumerate(runs):
         is_warm = trainer.endswith(WARM_SUFFIX)
-        name, plans_setting = (WARM_TRAINER, setting + WARM_SUFFIX) if is_warm else (trainer, setting)
+        name, plans_setting = (WARM_TRAINER, setting + WARM_SUFFIX) if is_warm else (trainer, run_setting(setting, run))
         pretrained = None
         if warm and not is_warm:
             pretrained = os.path.join(run_folder(dirs, WARM_TRAINER, setting + WARM_SUFFIX, opts["configuration"]),
@@ -350,13 +415,14 @@ def run(args) -> dict:
               flush=True)
         row = train_one(dirs, opts, name, plans_setting, os.path.join(work, "logs", f"{plans_setting}_{name}.log"),
                         args.redo, schedule_overrides(opts, warm=is_warm), pretrained, shim)
-        results.setdefault(WARM_ROW if is_warm else trainer, {})[setting] = row
+        per_run.setdefault(WARM_ROW if is_warm else trainer, {}).setdefault(setting, []).append(row)
         print(f"   {row['status']}: Dice RV {fmt(row['RV'])}, MLV {fmt(row['MLV'])}, LVC {fmt(row['LVC'])}, "
-              f"mean {fmt(row['mean'])}", flush=True)
+              f"mean {fmt(row['mean'])}, {fmt(row.get('s_per_it'), 2)} s/it", flush=True)
+    results = {t: {s: average_runs(rows) for s, rows in per.items()} for t, per in per_run.items()}
     report = {"machine": machine_info(opts["device"], os.cpu_count()), "options": opts,
               "command": "nnunet_semicl benchmark accuracy " + " ".join(sys.argv[3:] if sys.argv[1:2] == ["benchmark"]
                                                                        else sys.argv[1:]),
-              "configuration": {k: cfg[k] for k in ("patch_size", "batch_size", "spacing", "data_identifier")},
+              "configuration": {k: cfg.get(k) for k in ("patch_size", "batch_size", "spacing", "data_identifier")},
               "architecture": cfg["architecture"]["arch_kwargs"]["features_per_stage"],
               "results": results, "wall_s": round(time.time() - t0, 1)}
     md = format_accuracy_markdown(report)
@@ -381,14 +447,18 @@ def format_accuracy_markdown(report: dict) -> str:
     for s in settings:
         n = LABELED_PATIENTS.get(s)
         tag = f"{s} ({n} pat.)" if n else s
-        headers += [f"{tag} RV", "MLV", "LVC", "mean"]
-    headers += ["train min"]
+        headers += [f"{tag} RV", "MLV", "LVC", "mean", "runs"]
+    headers += ["s/it", "train min"]
     rows = []
     for trainer, per in report["results"].items():
         cells = [f"{trainer} (`{WARM_TRAINER}`)" if trainer == WARM_ROW else f"`{trainer}`"]
         for s in settings:
             r = per.get(s)
-            cells += [fmt(r and r.get(k)) for k in ("RV", "MLV", "LVC", "mean")] if r else ["-"] * 4
+            runs = (r or {}).get("runs") or []
+            cells += ([fmt(r.get(k)) for k in ("RV", "MLV", "LVC", "mean")]
+                      + [", ".join(fmt(x.get("mean")) for x in runs) if len(runs) > 1 else str(len(runs))]
+                      if r else ["-"] * 5)
+        cells.append(" / ".join(fmt(per[s].get("s_per_it"), 2) if per.get(s) else "-" for s in settings))
         cells.append(" / ".join(fmt(per[s]["wall_s"] / 60.0, 1) if per.get(s) and per[s].get("wall_s") else "-"
                                 for s in settings))
         rows.append(cells)
@@ -413,8 +483,9 @@ def format_accuracy_markdown(report: dict) -> str:
          f"the short schedule of each loss did."
          if o.get("warm_epochs") else "- Start: every trainer from scratch (no warm start)."),
         "- Dice: nnU-Net's final validation of fold 0 = the 20 frames (ED, ES) of the 10 validation patients, "
-        "`fold_0/validation/summary.json` (mean over cases); `train min`: wall time of `nnUNetv2_train` including the "
-        "final validation. A check that the methods learn, not the papers' protocol or numbers.",
+        "`fold_0/validation/summary.json` (mean over cases), averaged over a trainer's runs (`runs`: each run's mean, "
+        "or the number of runs); `s/it`: median epoch duration (its validation iterations included) per training "
+        "iteration; `train min`: wall time of `nnUNetv2_train` including the final validation.",
         "",
         table,
     ])

@@ -691,6 +691,10 @@ def worker_measure(spec: dict) -> dict:
     epoch = choose_epoch(trainer, phase)
     trainer.current_epoch = epoch
     trainer.on_train_start()
+    if hasattr(trainer, "unsup_gate_step"):
+        # the steady state of a run: supervised warm-up over, every unsupervised term at full weight
+        trainer.unsup_gate_step = 0
+        trainer.rampup_fraction = 0.0
     trainer.on_epoch_start()
     trainer.on_train_epoch_start()
     actual_phase = trainer.phase() if hasattr(trainer, "phase") else None

@@ -12,8 +12,12 @@ def pseudo_labels(teacher_logits: torch.Tensor):
 
 def confidence_weighted_ce(student_logits: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor,
                            valid: torch.Tensor = None, threshold: float = 0.97) -> torch.Tensor:
-    """``mean_{b,i: l>0} rho_b * CE(p_s(b,i), y(b,i))`` with ``rho_b`` = share of image b's valid pixels
-    whose confidence reaches ``threshold`` (ReCo's unsupervised loss).
+    """``sum_{b,i} rho_b * CE(p_s(b,i), y(b,i)) / #{b,i: CE > 0}`` with ``rho_b`` = share of image b's valid
+    pixels whose confidence reaches ``threshold`` (ReCo's and ACTION's unsupervised loss).
+
+    The mean runs over every valid pixel with a positive cross-entropy, as in the official loss, so
+    an image without confident pixels (``rho_b = 0``) still counts in the denominator: the loss
+    scales with the share of confident images, a built-in ramp while the teacher is young.
 
     Args:
         student_logits: ``[B, K, *spatial]`` student output on the strong view.
@@ -32,7 +36,7 @@ def confidence_weighted_ce(student_logits: torch.Tensor, labels: torch.Tensor, c
     n_valid = valid.sum(dim=dims).clamp_min(1)
     rho = ((confidence >= threshold) & valid).sum(dim=dims).float() / n_valid.float()
     weighted = ce * rho.view(-1, *([1] * (ce.ndim - 1))) * valid
-    positive = weighted > 0
-    if not bool(positive.any()):
+    n_positive = ((ce > 0) & valid).sum()
+    if not bool(n_positive > 0) or not bool((weighted > 0).any()):
         return logits.sum() * 0.0
-    return weighted[positive].mean()
+    return weighted.sum() / n_positive

@@ -1,12 +1,13 @@
 # Re-exports for nnU-Net's trainer lookup (nnUNet_extTrainer). Absolute imports only: nnU-Net imports
 # this file as a top-level module. The classes keep their real module paths, so they pickle.
 from nnunet_semicl.training.action import (nnUNetTrainerACTION, nnUNetTrainerACTION_noPretrain,  # noqa: F401
-                                           nnUNetTrainerACTIONPretrain)
+                                           nnUNetTrainerACTION_noRampUp, nnUNetTrainerACTIONPretrain)
 from nnunet_semicl.training.action_pp import (nnUNetTrainerACTIONpp, nnUNetTrainerACTIONpp_noPretrain,  # noqa: F401
-                                              nnUNetTrainerACTIONpp_officialATS)
+                                              nnUNetTrainerACTIONpp_noRampUp, nnUNetTrainerACTIONpp_officialATS)
 from nnunet_semicl.training.labeled_only import nnUNetTrainerLabeledOnly  # noqa: F401
 from nnunet_semicl.training.mona import (nnUNetTrainerARCO, nnUNetTrainerARCO_indexStrata,  # noqa: F401
-                                         nnUNetTrainerARCO_SAG, nnUNetTrainerMONA)
+                                         nnUNetTrainerARCO_noRampUp, nnUNetTrainerARCO_SAG, nnUNetTrainerMONA,
+                                         nnUNetTrainerMONA_noRampUp)
 from nnunet_semicl.training.mean_teacher import nnUNetTrainerMeanTeacher  # noqa: F401
-from nnunet_semicl.training.pseudo_label import nnUNetTrainerPseudoLabel  # noqa: F401
+from nnunet_semicl.training.pseudo_label import nnUNetTrainerPseudoLabel, nnUNetTrainerPseudoLabel_noRampUp  # noqa: F401
 from nnunet_semicl.training.semi_supervised import nnUNetTrainerSemiSupervised  # noqa: F401

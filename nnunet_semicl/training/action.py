@@ -23,7 +23,7 @@ from nnunet_semicl.losses.relational import relational_kl_loss
 from nnunet_semicl.modules.heads import RepresentationHead, select_representation_taps
 from nnunet_semicl.modules.queues import RingBuffer
 from nnunet_semicl.modules.relational_heads import GlobalRelationalHead, LocalRelationalHead
-from nnunet_semicl.training.semi_supervised import StepContext, nnUNetTrainerSemiSupervised
+from nnunet_semicl.training.semi_supervised import PapersScheduleMixin, StepContext, nnUNetTrainerSemiSupervised
 
 PHASES = ("global", "local", "finetune")
 
@@ -77,6 +77,13 @@ class nnUNetTrainerACTION(nnUNetTrainerSemiSupervised):
         epoch = self.current_epoch if epoch is None else epoch
         e_local, e_fine = self.phase_starts()
         return "global" if epoch < e_local else ("local" if epoch < e_fine else "finetune")
+
+    def earliest_unsup_step(self) -> int:
+        return self.phase_starts()[1] * self.num_iterations_per_epoch
+
+    def uses_unlabeled_now(self) -> bool:
+        # pre-training always uses the unlabeled batch; fine-tuning once its terms are on
+        return self.phase() != "finetune" or super().uses_unlabeled_now()
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
@@ -197,8 +204,8 @@ class nnUNetTrainerACTION(nnUNetTrainerSemiSupervised):
                     "global": self.global_weight * self.global_distillation(ctx),
                     "local": self.local_weight * self.local_distillation(ctx)}
         return {"sup": self.supervised_weight * self.supervised_loss(ctx),
-                "unsup": self.pseudo_label_weight * self.pseudo_label_loss(ctx),
-                "anco": self.anco_weight * self.anatomical_contrast(ctx, self.representation(ctx))}
+                "unsup": self.unsup_weight(self.pseudo_label_weight, per_pixel=True) * self.pseudo_label_loss(ctx),
+                "anco": self.unsup_weight(self.anco_weight) * self.anatomical_contrast(ctx, self.representation(ctx))}
 
 
 class nnUNetTrainerACTION_noPretrain(nnUNetTrainerACTION):
@@ -212,3 +219,7 @@ class nnUNetTrainerACTIONPretrain(nnUNetTrainerACTION):
     """Stages i and ii only (half the epochs each); its checkpoint feeds ``-pretrained_weights``."""
     global_phase_fraction = 0.5
     local_phase_fraction = 0.5
+
+
+class nnUNetTrainerACTION_noRampUp(PapersScheduleMixin, nnUNetTrainerACTION):
+    """The official recipe: fine-tuning terms at full weight from the first fine-tuning iteration."""

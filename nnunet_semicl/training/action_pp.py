@@ -23,7 +23,7 @@ from nnunet_semicl.modules.heads import gather_pixels
 from nnunet_semicl.modules.queues import RingBuffer
 from nnunet_semicl.schedules import cosine_temperature
 from nnunet_semicl.training.action import nnUNetTrainerACTION, resize_labels
-from nnunet_semicl.training.semi_supervised import StepContext
+from nnunet_semicl.training.semi_supervised import PapersScheduleMixin, StepContext
 
 
 class nnUNetTrainerACTIONpp(nnUNetTrainerACTION):
@@ -55,9 +55,17 @@ class nnUNetTrainerACTIONpp(nnUNetTrainerACTION):
                                   self.ats_tau_max if tau_max is None else tau_max)
 
     def relational_temperatures(self) -> Tuple[float, float]:
-        # pre-training++: both temperatures follow the cosine between their base value and tau_max
-        return (self.ats_temperature(self.relational_tau_student, self.ats_tau_max),
-                self.ats_temperature(self.relational_tau_teacher, self.ats_tau_max))
+        """Pre-training++: both temperatures follow one cosine period over the pre-training phases, starting
+        (and ending) at their base value and reaching tau_max half-way.
+
+        The cosine of the whole training starts at tau_max = 1.0, where the relational distributions over
+        the queue are flat and the distillation loss is ~0: pre-training did nothing (issue 11). Anchoring
+        the period at the base temperatures keeps the released code's range (base -> 1.0) with a signal."""
+        _, e_fine = self.phase_starts()
+        period = max(1.0, float(e_fine * self.num_iterations_per_epoch))
+        t = float(self.global_step) + period / 2.0   # cosine_temperature is at tau_min half a period in
+        return (cosine_temperature(t, period, self.relational_tau_student, self.ats_tau_max),
+                cosine_temperature(t, period, self.relational_tau_teacher, self.ats_tau_max))
 
     def teacher_sees_labeled(self) -> bool:
         return self.phase() == "finetune"  # SAACL's positives are the teacher's view of labeled pixels
@@ -104,9 +112,9 @@ class nnUNetTrainerACTIONpp(nnUNetTrainerACTION):
         tau = self.ats_temperature()
         rep = self.representation(ctx)
         return {"sup": self.supervised_weight * self.supervised_loss(ctx),
-                "unsup": self.pseudo_label_weight * self.pseudo_label_loss(ctx),
-                "anco": self.anco_weight * self.anatomical_contrast(ctx, rep, tau),
-                "saacl": self.saacl_weight * self.saacl(ctx, rep, tau)}
+                "unsup": self.unsup_weight(self.pseudo_label_weight, per_pixel=True) * self.pseudo_label_loss(ctx),
+                "anco": self.unsup_weight(self.anco_weight) * self.anatomical_contrast(ctx, rep, tau),
+                "saacl": self.unsup_weight(self.saacl_weight) * self.saacl(ctx, rep, tau)}
 
 
 class nnUNetTrainerACTIONpp_officialATS(nnUNetTrainerACTIONpp):
@@ -119,3 +127,7 @@ class nnUNetTrainerACTIONpp_noPretrain(nnUNetTrainerACTIONpp):
     """Fine-tuning only (e.g. after nnUNetTrainerACTIONPretrain with -pretrained_weights)."""
     global_phase_fraction = 0.0
     local_phase_fraction = 0.0
+
+
+class nnUNetTrainerACTIONpp_noRampUp(PapersScheduleMixin, nnUNetTrainerACTIONpp):
+    """The official recipe: fine-tuning terms at full weight from the first fine-tuning iteration."""

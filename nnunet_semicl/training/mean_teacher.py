@@ -2,19 +2,18 @@
 
 Consistency = mean squared error between the student's softmax on the strong view and the EMA
 teacher's softmax on the weak view, moved with the strong view's geometry (so both predict the same
-pixel), over valid pixels; its weight ramps up with ``exp(-5 (1 - t)^2)``.
+pixel), over valid pixels; its weight follows the shared warm-up and ``exp(-5 (1 - t)^2)`` ramp-up
+(``nnUNetTrainerSemiSupervised.unsup_weight``).
 """
 from typing import Dict
 
 import torch
 
-from nnunet_semicl.schedules import sigmoid_rampup
 from nnunet_semicl.training.semi_supervised import StepContext, nnUNetTrainerSemiSupervised
 
 
 class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
     consistency_weight = 0.1            # SSL4MIS's mean-teacher default
-    consistency_rampup_fraction = 0.25  # of all training iterations
     loss_terms = ("sup", "cons")
 
     def strong_view_targets(self, ctx: StepContext) -> Dict[str, torch.Tensor]:
@@ -27,6 +26,5 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
         return ((student - target) ** 2 * valid).sum() / (valid.sum() * student.shape[1]).clamp_min(1.0)
 
     def compute_losses(self, ctx: StepContext) -> Dict[str, torch.Tensor]:
-        total_iters = self.num_epochs * self.num_iterations_per_epoch
-        w = self.consistency_weight * sigmoid_rampup(self.global_step, self.consistency_rampup_fraction * total_iters)
-        return {"sup": self.supervised_weight * self.supervised_loss(ctx), "cons": w * self.consistency_loss(ctx)}
+        return {"sup": self.supervised_weight * self.supervised_loss(ctx),
+                "cons": self.unsup_weight(self.consistency_weight, per_pixel=True) * self.consistency_loss(ctx)}

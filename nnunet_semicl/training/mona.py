@@ -34,7 +34,7 @@ from nnunet_semicl.sampling.stratified import StratifiedSampler
 from nnunet_semicl.sampling.uniform import UniformSampler
 from nnunet_semicl.schedules import linear_decay
 from nnunet_semicl.training.action import nnUNetTrainerACTION, resize_labels
-from nnunet_semicl.training.semi_supervised import StepContext
+from nnunet_semicl.training.semi_supervised import PapersScheduleMixin, StepContext
 
 
 class nnUNetTrainerMONA(nnUNetTrainerACTION):
@@ -155,10 +155,10 @@ class nnUNetTrainerMONA(nnUNetTrainerACTION):
         rep = self.representation(ctx)
         t_rep, t_probs = self.teacher_representation(ctx)
         return {"sup": self.supervised_weight * self.supervised_loss(ctx),
-                "unsup": self.pseudo_label_weight * self.pseudo_label_loss(ctx),
-                "contrast": self.contrast_weight * self.tailness(ctx, rep, t_rep, t_probs),
-                "eqv": self.equivariance_weight * self.consistency(ctx),
-                "nn": self.nn_weight * self.diversity(ctx, rep, t_rep)}
+                "unsup": self.unsup_weight(self.pseudo_label_weight, per_pixel=True) * self.pseudo_label_loss(ctx),
+                "contrast": self.unsup_weight(self.contrast_weight) * self.tailness(ctx, rep, t_rep, t_probs),
+                "eqv": self.unsup_weight(self.equivariance_weight, per_pixel=True) * self.consistency(ctx),
+                "nn": self.unsup_weight(self.nn_weight) * self.diversity(ctx, rep, t_rep)}
 
 
 class nnUNetTrainerARCO(nnUNetTrainerMONA):
@@ -179,3 +179,11 @@ class nnUNetTrainerARCO_SAG(nnUNetTrainerARCO):
 class nnUNetTrainerARCO_indexStrata(nnUNetTrainerARCO):
     """ARCO-SG with the released code's strata: blocks of the sqrt(N) x sqrt(N) re-laid candidate list."""
     sampler_strata = "index"
+
+
+class nnUNetTrainerMONA_noRampUp(PapersScheduleMixin, nnUNetTrainerMONA):
+    """The official recipe: fine-tuning terms at full weight from the first fine-tuning iteration."""
+
+
+class nnUNetTrainerARCO_noRampUp(PapersScheduleMixin, nnUNetTrainerARCO):
+    """The official recipe: fine-tuning terms at full weight from the first fine-tuning iteration."""

@@ -34,8 +34,10 @@ from nnunet_semicl.augment import StrongAugmentation, StrongViewParams
 from nnunet_semicl.data.unlabeled_loader import nnUNetUnlabeledDataLoader, weak_transforms
 from nnunet_semicl.losses.pseudo_label import confidence_weighted_ce, pseudo_labels
 from nnunet_semicl.modules.distributed import average_gradients, broadcast_module
+from nnunet_semicl.modules.distribution_alignment import DistributionAlignment, label_shares
 from nnunet_semicl.modules.ema import EMATeacher, unwrap
 from nnunet_semicl.modules.feature_taps import FeatureTaps, unet_tap_channels, unet_tap_modules
+from nnunet_semicl.schedules import ramped_weight, warmup_complete
 from nnunet_semicl.training.labeled_only import nnUNetTrainerLabeledOnly
 from nnunet_semicl.training.logging import TERM_PREFIX, SemiCLLocalLogger
 
@@ -86,8 +88,23 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
     ema_momentum = 0.99               # methods.md 2.3
     unlabeled_batch_size = None       # None: the planned (per-GPU) batch size
     supervised_weight = 1.0           # ACTION/ACTION++ fine-tuning use 0.5 (methods.md 2.6)
-    pseudo_label_weight = 1.0         # no ramp-up, as in all four papers (methods.md 0.3)
+    pseudo_label_weight = 1.0         # the papers' weight; ramped (below) unless a _noRampUp variant
     confidence_threshold = 0.97       # rho_b of the pseudo-label loss (methods.md 2.5)
+    # ---- training dynamics: unsupervised terms are earned (methods.md decision 7; docs/trainers.md) -------
+    unsup_warmup = True               # False: every unsupervised term on from its phase's start (the papers)
+    warmup_min_fraction = 0.1         # supervised only for at least this share of all iterations ...
+    warmup_dice_threshold = 0.5       # ... and until every foreground class reaches this online-validation Dice
+    warmup_dice_epochs = 2            # ... in each of this many consecutive epochs
+    warmup_max_fraction = 0.5         # the gate opens here at the latest (with a warning naming the classes below)
+    rampup_fraction = 0.2             # sigmoid ramp of every unsupervised weight (share of all iterations),
+                                      # counted from the iteration at which the term turns on; 0: no ramp
+    balance_deep_supervision = True   # per-pixel unsupervised terms x the full-resolution share of nnU-Net's
+                                      # deep-supervision loss, so the documented sup : unsup ratio holds there
+    distribution_alignment = True     # class-collapse guard (modules/distribution_alignment.py)
+    alignment_momentum = 0.99
+    alignment_max_ratio = 4.0
+    alignment_max_cases = 20          # labeled cases read for the labeled class distribution
+    collapse_warning_ratio = 0.1      # warn when a class's confident pseudo-label share < this x its labeled share
     grad_clip_norm = 12.0             # nnU-Net's value, applied to network + heads together
     uses_features = False             # tap decoder features of student and teacher
     allow_compile = False             # hooks + EMA copy + custom step: not yet verified with torch.compile
@@ -105,6 +122,8 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
         self.teacher_taps: Optional[FeatureTaps] = None
         self.dataloader_unlabeled = None
         self.global_step = 0
+        self.unsup_gate_step: Optional[int] = None   # iteration at which the supervised warm-up ended
+        self._pseudo_label_shares: List[torch.Tensor] = []  # per step (on the device), for the epoch's collapse check
         self.logger.local_logger = _upgrade_logger(self.logger.local_logger, self.loss_terms)
 
     # ------------------------------------------------------------------------------------------
@@ -123,7 +142,11 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
 
     def build_state(self) -> Dict[str, nn.Module]:
         """Buffer-only modules saved in checkpoints (queues, memory banks, centroids)."""
-        return {}
+        if not self.distribution_alignment:
+            return {}
+        return {"alignment": DistributionAlignment(self.label_manager.num_segmentation_heads,
+                                                   momentum=self.alignment_momentum,
+                                                   max_ratio=self.alignment_max_ratio)}
 
     def tap_channels(self) -> List[int]:
         return unet_tap_channels(self.network)
@@ -210,6 +233,124 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
             # -pretrained_weights are loaded into the student after initialize(): start the teacher from them
             self.sync_teachers()
         self.global_step = self.current_epoch * self.num_iterations_per_epoch
+        if not self.unsup_warmup and self.unsup_gate_step is None:
+            self.unsup_gate_step = 0
+        if "alignment" in self.state_modules:
+            shares = self.labeled_class_shares()
+            self.state_modules["alignment"].set_target(shares)
+            self.print_to_log_file("Class shares of the labeled data (distribution-alignment target): "
+                                   f"{[round(float(v), 4) for v in shares]}")
+
+    # ------------------------------------------------------------------------------------------
+    # training dynamics: warm-up gate, ramp-up, deep-supervision balance, class-collapse guard
+    # ------------------------------------------------------------------------------------------
+    @property
+    def total_iterations(self) -> int:
+        return self.num_epochs * self.num_iterations_per_epoch
+
+    def earliest_unsup_step(self) -> int:
+        """First iteration at which a method lets its unsupervised terms start (phased methods: fine-tuning)."""
+        return 0
+
+    def unsup_start_step(self) -> Optional[int]:
+        """Iteration at which the unsupervised terms turned (or turn) on; None while warming up."""
+        if self.unsup_gate_step is None:
+            return None
+        return max(self.unsup_gate_step, self.earliest_unsup_step())
+
+    def unsup_scale(self) -> float:
+        """Multiplier of every unsupervised weight now: 0 while warming up, then the sigmoid ramp."""
+        return ramped_weight(self.global_step, self.unsup_start_step(), self.rampup_fraction * self.total_iterations)
+
+    def full_resolution_share(self) -> float:
+        """Share of the supervised loss that nnU-Net's deep supervision puts on the full-resolution output."""
+        weights = getattr(self.loss, "weight_factors", None)
+        if not self.enable_deep_supervision or not weights:
+            return 1.0
+        weights = [float(w) for w in weights]
+        return weights[0] / sum(weights)
+
+    def unsup_weight(self, weight: float, per_pixel: bool = False) -> float:
+        """An unsupervised term's weight now: ``weight`` x ramp (x full-resolution share for per-pixel terms)."""
+        scale = self.unsup_scale()
+        if per_pixel and self.balance_deep_supervision:
+            scale *= self.full_resolution_share()
+        return weight * scale
+
+    def uses_unlabeled_now(self) -> bool:
+        """Whether this iteration needs the unlabeled batch and the teacher (else: a supervised step)."""
+        return self.unsup_scale() > 0
+
+    def update_warmup_gate(self) -> None:
+        """End the supervised warm-up when the rule holds (called after each epoch's online validation)."""
+        if self.unsup_gate_step is not None:
+            return
+        history = self.logger.get_value("dice_per_class_or_region", step=None) or []
+        recent = [list(map(float, d)) for d in history[-self.warmup_dice_epochs:]]
+        if len(recent) < self.warmup_dice_epochs:
+            recent = []
+        min_steps = int(self.warmup_min_fraction * self.total_iterations)
+        if warmup_complete(self.global_step, min_steps, recent, self.warmup_dice_threshold):
+            self.unsup_gate_step = self.global_step
+            self.print_to_log_file(
+                f"Supervised warm-up complete at iteration {self.global_step} (epoch {self.current_epoch}): every "
+                f"foreground class reached online-validation Dice >= {self.warmup_dice_threshold} in the last "
+                f"{self.warmup_dice_epochs} epochs ({[[round(v, 3) for v in d] for d in recent]}). Unsupervised "
+                f"terms start at iteration {self.unsup_start_step()}, ramped over "
+                f"{int(self.rampup_fraction * self.total_iterations)} iterations.")
+        elif self.global_step >= int(self.warmup_max_fraction * self.total_iterations):
+            self.unsup_gate_step = self.global_step
+            last = recent[-1] if recent else (history[-1] if history else [])
+            below = [i + 1 for i, v in enumerate(last) if not float(v) >= self.warmup_dice_threshold]
+            self.print_to_log_file(
+                f"WARNING: supervised warm-up ended by its limit ({self.warmup_max_fraction:g} of the training, "
+                f"iteration {self.global_step}) with foreground class(es) {below} still below online-validation "
+                f"Dice {self.warmup_dice_threshold} ({[round(float(v), 3) for v in last]}). Unsupervised terms "
+                f"start at iteration {self.unsup_start_step()}; the distribution alignment guards those classes.")
+
+    def labeled_class_shares(self) -> torch.Tensor:
+        """Class shares of the labeled cases' segmentations (at most ``alignment_max_cases`` of them)."""
+        k = self.label_manager.num_segmentation_heads
+        keys = sorted(self.case_sets.labeled)
+        step = max(1, len(keys) // max(1, self.alignment_max_cases))
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, keys[::step][: self.alignment_max_cases])
+        counts = np.zeros(k, dtype=np.float64)
+        for key in dataset.identifiers:
+            seg = np.asarray(dataset.load_case(key)[1][:]).reshape(-1)
+            seg = seg[(seg >= 0) & (seg < k)].astype(np.int64)
+            counts += np.bincount(seg, minlength=k)[:k]
+        if counts.sum() == 0:
+            return torch.full((k,), 1.0 / k)
+        return torch.as_tensor(counts / counts.sum(), dtype=torch.float32)
+
+    def teacher_pseudo_labels(self, teacher_logits: torch.Tensor):
+        """Teacher probabilities, pseudo-labels and confidence, aligned to the labeled class distribution."""
+        probs, labels, confidence = pseudo_labels(teacher_logits)
+        alignment = self.state_modules["alignment"] if "alignment" in self.state_modules else None
+        if alignment is not None:
+            alignment.update(probs)
+            probs = alignment(probs)
+            confidence, labels = probs.max(dim=1)
+        if self.unsup_scale() > 0:   # only while pseudo-labels train the student
+            confident = confidence >= self.confidence_threshold
+            self._pseudo_label_shares.append(label_shares(labels, probs.shape[1], confident))
+        return probs, labels, confidence
+
+    def check_pseudo_label_shares(self) -> None:
+        """Log each class's share of the epoch's confident pseudo-labels beside its labeled share; warn when
+        a class vanishes."""
+        if not self._pseudo_label_shares:
+            return
+        shares = torch.stack(self._pseudo_label_shares).mean(0).cpu()   # one device sync per epoch
+        self._pseudo_label_shares = []
+        target = (self.state_modules["alignment"].target.cpu() if "alignment" in self.state_modules
+                  else self.labeled_class_shares())
+        self.print_to_log_file("confident pseudo-label share per class", [round(float(v), 4) for v in shares],
+                               "| labeled share", [round(float(v), 4) for v in target])
+        vanished = [c for c in range(1, len(shares)) if float(shares[c]) < self.collapse_warning_ratio * float(target[c])]
+        if vanished:
+            self.print_to_log_file(f"WARNING: class(es) {vanished} nearly vanished from the confident pseudo-labels "
+                                   f"(share < {self.collapse_warning_ratio:g} x its labeled share).")
 
     def sync_teachers(self):
         self.teacher.sync(self.network)
@@ -261,7 +402,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
             feats = self.teacher_taps.features
             ctx.teacher_features = [f[k:] for f in feats]
             ctx.teacher_features_labeled = [f[:k] for f in feats] if k else None
-        ctx.teacher_probs, ctx.pseudo_label, ctx.confidence = pseudo_labels(ctx.teacher_logits)
+        ctx.teacher_probs, ctx.pseudo_label, ctx.confidence = self.teacher_pseudo_labels(ctx.teacher_logits)
         aug = self.augmentation_for_step()
         ctx.strong_params = aug.sample(ctx.x_weak)
         ctx.x_strong, ctx.strong_targets, ctx.valid = aug.apply(ctx.strong_params, ctx.x_weak,
@@ -284,17 +425,34 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
     def compute_losses(self, ctx: StepContext) -> Dict[str, torch.Tensor]:
         """Weighted loss terms; their sum is the training loss. Keys must be in ``loss_terms``."""
         return {"sup": self.supervised_weight * self.supervised_loss(ctx),
-                "unsup": self.pseudo_label_weight * self.pseudo_label_loss(ctx)}
+                "unsup": self.unsup_weight(self.pseudo_label_weight, per_pixel=True) * self.pseudo_label_loss(ctx)}
 
     def trainable_parameters(self):
         return list(self.network.parameters()) + list(self.heads.parameters())
 
+    def supervised_step(self, batch: dict) -> StepContext:
+        """The warm-up's step: nnU-Net's supervised loss on the labeled batch alone (no teacher, no unlabeled data)."""
+        dev = self.device
+        y = batch["target"]
+        y = [t.to(dev, non_blocking=True) for t in y] if isinstance(y, list) else y.to(dev, non_blocking=True)
+        ctx = StepContext(x_labeled=batch["data"].to(dev, non_blocking=True), y_labeled=y,
+                          x_weak=batch["data"][:0], keys=list(batch.get("keys", [])))
+        if self.student_taps is not None:
+            self.student_taps.clear()
+        ctx.outputs = self.network(ctx.x_labeled)
+        return ctx
+
     def train_step(self, batch: dict) -> dict:
-        unlabeled = next(self.dataloader_unlabeled)
+        with_unlabeled = self.uses_unlabeled_now()
+        unlabeled = next(self.dataloader_unlabeled) if with_unlabeled else None
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            ctx = self.prepare_step(batch, unlabeled)
-            terms = self.compute_losses(ctx)
+            if with_unlabeled:
+                ctx = self.prepare_step(batch, unlabeled)
+                terms = self.compute_losses(ctx)
+            else:
+                ctx = self.supervised_step(batch)
+                terms = {"sup": self.supervised_loss(ctx)}
             total = sum(terms.values())
         self._check_finite(terms, ctx)
         if self.grad_scaler is not None:
@@ -347,7 +505,10 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
 
     def on_epoch_end(self):
         terms = {t: self.logger.get_value(TERM_PREFIX + t, step=-1) for t in self.loss_terms}
-        self.print_to_log_file("loss terms", {k: round(v, 4) for k, v in terms.items()})
+        self.print_to_log_file("loss terms", {k: round(v, 4) for k, v in terms.items()},
+                               f"| unsupervised weight x{self.unsup_scale():.3f}")
+        self.check_pseudo_label_shares()
+        self.update_warmup_gate()   # before nnU-Net's on_epoch_end saves the checkpoint
         super().on_epoch_end()
 
     # ------------------------------------------------------------------------------------------
@@ -361,6 +522,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
             "head_teachers": {n: t.model.state_dict() for n, t in self.head_teachers.items()},
             "state_modules": self.state_modules.state_dict(),
             "global_step": self.global_step,
+            "unsup_gate_step": self.unsup_gate_step,
         })
         return state
 
@@ -376,8 +538,15 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
         self.heads.load_state_dict(state["heads"])
         for n, t in self.head_teachers.items():
             t.model.load_state_dict(state["head_teachers"][n])
-        self.state_modules.load_state_dict(state["state_modules"])
+        missing, unexpected = self.state_modules.load_state_dict(state["state_modules"], strict=False)
+        if unexpected:
+            raise RuntimeError(f"The checkpoint's semi-supervised state has entries this trainer does not know: "
+                               f"{unexpected}. Was it written by another trainer? Start a new run instead of --c.")
+        if missing:  # e.g. a checkpoint written before the class-collapse guard existed
+            self.print_to_log_file(f"Checkpoint lacks state {sorted(missing)}: those start fresh.")
         self.global_step = int(state.get("global_step", 0))
+        gate = state.get("unsup_gate_step")
+        self.unsup_gate_step = None if gate is None else int(gate)
 
 
 def _upgrade_logger(local_logger, terms):
@@ -386,3 +555,13 @@ def _upgrade_logger(local_logger, terms):
     for k, v in local_logger.my_fantastic_logging.items():
         new.my_fantastic_logging[k] = v
     return new
+
+
+class PapersScheduleMixin:
+    """The papers' literal recipe (``_noRampUp`` variants): every unsupervised term at full weight from the
+    start of its phase, no warm-up, no ramp, no deep-supervision balance, no class-collapse guard. Put it
+    first among the bases: ``class nnUNetTrainerX_noRampUp(PapersScheduleMixin, nnUNetTrainerX)``."""
+    unsup_warmup = False
+    rampup_fraction = 0.0
+    balance_deep_supervision = False
+    distribution_alignment = False

@@ -99,7 +99,7 @@ def _assert_state_equal(saved: dict, module_state: dict, what: str):
 @pytest.mark.parametrize("trainer,cfg,stop", [
     ("nnUNetTrainerACTION", "2d_tiny", 2),        # interrupted at the boundary into fine-tuning (0 global, 1 local)
     ("nnUNetTrainerACTIONpp", "3d_fullres_tiny", 3),  # inside fine-tuning: SAACL queue, centroids, ATS position
-    ("nnUNetTrainerARCO", "2d_tiny", 2),          # inside fine-tuning (0 pre-training): banks and NN pool
+    ("nnUNetTrainerARCO", "2d_tiny", 3),          # inside fine-tuning, after the warm-up: banks and NN pool
 ])
 def test_resume_restores_every_state_across_phases(phantom, trainer, cfg, stop):
     from nnunetv2.run.run_training import maybe_load_checkpoint
@@ -122,6 +122,7 @@ def test_resume_restores_every_state_across_phases(phantom, trainer, cfg, stop):
             _assert_state_equal(sd, t2.head_teachers[name].model.state_dict(), f"head teacher {name}")
         _assert_state_equal(s["state_modules"], t2.state_modules.state_dict(), "queues/banks/centres")
         assert t2.current_epoch == stop and t2.global_step == stop * 2 and t2.phase() == "finetune"
+        assert t.unsup_gate_step is not None and t2.unsup_gate_step == t.unsup_gate_step   # warm-up not redone
         if trainer.startswith("nnUNetTrainerACTION"):
             assert len(t2.state_modules["global_queue"]) > 0 and len(t2.state_modules["local_queue"]) > 0
         if trainer == "nnUNetTrainerACTIONpp":
@@ -153,6 +154,8 @@ def test_fine_tuning_step_under_mixed_precision(phantom, trainer, monkeypatch):
         t.on_train_start()
         try:
             t.current_epoch = 3
+            t.global_step = 6
+            t.unsup_gate_step = 0   # warm-up over: the fine-tuning terms are on
             t.on_train_epoch_start()
             monkeypatch.setattr(semi, "dummy_context", lambda: torch.autocast("cpu", dtype=torch.bfloat16))
             outs = [t.train_step(next(t.dataloader_train)) for _ in range(2)]

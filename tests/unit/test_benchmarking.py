@@ -218,8 +218,8 @@ def test_cli_parses_benchmark_commands():
     assert full["configuration"] == "2d" and full["trainers"][: len(step.DEFAULT_TRAINERS)] == list(step.DEFAULT_TRAINERS)
     assert set(step.PRETRAIN_ENTRIES) <= set(full["trainers"])
     acc = accuracy.resolve_options(build_parser().parse_args(["benchmark", "accuracy"]))
-    assert acc["trainers"] == list(accuracy.DEFAULT_TRAINERS) and acc["settings"] == ["5pct", "10pct"]
-    assert acc["configuration"] == "2d_3mm"
+    assert acc["trainers"] == list(accuracy.DEFAULT_TRAINERS) and acc["settings"] == ["5pct"]
+    assert acc["configuration"] == "2d_cpu"
     args = build_parser().parse_args(["benchmark", "samplers", "--smoke"])
     assert args.smoke and args.draws == 1000
 
@@ -282,9 +282,28 @@ def _acc_args():
     return build_parser().parse_args(["benchmark", "accuracy"])
 
 
-def test_reduced_configuration():
+def test_protocol_configuration_and_schedule():
     plans = _plans()
     opts = accuracy.resolve_options(_acc_args())
+    assert opts["configuration"] == "2d_cpu" and opts["settings"] == ["5pct"] and opts["warm_epochs"] == 0
+    cfg = accuracy.reduced_configuration(plans, opts)
+    # the issue-11 protocol: inherited from 2d, same spacing and preprocessed data, 128 x 128, batch 8
+    assert cfg["inherits_from"] == "2d" and "data_identifier" not in cfg and "spacing" not in cfg
+    assert cfg["patch_size"] == [128, 128] and cfg["batch_size"] == 8
+    kw = cfg["architecture"]["arch_kwargs"]
+    assert kw["n_stages"] == 5 and kw["features_per_stage"] == [16, 32, 64, 128, 256]
+    assert kw["strides"] == [[1, 1]] + [[2, 2]] * 4 and kw["kernel_sizes"] == [[3, 3]] * 5
+    assert kw["n_conv_per_stage"] == [2] * 5 and kw["n_conv_per_stage_decoder"] == [2] * 4
+    assert accuracy.schedule_overrides(opts) == {"num_epochs": 36, "num_iterations_per_epoch": 50,
+                                                 "num_val_iterations_per_epoch": 10, "save_every": 5}
+    assert [accuracy.run_setting("5pct", r) for r in (1, 2, 3)] == ["5pct", "5pct_run2", "5pct_run3"]
+
+
+def test_reduced_resolution_configuration():
+    from nnunet_semicl.cli import build_parser
+    plans = _plans()
+    opts = accuracy.resolve_options(build_parser().parse_args(["benchmark", "accuracy", "--spacing", "3",
+                                                               "--max-features", "128"]))
     cfg = accuracy.reduced_configuration(plans, opts)
     assert cfg["inherits_from"] == "2d" and cfg["data_identifier"] == "nnUNetPlans_2d_3mm"
     assert cfg["spacing"] == [3.0, 3.0] and cfg["batch_size"] == 8
@@ -292,10 +311,14 @@ def test_reduced_configuration():
     kw = cfg["architecture"]["arch_kwargs"]
     assert kw["n_stages"] == 5 and kw["features_per_stage"] == [16, 32, 64, 128, 128]
     assert plans["configurations"]["2d"]["architecture"]["arch_kwargs"]["n_stages"] == 6  # parent untouched
-    assert accuracy.schedule_overrides(opts) == {"num_epochs": accuracy.DEFAULT_EPOCHS,
-                                                 "num_iterations_per_epoch": accuracy.DEFAULT_ITERATIONS,
-                                                 "num_val_iterations_per_epoch": accuracy.DEFAULT_VAL_ITERATIONS,
-                                                 "save_every": max(1, min(5, accuracy.DEFAULT_EPOCHS // 3))}
+
+
+def test_runs_are_averaged():
+    rows = [{"RV": 0.5, "MLV": 0.6, "LVC": 0.7, "mean": 0.6, "s_per_it": 1.0, "wall_s": 100.0},
+            {"RV": 0.7, "MLV": 0.6, "LVC": 0.9, "mean": 0.8, "s_per_it": None, "wall_s": 300.0}]
+    avg = accuracy.average_runs(rows)
+    assert avg["RV"] == pytest.approx(0.6) and avg["mean"] == pytest.approx(0.7) and avg["s_per_it"] == 1.0
+    assert avg["wall_s"] == 200.0 and avg["runs"] == rows
 
 
 def test_read_summary_and_accuracy_markdown(tmp_path):
@@ -311,13 +334,14 @@ def test_read_summary_and_accuracy_markdown(tmp_path):
               "configuration": {"patch_size": [128, 112], "batch_size": 8, "spacing": [3.0, 3.0]},
               "architecture": [16, 32, 64, 128, 128], "wall_s": 3600.0,
               "results": {accuracy.WARM_ROW: {"5pct": dict(row, wall_s=500.0)},
-                          "nnUNetTrainerLabeledOnly": {"5pct": dict(row, wall_s=120.0)},
-                          "nnUNetTrainerACTIONpp": {"5pct": dict(row, wall_s=300.0),
+                          "nnUNetTrainerLabeledOnly": {"5pct": dict(row, wall_s=120.0, s_per_it=0.45)},
+                          "nnUNetTrainerACTIONpp": {"5pct": dict(row, wall_s=300.0, runs=[{"mean": 0.61}, {"mean": 0.59}]),
                                                     "10pct": dict(row, mean=0.8, wall_s=330.0)}}}
     md = accuracy.format_accuracy_markdown(report)
     assert "| 5pct (3 pat.) RV |" in md.replace("  ", " ") or "5pct (3 pat.) RV" in md
     assert "`nnUNetTrainerACTIONpp`" in md and "0.800" in md and "5.0 / 5.5" in md and "2.0 / -" in md
     assert "| warm start (`nnUNetTrainerLabeledOnly`)" in md and "40 x 25 iterations" in md
+    assert "0.610, 0.590" in md and "0.45 / -" in md   # each run's mean; seconds per iteration
     warm = accuracy.schedule_overrides(dict(accuracy.resolve_options(_acc_args()), lr=0.02), warm=True)
     assert warm["num_epochs"] == accuracy.DEFAULT_WARM_EPOCHS and "initial_lr" not in warm
     assert warm["num_iterations_per_epoch"] == accuracy.DEFAULT_WARM_ITERATIONS

@@ -14,9 +14,9 @@ def naive(logits, labels, conf, valid, thr):
         for idx in valid[i].nonzero():
             idx = tuple(idx.tolist())
             logp = torch.log_softmax(logits[i][(slice(None),) + idx], dim=0)
-            v = -rho * float(logp[labels[i][idx]])
-            if v > 0:
-                vals.append(v)
+            ce = -float(logp[labels[i][idx]])
+            if ce > 0:   # the official mean: every pixel with a positive CE, whatever its image's rho
+                vals.append(rho * ce)
     return sum(vals) / len(vals) if vals else 0.0
 
 
@@ -59,3 +59,15 @@ def test_pseudo_labels_fp32_from_fp16():
     assert probs.dtype == torch.float32
     assert torch.allclose(probs.sum(1), torch.ones(2, 4, 4), atol=1e-5)
     assert torch.equal(lab, logits.float().argmax(1))
+
+
+def test_images_without_confident_pixels_count_in_the_mean():
+    # image 0 fully confident, image 1 not at all: the loss is half of image 0's mean CE (official mean),
+    # not image 0's mean CE (a mean over weighted > 0 only would be 2x larger)
+    torch.manual_seed(2)
+    logits = torch.randn(2, 3, 4, 4)
+    labels = torch.randint(0, 3, (2, 4, 4))
+    conf = torch.stack([torch.ones(4, 4), torch.zeros(4, 4)])
+    got = confidence_weighted_ce(logits, labels, conf, None, threshold=0.97)
+    ce0 = torch.nn.functional.cross_entropy(logits[:1], labels[:1])
+    assert math.isclose(float(got), float(ce0) / 2, rel_tol=1e-5)

@@ -1,0 +1,89 @@
+"""The shared training dynamics on tensors: warm-up rule, ramp-up, and the class-collapse guard."""
+import math
+
+import pytest
+import torch
+
+from nnunet_semicl.losses.pseudo_label import pseudo_labels
+from nnunet_semicl.modules.distribution_alignment import DistributionAlignment, class_mean, label_shares
+from nnunet_semicl.schedules import ramped_weight, warmup_complete
+
+
+def test_ramped_weight_is_zero_before_the_start_then_sigmoid_from_it():
+    assert ramped_weight(500, None, 100) == 0.0            # still warming up
+    assert ramped_weight(99, 100, 200) == 0.0              # before the term turns on
+    assert ramped_weight(100, 100, 200) == pytest.approx(math.exp(-5.0))
+    assert ramped_weight(200, 100, 200) == pytest.approx(math.exp(-5.0 * 0.25))
+    assert ramped_weight(300, 100, 200) == 1.0
+    assert ramped_weight(10_000, 100, 200) == 1.0
+    assert ramped_weight(100, 100, 0) == 1.0                # no ramp: full weight at once
+
+
+def test_warmup_rule():
+    ok = [[0.6, 0.7, 0.9], [0.55, 0.8, 0.9]]
+    assert warmup_complete(200, 180, ok, 0.5)
+    assert not warmup_complete(100, 180, ok, 0.5)                         # too early
+    assert not warmup_complete(200, 180, [[0.6, 0.7, 0.9], [0.45, 0.8, 0.9]], 0.5)  # one class below once
+    assert not warmup_complete(200, 180, [[0.6, float("nan"), 0.9]], 0.5)  # a class never predicted
+    assert not warmup_complete(200, 180, [], 0.5)                          # no validation yet
+    assert not warmup_complete(200, 180, [[]], 0.5)
+
+
+def _collapsing_teacher(n=4096):
+    """Teacher whose class 2 is everywhere second to class 1: argmax never gives class 2."""
+    probs = torch.zeros(1, 3, n)
+    probs[0, 0, : n // 2] = 0.9
+    probs[0, 1, : n // 2] = 0.06
+    probs[0, 2, : n // 2] = 0.04
+    probs[0, 0, n // 2:] = 0.02
+    probs[0, 1, n // 2:] = 0.55
+    probs[0, 2, n // 2:] = 0.43
+    return probs
+
+
+def test_vanished_class_regains_its_pseudo_label_share():
+    probs = _collapsing_teacher()
+    labeled = torch.tensor([0.5, 0.25, 0.25])   # the labeled data has as much class 2 as class 1
+    _, labels, _ = pseudo_labels(torch.log(probs))
+    assert float(label_shares(labels, 3)[2]) == 0.0   # without the guard, class 2 has vanished
+    da = DistributionAlignment(3, labeled, momentum=0.0)
+    da.update(probs)
+    aligned = da(probs)
+    assert torch.allclose(aligned.sum(1), torch.ones(1, probs.shape[2]))
+    shares = label_shares(aligned.argmax(1), 3)
+    assert float(shares[2]) == pytest.approx(0.5, abs=1e-6)   # class 2 is back where the teacher gave it 0.43
+    assert float(shares[0]) == pytest.approx(0.5, abs=1e-6)   # background untouched
+
+
+def test_alignment_leaves_a_matching_teacher_unchanged_and_bounds_the_ratio():
+    probs = torch.softmax(torch.randn(2, 4, 8, 8), 1)
+    da = DistributionAlignment(4, class_mean(probs).tolist(), momentum=0.0)
+    da.update(probs)
+    assert torch.allclose(da(probs), probs, atol=1e-5)
+    da = DistributionAlignment(3, [0.1, 0.1, 0.8], momentum=0.0, max_ratio=2.0)
+    da.update(torch.tensor([0.45, 0.45, 0.1]).view(1, 3, 1))
+    assert torch.allclose(da.ratios(), torch.tensor([0.5, 0.5, 2.0]))
+
+
+def test_alignment_before_any_update_is_identity_and_running_mean_is_an_ema():
+    probs = torch.softmax(torch.randn(1, 3, 5, 5), 1)
+    da = DistributionAlignment(3, [0.2, 0.3, 0.5], momentum=0.5)
+    assert torch.equal(da(probs), probs.float())
+    da.update(torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1))
+    da.update(torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1))
+    assert torch.allclose(da.running_mean, torch.tensor([0.5, 0.5, 0.0]))
+
+
+def test_label_shares_skip_masked_and_ignore_labels():
+    labels = torch.tensor([[0, 1, 1, 2, 9]])
+    assert torch.allclose(label_shares(labels, 3), torch.tensor([0.25, 0.5, 0.25]))
+    mask = torch.tensor([[True, True, False, False, True]])
+    assert torch.allclose(label_shares(labels, 3, mask), torch.tensor([0.5, 0.5, 0.0]))
+    assert torch.equal(label_shares(labels, 3, torch.zeros_like(mask)), torch.zeros(3))
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_classes=1), dict(num_classes=3, momentum=1.0),
+                                    dict(num_classes=3, max_ratio=0.5), dict(num_classes=3, target=[1, 2])])
+def test_alignment_rejects_bad_settings(kwargs):
+    with pytest.raises(ValueError):
+        DistributionAlignment(**kwargs)
