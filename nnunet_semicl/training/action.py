@@ -136,7 +136,8 @@ class nnUNetTrainerACTION(nnUNetTrainerSemiSupervised):
     def build_state(self):
         global_dim = self.default_dim(self.global_dim)
         n_win, emb = self.heads["local"].window_layout(self.configuration_manager.patch_size)
-        return {"global_queue": RingBuffer(self.relational_queue_size, (global_dim,)),
+        return {**super().build_state(),
+                "global_queue": RingBuffer(self.relational_queue_size, (global_dim,)),
                 "local_queue": RingBuffer(self.relational_queue_size, (n_win, emb))}
 
     # ------------------------------------------------------------------------------------------

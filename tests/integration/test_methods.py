@@ -48,6 +48,9 @@ def test_method_trains_every_phase_through_stock_entry_and_predicts(phantom, tra
         assert finite == terms, (epoch, finite)
     assert ckpt["semicl"]["global_step"] == 4 * 2
     assert set(ckpt["semicl"]["heads"]) and set(ckpt["semicl"]["head_teachers"])
+    # the class-collapse guard is part of every method's state, and the warm-up gate opened
+    assert ckpt["semicl"]["state_modules"]["alignment.initialised"]
+    assert ckpt["semicl"]["unsup_gate_step"] is not None
     seg = predict_one(os.path.dirname(folder), os.path.join(phantom.raw, "imagesTs", "phantom010_frame01_0000.nii.gz"),
                       str(tmp_path / "pred"))
     assert seg.shape == (10, 64, 64) and set(np.unique(seg)) <= {0, 1, 2, 3}
