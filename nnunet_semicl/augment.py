@@ -130,15 +130,22 @@ def identity_grid(batch: int, spatial: Sequence[int], device, dtype=torch.float3
 
 def random_smooth_grid(batch: int, spatial: Sequence[int], magnitude: float = 0.05, control_points: int = 4,
                        scale: Tuple[float, float] = (1.0, 1.0), p_mirror: float = 0.0,
-                       generator=None, device=None) -> torch.Tensor:
-    """A random smooth deformation: optional isotropic scaling and mirroring plus a displacement field.
+                       generator=None, device=None, max_rotation: float = 0.0) -> torch.Tensor:
+    """A random smooth deformation: optional rotation, isotropic scaling and mirroring plus a displacement field.
 
-    The displacement is Gaussian noise of std ``magnitude`` (in normalised [-1, 1] units) on a coarse
-    grid of ``control_points`` per axis, upsampled (bi/trilinear) to full resolution, which makes it
-    smooth; ``magnitude=0`` and ``scale=(1, 1)`` give the identity.
+    The rotation is uniform in ``[-max_rotation, max_rotation]`` radians, in the plane of the last two
+    spatial axes (in-plane in 3D), in normalised coordinates (a true rotation on square patches). The displacement is Gaussian noise of std ``magnitude`` (in
+    normalised [-1, 1] units) on a coarse grid of ``control_points`` per axis, upsampled (bi/trilinear)
+    to full resolution, which makes it smooth; ``magnitude=0``, ``scale=(1, 1)`` and no rotation give
+    the identity.
     """
     nd = len(spatial)
     grid = identity_grid(batch, spatial, device)
+    if max_rotation > 0:
+        angle = (_rand((batch,), generator, device) * 2 - 1) * max_rotation
+        cos, sin = angle.cos().view(batch, *([1] * nd)), angle.sin().view(batch, *([1] * nd))
+        gx, gy = grid[..., 0], grid[..., 1]   # grid_sample order: x = last axis, y = second to last
+        grid = torch.cat([torch.stack([cos * gx - sin * gy, sin * gx + cos * gy], dim=-1), grid[..., 2:]], dim=-1)
     s = scale[0] + (scale[1] - scale[0]) * _rand((batch,), generator, device)
     grid = grid * s.view(batch, *([1] * nd), 1)
     if p_mirror > 0:

@@ -7,7 +7,7 @@ from nnunet_semicl.training.action_pp import (nnUNetTrainerACTIONpp, nnUNetTrain
 from nnunet_semicl.training.labeled_only import nnUNetTrainerLabeledOnly  # noqa: F401
 from nnunet_semicl.training.mona import (nnUNetTrainerARCO, nnUNetTrainerARCO_indexStrata,  # noqa: F401
                                          nnUNetTrainerARCO_noRampUp, nnUNetTrainerARCO_SAG, nnUNetTrainerMONA,
-                                         nnUNetTrainerMONA_noRampUp)
+                                         nnUNetTrainerMONA_noRampUp, nnUNetTrainerMONA_teacherEquivariance)
 from nnunet_semicl.training.mean_teacher import nnUNetTrainerMeanTeacher  # noqa: F401
 from nnunet_semicl.training.pseudo_label import nnUNetTrainerPseudoLabel, nnUNetTrainerPseudoLabel_noRampUp  # noqa: F401
 from nnunet_semicl.training.semi_supervised import nnUNetTrainerSemiSupervised  # noqa: F401

@@ -8,8 +8,11 @@ One nnU-Net training with two phases:
   - **tailness** (``contrast``): U2PL-style pixel contrast against per-class memory banks of teacher
     features, reliable/unreliable pixels split by entropy with a percentile decaying 20 -> 0,
     anchors drawn by the method's sampler (uniform: MONA; stratified: ARCO);
-  - **consistency** (``eqv``): KL between the student on the strong (warped) view and the teacher's
-    probabilities moved by the same warp, on confident foreground;
+  - **consistency** (``eqv``), as released: a dedicated random affine transform T (rotation +-60 degrees,
+    scale 0.83-1.25, mirror) of the student's input batch (labeled and strong unlabeled images);
+    KL between the student's prediction on T(x) and T applied to its own stop-gradient prediction on
+    x, on confident foreground (``equivariance_target = "teacher"``: the earlier variant, the teacher's
+    probabilities moved through the strong view, no extra forward);
   - **diversity** (``nn``): the student's image embedding pulled toward the k nearest neighbours of
     the teacher's embedding in a FIFO pool of compact teacher embeddings (it trains, unlike the
     released loss, which has no gradient).
@@ -21,8 +24,12 @@ from the official code are listed in docs/methods/mona_arco.md.
 """
 from typing import Dict
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+from nnunet_semicl.augment import random_smooth_grid, warp, warp_valid_mask
 
 from nnunet_semicl.losses.equivariance import confident_foreground_mask, equivariance_loss
 from nnunet_semicl.losses.memory_bank import memory_bank_contrast_loss, pixel_entropy
@@ -59,6 +66,11 @@ class nnUNetTrainerMONA(nnUNetTrainerACTION):
     # ---- consistency: equivariance -----------------------------------------------------------
     equivariance_weight = 1.0
     equivariance_threshold = 0.7
+    equivariance_target = "student"    # released: the student's own stop-gradient prediction under T; "teacher":
+                                       # the teacher's probabilities moved through the strong view
+    equivariance_rotation = 60.0       # degrees (released transform)
+    equivariance_scale = (0.83, 1.25)
+    equivariance_mirror = 0.5
     # ---- diversity: nearest neighbours -------------------------------------------------------
     nn_weight = 1.0
     nn_k = 5
@@ -136,9 +148,25 @@ class nnUNetTrainerMONA(nnUNetTrainerACTION):
                                          negative_rule=self.negative_rule, gather=True)
 
     def consistency(self, ctx: StepContext) -> torch.Tensor:
-        target = ctx.strong_targets["teacher_probs"]
-        mask = confident_foreground_mask(target, self.equivariance_threshold) & ctx.valid
-        return equivariance_loss(ctx.unlabeled_logits(), target, mask)
+        if self.equivariance_target == "teacher":
+            target = ctx.strong_targets["teacher_probs"]
+            mask = confident_foreground_mask(target, self.equivariance_threshold) & ctx.valid
+            return equivariance_loss(ctx.unlabeled_logits(), target, mask)
+        # as released: T(stopgrad f(x)) against f(T(x)) over the whole student batch
+        full = ctx.outputs[0] if isinstance(ctx.outputs, (list, tuple)) else ctx.outputs
+        x = torch.cat([ctx.x_labeled, ctx.x_strong.to(ctx.x_labeled.dtype)])
+        with torch.no_grad():
+            probs = torch.softmax(full.detach().float(), dim=1)
+            content = torch.cat([torch.ones_like(ctx.valid[:1]).expand(ctx.n_labeled, *ctx.valid.shape[1:]),
+                                 ctx.valid])
+            mask = confident_foreground_mask(probs, self.equivariance_threshold) & content
+            grid = random_smooth_grid(x.shape[0], x.shape[2:], magnitude=0.0, scale=self.equivariance_scale,
+                                      p_mirror=self.equivariance_mirror,
+                                      max_rotation=math.radians(self.equivariance_rotation), device=x.device)
+            target = warp(probs, grid)
+            mask = warp(mask[:, None].to(torch.uint8), grid)[:, 0].bool() & warp_valid_mask(grid)
+        out = self.network(warp(x, grid))
+        return equivariance_loss(out[0] if isinstance(out, (list, tuple)) else out, target, mask)
 
     def diversity(self, ctx: StepContext, rep: torch.Tensor, t_rep: torch.Tensor) -> torch.Tensor:
         n = ctx.n_labeled
@@ -159,6 +187,11 @@ class nnUNetTrainerMONA(nnUNetTrainerACTION):
                 "contrast": self.unsup_weight(self.contrast_weight) * self.tailness(ctx, rep, t_rep, t_probs),
                 "eqv": self.unsup_weight(self.equivariance_weight, per_pixel=True) * self.consistency(ctx),
                 "nn": self.unsup_weight(self.nn_weight) * self.diversity(ctx, rep, t_rep)}
+
+
+class nnUNetTrainerMONA_teacherEquivariance(nnUNetTrainerMONA):
+    """Equivariance against the teacher's probabilities moved through the strong view (no extra forward)."""
+    equivariance_target = "teacher"
 
 
 class nnUNetTrainerARCO(nnUNetTrainerMONA):

@@ -80,3 +80,17 @@ def test_replay_moves_low_resolution_maps_like_the_image(spatial, low):
     # replay at full resolution reproduces apply exactly
     full, _ = aug.replay(params, lab)
     assert torch.equal(full, t["pl"])
+
+
+def test_random_grid_rotation_is_an_isometry_and_zero_rotation_the_identity():
+    import math
+
+    from nnunet_semicl.augment import identity_grid, random_smooth_grid
+    g = torch.Generator().manual_seed(0)
+    ident = identity_grid(4, (8, 8), "cpu")
+    assert torch.allclose(random_smooth_grid(4, (8, 8), magnitude=0.0, generator=g), ident)
+    rot = random_smooth_grid(4, (8, 8), magnitude=0.0, max_rotation=math.radians(60), generator=g)
+    assert torch.allclose(rot.norm(dim=-1), ident.norm(dim=-1), atol=1e-5)   # distances to the centre kept
+    assert not torch.allclose(rot, ident, atol=1e-3)
+    rot3 = random_smooth_grid(2, (4, 8, 8), magnitude=0.0, max_rotation=math.radians(60), generator=g)
+    assert torch.allclose(rot3[..., 2], identity_grid(2, (4, 8, 8), "cpu")[..., 2])   # 3D: in-plane only
