@@ -87,3 +87,67 @@ def test_label_shares_skip_masked_and_ignore_labels():
 def test_alignment_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError):
         DistributionAlignment(**kwargs)
+
+
+class _Logger:
+    def __init__(self, dice):
+        self.dice = dice
+
+    def get_value(self, key, step):
+        assert key == "dice_per_class_or_region" and step is None
+        return self.dice
+
+
+def _gate_trainer(cls_name="nnUNetTrainerSemiSupervised", dice=(), step=0, epochs=10, iters=10):
+    """Only the gate's arithmetic of a trainer (no nnU-Net state): logger, schedule, log lines."""
+    import nnunet_semicl.training.action as action
+    import nnunet_semicl.training.semi_supervised as semi
+    cls = getattr(semi, cls_name, None) or getattr(action, cls_name)
+    t = cls.__new__(cls)
+    t.unsup_gate_step, t.global_step, t.current_epoch = None, step, step // iters
+    t.num_epochs, t.num_iterations_per_epoch = epochs, iters
+    t.logger = _Logger([list(d) for d in dice])
+    t.lines = []
+    t.print_to_log_file = lambda *a, **k: t.lines.append(" ".join(map(str, a)))
+    return t
+
+
+def test_warmup_gate_opens_when_every_class_is_segmented_and_logs_it():
+    t = _gate_trainer(dice=[[0.2, 0.1, 0.3], [0.6, 0.7, 0.8], [0.6, 0.55, 0.9]], step=30)
+    t.update_warmup_gate()
+    assert t.unsup_gate_step == 30 and "warm-up complete at iteration 30" in t.lines[0]
+    assert t.unsup_scale() == pytest.approx(math.exp(-5.0))          # ramp starts at the gate
+    t.global_step = 30 + 20
+    assert t.unsup_scale() == 1.0 and t.uses_unlabeled_now()          # ramp = 0.2 x 100 iterations
+    t.update_warmup_gate()                                            # opens once
+    assert t.unsup_gate_step == 30 and len(t.lines) == 1
+
+
+def test_warmup_gate_waits_for_a_missing_class_then_opens_at_its_limit_with_a_warning():
+    t = _gate_trainer(dice=[[0.6, float("nan"), 0.9], [0.7, 0.0, 0.9]], step=30)
+    t.update_warmup_gate()
+    assert t.unsup_gate_step is None and t.unsup_scale() == 0.0 and not t.uses_unlabeled_now()
+    t.global_step = 50                                                # warmup_max_fraction 0.5 of 100
+    t.update_warmup_gate()
+    assert t.unsup_gate_step == 50 and "WARNING" in t.lines[-1] and "[2]" in t.lines[-1]
+
+
+def test_warmup_gate_respects_the_minimum_and_phased_methods_start_at_fine_tuning():
+    t = _gate_trainer(dice=[[0.9, 0.9, 0.9]] * 2, step=5)
+    t.update_warmup_gate()
+    assert t.unsup_gate_step is None                                  # before 10 % of the iterations
+    a = _gate_trainer("nnUNetTrainerACTION", dice=[[0.9, 0.9, 0.9]] * 2, step=20)
+    a.update_warmup_gate()
+    assert a.phase_starts() == (2, 4)
+    assert a.unsup_gate_step == 20 and a.unsup_start_step() == 40     # fine-tuning starts at epoch 4
+    assert a.unsup_scale() == 0.0 and a.uses_unlabeled_now()          # pre-training still uses the teacher
+    a.global_step, a.current_epoch = 45, 4
+    assert a.unsup_scale() == pytest.approx(math.exp(-5.0 * 0.75 ** 2))
+
+
+def test_papers_schedule_variant_has_no_gate_and_no_ramp():
+    from nnunet_semicl.training.action_pp import nnUNetTrainerACTIONpp, nnUNetTrainerACTIONpp_noRampUp
+    v = nnUNetTrainerACTIONpp_noRampUp
+    assert issubclass(v, nnUNetTrainerACTIONpp)
+    assert (v.unsup_warmup, v.rampup_fraction, v.balance_deep_supervision, v.distribution_alignment) == \
+        (False, 0.0, False, False)
