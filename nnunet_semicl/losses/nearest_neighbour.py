@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_semicl.modules.heads import grid_pool
 from nnunet_semicl.modules.queues import RingBuffer
 
 
@@ -34,14 +35,8 @@ def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
 def image_embedding(rep: torch.Tensor, grid: Union[int, Sequence[int]] = 4) -> torch.Tensor:
     """``[B, D, *spatial]`` -> ``[B, D * prod(grid)]``: adaptive average pooling to ``grid`` cells per
     axis, flattened and L2-normalised (fp32; keeps the gradient)."""
-    nd = rep.ndim - 2
-    if nd not in (1, 2, 3):
-        raise ValueError(f"image_embedding expects [B, D, *spatial] with 1-3 spatial axes, got {tuple(rep.shape)}")
-    size = (grid,) * nd if isinstance(grid, int) else tuple(grid)
-    pool = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}[nd]
     with torch.autocast(device_type=rep.device.type, enabled=False):
-        x = pool(_at_least_fp32(rep), size)
-        return F.normalize(x.reshape(rep.shape[0], -1), dim=1)
+        return F.normalize(grid_pool(_at_least_fp32(rep), grid), dim=1)
 
 
 def embedding_dim(channels: int, nd: int, grid: Union[int, Sequence[int]] = 4) -> int:

@@ -1,5 +1,5 @@
 """Heads that live beside the nnU-Net network (owned by the trainer, never inside ``self.network``)."""
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -104,3 +104,14 @@ def flatten_pixels(features: torch.Tensor, mask: Optional[torch.Tensor] = None) 
     c = features.shape[1]
     flat = features.movedim(1, -1).reshape(-1, c)
     return flat if mask is None else flat[mask.reshape(-1)]
+
+
+def grid_pool(x: torch.Tensor, grid: Union[int, Sequence[int]]) -> torch.Tensor:
+    """``[B, C, *spatial]`` -> ``[B, C * prod(grid)]``: adaptive average pooling to ``grid`` cells per axis,
+    flattened (1, 2 or 3 spatial axes)."""
+    nd = x.ndim - 2
+    if nd not in (1, 2, 3):
+        raise ValueError(f"grid_pool expects [B, C, *spatial] with 1-3 spatial axes, got {tuple(x.shape)}")
+    size = (grid,) * nd if isinstance(grid, int) else tuple(grid)
+    pool = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}[nd]
+    return pool(x, size).reshape(x.shape[0], -1)

@@ -1,7 +1,7 @@
 """Projection heads of ACTION's relational (ISD-style) distillation (methods.md sections 3.2, 3.3).
 
-* :class:`GlobalRelationalHead` (stage i): global average pool of the bottleneck, a projector and a
-  student-only predictor, one embedding per image.
+* :class:`GlobalRelationalHead` (stage i): the bottleneck average-pooled to a few cells per axis, a
+  projector and a student-only predictor, one embedding per image.
 * :class:`LocalRelationalHead` (stage ii): overlapping windows over the output logits, each
   average-pooled to a few cells and mapped per cell, one embedding per window.
 
@@ -15,16 +15,23 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from nnunet_semicl.modules.heads import MLP
+from nnunet_semicl.modules.heads import MLP, grid_pool
 
 
 class GlobalRelationalHead(nn.Module):
-    """Bottleneck ``[B, C, *spatial]`` -> global average pool -> projector -> ``[B, dim]``.
+    """Bottleneck ``[B, C, *spatial]`` -> average pool to ``pool_cells`` per axis -> projector -> ``[B, dim]``.
+
+    Why cells and not ISD's global average: nnU-Net normalises every stage per image and channel
+    (instance norm), so the global average of a stage's output is nearly the same for every image
+    and all embeddings coincide: the relational distributions over the queue are flat and the
+    distillation loss is ~0 (measured: the ``global`` term logged 0.0000 on ACDC). Pooling to a few
+    cells keeps where things are, which instance norm does not remove.
 
     Args:
         in_channels: channels C of the bottleneck feature map.
         dim: embedding size (paper: 512 in 2D, 128 in 3D).
         hidden: projector width (default ``in_channels``, as the official 256 -> 256 -> d).
+        pool_cells: cells per spatial axis of the pooling (1: ISD's global average).
         predictor: build the student predictor (two Linear layers dim -> dim -> dim); without it
             ``predict`` is the identity.
         activation: put BatchNorm1d + ReLU between the Linear layers (ISD's MLP). The official ACTION
@@ -33,17 +40,21 @@ class GlobalRelationalHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, dim: int, hidden: Optional[int] = None, predictor: bool = True,
-                 activation: bool = False):
+                 activation: bool = False, pool_cells: int = 1, spatial_dims: int = 2):
         super().__init__()
         hidden = int(in_channels if hidden is None else hidden)
         self.in_channels, self.dim, self.hidden = int(in_channels), int(dim), hidden
-        self.projector = MLP([self.in_channels, hidden, self.dim], activation=activation)
+        self.pool_cells, self.spatial_dims = int(pool_cells), int(spatial_dims)
+        pooled = self.in_channels * self.pool_cells ** (self.spatial_dims if self.pool_cells > 1 else 0)
+        self.projector = MLP([pooled, hidden, self.dim], activation=activation)
         self.predictor = MLP([self.dim, self.dim, self.dim], activation=activation) if predictor else nn.Identity()
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 3 or x.shape[1] != self.in_channels:
-            raise ValueError(f"GlobalRelationalHead expects [B, {self.in_channels}, *spatial], got {tuple(x.shape)}")
-        return self.projector(x.flatten(2).mean(-1))
+        if x.dim() < 3 or x.shape[1] != self.in_channels or (self.pool_cells > 1 and x.dim() - 2 != self.spatial_dims):
+            raise ValueError(f"GlobalRelationalHead expects [B, {self.in_channels}, *spatial]"
+                             + (f" with {self.spatial_dims} spatial axes" if self.pool_cells > 1 else "")
+                             + f", got {tuple(x.shape)}")
+        return self.projector(grid_pool(x, self.pool_cells) if self.pool_cells > 1 else x.flatten(2).mean(-1))
 
     def predict(self, z: torch.Tensor) -> torch.Tensor:
         return self.predictor(z)

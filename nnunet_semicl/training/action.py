@@ -44,6 +44,7 @@ class nnUNetTrainerACTION(nnUNetTrainerSemiSupervised):
     relational_tau_student = 0.1
     relational_tau_teacher = 0.01
     global_dim = None                 # None: 512 in 2D, 128 in 3D (official code)
+    global_pool_cells = 2             # bottleneck pooled to 2 cells per axis (ISD: 1, flat under instance norm)
     global_weight = 1.0
     local_weight = 1.0
     local_window_fraction = 0.25
@@ -124,7 +125,8 @@ class nnUNetTrainerACTION(nnUNetTrainerSemiSupervised):
         rep_dim = self.default_dim(self.representation_dim)
         t = self.representation_taps()
         return {
-            "global": GlobalRelationalHead(channels[0], self.default_dim(self.global_dim)),
+            "global": GlobalRelationalHead(channels[0], self.default_dim(self.global_dim),
+                                           pool_cells=self.global_pool_cells, spatial_dims=self.spatial_dims),
             "local": LocalRelationalHead(n_classes, self.local_window_fraction, self.local_pooled or (8 if dim2 else 4)),
             "rep": RepresentationHead(channels[: t + 1], rep_dim, rep_dim, self.spatial_dims,
                                       activation=self.representation_activation),

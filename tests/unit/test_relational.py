@@ -303,3 +303,24 @@ def test_local_head_under_autocast_runs():
         z = head(x)
         loss = relational_kl_loss(z, z.detach(), torch.randn(3, z.shape[1], z.shape[2]).permute(1, 0, 2))
     assert z.shape == (1, 49, 32) and loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("spatial", [(8, 8), (4, 8, 8)])
+def test_global_head_cells_separate_instance_normed_images(spatial):
+    """Instance norm makes every image's global average the same: the 1-cell embedding cannot tell images
+    apart (flat relational distributions), the 2-cell one can."""
+    torch.manual_seed(0)
+    x = torch.nn.functional.leaky_relu(torch.nn.functional.instance_norm(torch.randn(6, 4, *spatial)
+                                                                         + torch.linspace(-3, 3, spatial[-1])))
+    x[3:] = x[3:].flip(-1)                     # same statistics, another layout
+    flat = GlobalRelationalHead(4, 16, pool_cells=1)
+    cells = GlobalRelationalHead(4, 16, pool_cells=2, spatial_dims=len(spatial))
+    assert cells.projector.net[0].in_features == 4 * 2 ** len(spatial)
+    def spread(z):
+        z = torch.nn.functional.normalize(z, dim=1)
+        return float((z @ z.t()).min())
+    with torch.no_grad():
+        assert spread(flat.project(x)) > 0.99                  # every pair nearly identical
+        assert spread(cells.project(x)) < 0.9
+    with pytest.raises(ValueError):
+        cells.project(torch.randn(2, 4, 4, 4, 4) if len(spatial) == 2 else torch.randn(2, 4, 8, 8))  # wrong axes
