@@ -265,7 +265,8 @@ def stage_cuda_tests(out: str, timeout: float, dry_run: bool) -> dict:
     xml = os.path.join(out, "cuda_tests.xml")
     cmd = [sys.executable, "-m", "pytest", "-m", "cuda", os.path.join(REPO, "tests", "gpu"), "-q",
            "-p", "no:cacheprovider", f"--junitxml={xml}", "-o", "junit_family=xunit1"]
-    env = dict(os.environ, NNUNET_SEMICL_GPU_CHECK_DRY_RUN="1" if dry_run else "0")
+    # loaders in the test process itself (the tests draw one fixed batch: no augmentation workers to leave behind)
+    env = dict(os.environ, NNUNET_SEMICL_GPU_CHECK_DRY_RUN="1" if dry_run else "0", nnUNet_n_proc_DA="0")
     try:
         proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               timeout=max(timeout, 10))
