@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from nnunet_semicl.benchmarking.common import (fmt, format_machine, machine_info, markdown_table, repo_docs_path,
                                                update_doc_section)
@@ -42,6 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", choices=("auto", "acdc", "phantom"), default="auto")
     p.add_argument("--strides", type=int, nargs="+", default=[1, 4], help="feature-map strides (default 1 4)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPU count)")
+    p.add_argument("--official", default=None,
+                   help="path to a fetched copy of the official ARCO code (its code/loss_helper.py, or the folder): "
+                        "adds grid_monte_carlo_sample / grid_as_monte_carlo_sample to the side-by-side table "
+                        "(imported from there at run time, never copied)")
     p.add_argument("--out", default="nnunet_semicl_benchmark", help="folder for samplers.json / samplers.md")
     p.add_argument("--smoke", action="store_true", help="tiny check: sizes 1e4 1e5, 50 draws, phantoms; no docs update")
     p.add_argument("--docs", default="auto", help="'auto' (the checkout's docs/performance.md, not with --smoke), "
@@ -69,39 +73,146 @@ def timing_mask(n_candidates: float, images: int = 4):
     return torch.ones((images, s, s), dtype=torch.bool)
 
 
-def time_call(fn, min_time: float = 0.5, min_reps: int = 3, max_reps: int = 200) -> Dict[str, float]:
-    """Median wall time of ``fn()`` over repeats (at least ``min_reps``, until ``min_time`` seconds)."""
+def _sync(device: str):
+    if str(device).startswith("cuda"):
+        import torch
+        torch.cuda.synchronize()
+
+
+def time_interleaved(fns: Dict[str, Callable[[], object]], min_time: float = 0.5, min_reps: int = 3,
+                     max_reps: int = 200, device: str = "cpu") -> Dict[str, Dict[str, float]]:
+    """Median wall time of every ``fns[name]()``, the calls interleaved round-robin (one call of each per
+    round, the starting function rotating), so that load changes of a shared machine hit all alike.
+
+    Rounds continue until each function has ``min_reps`` calls and ``min_time`` seconds have passed
+    (at most ``max_reps`` rounds). One warm-up call each first.
+    """
     import statistics
-    fn()  # warm-up
-    times: List[float] = []
+    names = list(fns)
+    for name in names:
+        fns[name]()
+    _sync(device)
+    times: Dict[str, List[float]] = {k: [] for k in names}
     start = time.perf_counter()
-    while len(times) < min_reps or (time.perf_counter() - start < min_time and len(times) < max_reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return {"median_ms": statistics.median(times) * 1e3, "min_ms": min(times) * 1e3, "reps": len(times)}
+    r = 0
+    while r < min_reps or (time.perf_counter() - start < min_time and r < max_reps):
+        for k in range(len(names)):
+            name = names[(k + r) % len(names)]
+            t = time.perf_counter()
+            fns[name]()
+            _sync(device)
+            times[name].append(time.perf_counter() - t)
+        r += 1
+    return {k: {"median_ms": statistics.median(v) * 1e3, "min_ms": min(v) * 1e3, "reps": len(v)}
+            for k, v in times.items()}
 
 
 def timing_benchmark(sizes: Sequence[float] = DEFAULT_SIZES, draws: Sequence[int] = DRAWS, images: int = 4,
-                     bank_sizes: Sequence[int] = BANK_SIZES, min_time: float = 0.5, verbose: bool = True) -> List[dict]:
+                     bank_sizes: Sequence[int] = BANK_SIZES, min_time: float = 0.5, verbose: bool = True,
+                     device: str = "cpu") -> List[dict]:
     import torch
     rows = []
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=device).manual_seed(0)
     cases = [("2d", timing_mask(n, images)) for n in sizes] + \
             [("bank", torch.ones(int(n), dtype=torch.bool)) for n in bank_sizes]
     for kind, mask in cases:
+        mask = mask.to(device)
         candidates = int(mask.sum())
         for n in (draws if kind == "2d" else draws[-1:]):
             row = {"kind": kind, "shape": list(mask.shape), "candidates": candidates, "n": int(n)}
-            for name in SAMPLERS:
-                s = make_sampler(name)
-                row[name] = time_call(lambda: s(mask, int(n), g), min_time=min_time,
-                                      min_reps=1 if candidates >= 5e6 else 3)
+            fns = {name: (lambda s=make_sampler(name): s(mask, int(n), g)) for name in SAMPLERS}
+            row.update(time_interleaved(fns, min_time=min_time * len(SAMPLERS),
+                                        min_reps=1 if candidates >= 5e6 else 3, device=device))
             rows.append(row)
             if verbose:
                 print(f"  {kind:<4} {candidates:>9} candidates, n={n:<6}: " + ", ".join(
                     f"{k} {row[k]['median_ms']:.2f} ms" for k in SAMPLERS), flush=True)
     return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# side by side with the official ARCO helper (issue 13's table)
+# ------------------------------------------------------------------------------------------------
+#: (draws, candidates, kind): 256 anchors among class pixels, 256 x 512 negatives from a memory bank
+COMPARISON_CASES = ((256, 10_000, "anchors"), (256, 100_000, "anchors"), (256, 1_000_000, "anchors"),
+                    (131072, 30_000, "bank"), (131072, 50_000, "bank"))
+#: our side: index strata on the 1-D mask, spatial strata on a [16, H, W] mask, uniform on the 1-D mask
+OURS = (("index_sg", "index", False), ("index_sag", "index", True), ("spatial_sg", "spatial", False),
+        ("spatial_sag", "spatial", True))
+
+
+def load_official(path: str):
+    """``(grid_monte_carlo_sample, grid_as_monte_carlo_sample)`` from a copy of the official ARCO code
+    (``code/loss_helper.py`` of charlesyou999648/ARCO, or a folder holding it), imported at run time
+    from where it lies; nothing of it is copied."""
+    import importlib.util
+    if os.path.isdir(path):
+        for cand in (os.path.join(path, "code", "loss_helper.py"), os.path.join(path, "loss_helper.py")):
+            if os.path.isfile(cand):
+                path = cand
+                break
+    if not os.path.isfile(path):
+        raise SystemExit(f"--official: no loss_helper.py at {path}")
+    spec = importlib.util.spec_from_file_location("_arco_official_loss_helper", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.grid_monte_carlo_sample, mod.grid_as_monte_carlo_sample
+
+
+def comparison_benchmark(official: Optional[str] = None, cases=COMPARISON_CASES, images: int = 16,
+                         min_time: float = 1.0, min_reps: int = 7, device: str = "cpu",
+                         verbose: bool = True) -> List[dict]:
+    """Issue 13's table: one call of each sampler per round, all of a row interleaved; medians (ms).
+
+    Ours: index SG / SAG on a 1-D mask of N candidates, spatial SG / SAG on an all-True
+    ``[images, s, s]`` mask of about N candidates, uniform on the 1-D mask. Official (``official``: a
+    path for :func:`load_official`): ``grid_monte_carlo_sample(N, n)`` / ``grid_as_monte_carlo_sample``,
+    which get only the count N (numpy on the CPU; on CUDA its result is moved to the device).
+    """
+    import torch
+    from nnunet_semicl.sampling.stratified import StratifiedSampler
+    from nnunet_semicl.sampling.uniform import UniformSampler
+
+    off = load_official(official) if official else None
+    g = torch.Generator(device=device).manual_seed(0)
+    rows = []
+    for n, num, kind in cases:
+        flat = torch.ones(int(num), dtype=torch.bool, device=device)
+        grid_mask = timing_mask(num, images).to(device)
+        fns = {"uniform": lambda: UniformSampler()(flat, n, g)}
+        for name, strata, anti in OURS:
+            s = StratifiedSampler(antithetic=anti, strata=strata)
+            fns[name] = (lambda s=s, m=(flat if strata == "index" else grid_mask): s(m, n, g))
+        if off is not None:
+            for name, fn in zip(("official_sg", "official_sag"), off):
+                fns[name] = (lambda fn=fn: fn(int(num), n).to(device))
+        row = {"kind": kind, "n": int(n), "candidates": int(num), "spatial_shape": list(grid_mask.shape),
+               "device": str(device)}
+        row.update(time_interleaved(fns, min_time=min_time, min_reps=min_reps, device=device))
+        rows.append(row)
+        if verbose:
+            print(f"  n={n:<6} N={num:<8}: " + ", ".join(f"{k} {v['median_ms']:.2f}" for k, v in row.items()
+                                                      if isinstance(v, dict)) + " ms", flush=True)
+    return rows
+
+
+def format_comparison_markdown(rows: List[dict]) -> str:
+    has_off = any("official_sg" in r for r in rows)
+    out = []
+    for r in rows:
+        ms = lambda k: fmt(r[k]["median_ms"], 2) if k in r else "-"
+        what = "256 anchors" if r["kind"] == "anchors" else f"{r['n']:,} negatives"
+        size = f"{r['candidates']:.0e}" if r["kind"] == "anchors" else f"{r['candidates']:.0e} bank"
+        u = r["uniform"]["median_ms"]
+        worst = {v: max(r[f"{s}_{v}"]["median_ms"] for s in ("index", "spatial")) for v in ("sg", "sag")}
+        speedup = (f"{fmt(r['official_sg']['median_ms'] / worst['sg'], 1)} / "
+                   f"{fmt(r['official_sag']['median_ms'] / worst['sag'], 1)}") if has_off else "-"
+        out.append([what, size, f"{ms('official_sg')} / {ms('official_sag')}",
+                    f"{ms('index_sg')} / {ms('index_sag')}", f"{ms('spatial_sg')} / {ms('spatial_sag')}", ms("uniform"),
+                    f"{fmt(worst['sg'] / u, 1)} / {fmt(worst['sag'] / u, 1)}", speedup])
+    return markdown_table(["draws", "N candidates", "official SG / SAG", "ours, index SG / SAG",
+                           "ours, spatial SG / SAG", "uniform", "slower of ours / uniform (SG / SAG)",
+                           "official / slower of ours (SG / SAG)"], out, "lrllllll")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -289,6 +400,13 @@ def format_samplers_markdown(report: dict) -> str:
         "",
         t1,
         "",
+        *([f"- Side by side (issue 13), one call of each sampler per round, {len(report['comparison'])} rows each "
+           "interleaved, medians (ms): ours with index strata on a 1-D mask of N candidates, with spatial strata "
+           "on an all-True [16, H, W] mask of about N, uniform on the 1-D mask; official = `grid_monte_carlo_sample` "
+           "/ `grid_as_monte_carlo_sample` of charlesyou999648/ARCO (`code/loss_helper.py`, imported at run time "
+           "from a fetched copy; it receives only the count N)"
+           + ("" if o.get("official") else " (**not timed in this run**: no `--official`)") + ".",
+           "", format_comparison_markdown(report["comparison"]), ""] if report.get("comparison") else []),
         f"- Variance of the estimated class mean of a per-pixel statistic, {o['draws']} draws of {o['anchors']} "
         f"pixels per sampler, relative to uniform sampling (< 1: SG/SAG reduce the variance). Images: "
         f"{report['images']}. Feature map: a fixed random 3-layer conv net (seed 0) on the z-scored image; stride 4 = "
@@ -312,6 +430,10 @@ def run(args) -> dict:
     print(f"Sampler timing ({len(sizes)} candidate counts)", flush=True)
     timing = timing_benchmark(sizes, images=args.images, min_time=0.05 if smoke else args.min_time,
                               bank_sizes=() if smoke else BANK_SIZES)
+    print("Side by side with the official helper" + ("" if args.official else " (ours only: no --official)"),
+          flush=True)
+    comparison = comparison_benchmark(args.official, COMPARISON_CASES[:2] if smoke else COMPARISON_CASES,
+                                      min_time=0.05 if smoke else 1.0, min_reps=3 if smoke else 7)
     acdc = args.acdc or default_acdc()
     source = args.source if args.source != "auto" else ("acdc" if acdc and not smoke else "phantom")
     if source == "acdc":
@@ -326,8 +448,9 @@ def run(args) -> dict:
               "command": "nnunet_semicl benchmark samplers " + " ".join(sys.argv[3:] if sys.argv[1:2] == ["benchmark"]
                                                                       else sys.argv[1:]),
               "options": {"sizes": sizes, "images": args.images, "draws": draws, "anchors": args.anchors,
-                          "strides": args.strides, "source": source, "smoke": smoke},
-              "images": desc, "timing": timing, "variance": variance, "wall_s": round(time.time() - t0, 1)}
+                          "strides": args.strides, "source": source, "smoke": smoke,
+                          "official": bool(args.official)},
+              "images": desc, "timing": timing, "comparison": comparison, "variance": variance, "wall_s": round(time.time() - t0, 1)}
     md = format_samplers_markdown(report)
     out = os.path.abspath(args.out)
     save_json(report, os.path.join(out, "samplers.json"))

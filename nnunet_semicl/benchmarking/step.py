@@ -47,6 +47,8 @@ METHODS = ("nnUNetTrainerACTION", "nnUNetTrainerACTIONpp", "nnUNetTrainerMONA", 
 PRETRAIN_ENTRIES = ("nnUNetTrainerACTION@global", "nnUNetTrainerACTION@local", "nnUNetTrainerACTIONpp@global",
                     "nnUNetTrainerACTIONpp@local", "nnUNetTrainerMONA@local")
 SMOKE_TRAINERS = (STOCK, MEAN_TEACHER)
+#: entry suffix: the trainer with ``nnUNet_compile=t`` and ``allow_compile = True`` (our trainers default to eager)
+COMPILED = "+compile"
 TARGET_TIME = 0.10    # contrastive machinery: at most +10% of the mean-teacher step time
 TARGET_MEMORY = 0.15  # ... and at most +15% of its peak memory
 
@@ -201,6 +203,8 @@ def _worker(work: str, opts: dict, mode: str, entry: Optional[str], out: str, lo
     spec_path = out + ".spec.json"
     save_json(spec, spec_path)
     env = _env(work, opts, for_training=True)
+    if entry and parse_entry(entry)[0].endswith(COMPILED):
+        env["nnUNet_compile"] = "t"   # NAME+compile: nnU-Net's torch.compile, our trainers' allow_compile forced on
     with open(log, "a") as f:
         f.write(f"\n===== {time.strftime('%H:%M:%S')} {mode} {entry}\n")
         f.flush()
@@ -500,6 +504,10 @@ def _build_trainer(spec: dict, name: str):
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
     device = torch.device(spec["device"])
+    if name.endswith(COMPILED):   # benchmark-only: the trainer with torch.compile allowed (the check of issue 13)
+        trainer = _build_trainer(spec, name[: -len(COMPILED)])
+        trainer.allow_compile = True
+        return trainer
     cls = _variant_class(name)
     if cls is None:
         return get_trainer_from_args(str(spec["dataset_name"]), spec["configuration"], 0, name, spec["plans"],

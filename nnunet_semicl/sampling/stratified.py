@@ -42,13 +42,26 @@ the paired candidates; snapping to the nearest candidate would over-weight the r
 The output order is shuffled by default (as the released code does): losses that reshape a long
 draw into ``[anchors, negatives]`` rows then get a mix of strata in every row.
 
-Everything is vectorised: strata are built from the flat indices with integer arithmetic, run-length
-grouping, bincount and cumsum (no sort over all candidates); the only Python loop is over the (at
-most 3) spatial axes.
-"""
-import math
-from typing import Dict, Optional, Sequence, Tuple, Union
+Cost: O(N) for the candidate mask (one ``nonzero``, as uniform sampling needs) plus O(n + strata)
+for the draws; no sort and no per-candidate stratum id.
 
+* Index strata are read off the candidate list in closed form: inside a block the candidates are
+  a prefix of its row-major ranks (the list ends in the block's last non-empty row), so a block's
+  size, the position of its k-th candidate and the rank of its point reflection (``area - 1 - k``:
+  the reflection reverses the row-major order of a rectangle) are integer formulas.
+* Spatial strata are made contiguous by one copy of the mask in cell-major order
+  (image, cell, position inside the cell; skipped when only the first axis is cut, e.g. a 1-D
+  bank); its ``nonzero`` lists the candidates grouped by stratum, and the stratum sizes are binary
+  searches of the stratum boundaries in that list. The reflection of a cell's k-th position in
+  the cell-major layout is its ``(volume - 1 - k)``-th one (again a reversal).
+* A draw is a rank among the candidates in stratum order (strata merged into groups are
+  consecutive, so a group is a range of ranks), mapped to a flat index at the n drawn points only.
+"""
+import itertools
+import math
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple, Union
+
+import numpy as np
 import torch
 
 from nnunet_semicl.sampling.base import PixelSampler, Sample
@@ -56,6 +69,20 @@ from nnunet_semicl.sampling.base import PixelSampler, Sample
 GridSpec = Union[None, int, Sequence[int], Dict[int, int]]
 
 _RAND_HIGH = 2 ** 62  # random integers reduced modulo a stratum size: bias below size / 2^62
+
+
+def _largest_remainder(sizes: np.ndarray, n: int) -> np.ndarray:
+    """Proportional allocation on a small int64 array (see :func:`proportional_allocation`)."""
+    total = int(sizes.sum())
+    if total == 0 or n == 0:
+        return np.zeros_like(sizes)
+    num = sizes * n
+    base = num // total
+    r = n - int(base.sum())                # < number of strata with a positive remainder
+    if r > 0:
+        rem = np.where(sizes > 0, num - base * total, -1)                    # exact remainders, in [0, total)
+        base[np.argsort(-rem, kind="stable")[:r]] += 1                       # ties: lower index first
+    return base
 
 
 def proportional_allocation(sizes, n: int) -> torch.Tensor:
@@ -70,50 +97,68 @@ def proportional_allocation(sizes, n: int) -> torch.Tensor:
         raise ValueError(f"n must be non-negative, got {n}")
     if bool((sizes < 0).any()):
         raise ValueError("stratum sizes must be non-negative")
-    total = int(sizes.sum())
-    out = torch.zeros_like(sizes)
-    if total == 0 or n == 0:
-        return out
-    num = sizes * n
-    base = num // total
-    rem = num - base * total               # exact remainders, in [0, total)
-    rem = torch.where(sizes > 0, rem, torch.full_like(rem, -1))
-    r = n - int(base.sum())                # < number of strata with a positive remainder
-    if r > 0:
-        order = torch.sort(rem, descending=True, stable=True).indices
-        out[order[:r]] = 1
-    return base + out
+    return torch.from_numpy(_largest_remainder(sizes.numpy().astype(np.int64), n))
 
 
-def _covering_allocation(sizes: torch.Tensor, n: int) -> torch.Tensor:
+def _covering_allocation(sizes: np.ndarray, n: int) -> np.ndarray:
     """Proportional allocation that gives every non-empty stratum at least one draw (needs n >= M)."""
-    alloc = proportional_allocation(sizes, n)
+    alloc = _largest_remainder(sizes, n)
     nonempty = sizes > 0
     if bool((alloc[nonempty] > 0).all()):
         return alloc
-    k = int(nonempty.sum())
-    return nonempty.long() + proportional_allocation(sizes, n - k)
+    return nonempty + _largest_remainder(sizes, n - int(nonempty.sum()))
+
+
+def _merge_groups(sizes: np.ndarray, n: int) -> Optional[np.ndarray]:
+    """The group of every stratum when the ``M`` non-empty strata outnumber the ``n`` draws, else None.
+
+    Consecutive strata are merged into at most ``n`` groups of about equal candidate counts
+    (group = candidates before the stratum x n // N, numbered consecutively).
+    """
+    if int((sizes > 0).sum()) <= n:
+        return None
+    key = (np.cumsum(sizes) - sizes) * n // int(sizes.sum())
+    return np.concatenate([[0], np.cumsum(key[1:] != key[:-1])])
+
+
+def _group_sums(values: np.ndarray, group: Optional[np.ndarray]) -> np.ndarray:
+    if group is None:
+        return values
+    out = np.zeros(int(group[-1]) + 1, dtype=np.int64)
+    np.add.at(out, group, values)
+    return out
+
+
+def _exclusive_cumsum(x: np.ndarray) -> np.ndarray:
+    return np.cumsum(x) - x
 
 
 def _randbelow(high: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
     """Uniform integers in [0, high) for a LongTensor of (positive) bounds."""
     r = torch.randint(0, _RAND_HIGH, high.shape, generator=generator, device=high.device)
-    return r % high
+    return torch.fmod(r, high)   # = r % high for non-negative values, and faster
+
+
+def _at(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values[index]`` for 1-D tensors (index_select: several times faster than ``[]`` on CPU)."""
+    return values.index_select(0, index)
+
+
+def _to_device(a: np.ndarray, device) -> torch.Tensor:
+    """A small numpy array as a tensor on ``device`` (one copy; torch.tensor of lists is slower)."""
+    return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
 
 def _owners(counts: torch.Tensor) -> torch.Tensor:
-    """``repeat_interleave(arange(M), counts)`` via searchsorted (much faster on CPU)."""
-    ends = torch.cumsum(counts, 0)
-    total = int(ends[-1]) if ends.numel() else 0
-    return torch.searchsorted(ends, torch.arange(total, device=counts.device), right=True)
+    """``repeat_interleave(arange(M), counts)``: the stratum of every draw, grouped."""
+    return torch.repeat_interleave(counts)
 
 
 def stable_group_order(key: torch.Tensor) -> torch.Tensor:
     """``torch.argsort(key, stable=True)`` computed from the runs of equal consecutive values.
 
-    Candidates come in raster order, so their stratum ids form long runs (a cell's pixels on one row
-    are consecutive): sorting the R run values instead of the N candidates costs O(N + R log R)
-    instead of O(N log N) (measured on 2 CPU cores for 1e7 candidates: SG took 2.7 s with full sorts).
+    Data in raster order often come in long runs of equal keys (a class region's pixels on one row):
+    sorting the R run values instead of the N entries costs O(N + R log R) instead of O(N log N).
     """
     n = key.numel()
     run_value, run_of, run_len = torch.unique_consecutive(key, return_inverse=True, return_counts=True)
@@ -128,78 +173,63 @@ def stable_group_order(key: torch.Tensor) -> torch.Tensor:
     return order
 
 
-def _dense_ids(key: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``torch.unique(key, return_inverse=True)`` ids and the group sizes, via the runs of ``key``."""
-    run_value, run_of, run_len = torch.unique_consecutive(key, return_inverse=True, return_counts=True)
-    uniq, run_id = torch.unique(run_value, return_inverse=True)
-    sizes = torch.zeros(uniq.numel(), dtype=torch.long, device=key.device).scatter_add_(0, run_id, run_len)
-    return run_id[run_of], sizes
+class _IndexLayout:
+    """Index strata (section 6.3) of a candidate list of length ``num``: G x G blocks of an e x e square.
 
-
-def _draw(cand: torch.Tensor, stratum: torch.Tensor, n: int, generator: Optional[torch.Generator],
-          antithetic: bool = False, partner: Optional[torch.Tensor] = None, shuffle: bool = True) -> Sample:
-    """Stratified (antithetic) draw of ``n`` candidates.
-
-    ``cand`` [N]: flat indices of the candidates; ``stratum`` [N]: their stratum ids (any integers);
-    ``partner`` [N]: for SAG, the candidate position of each candidate's reflection, -1 if none.
-    Returns flat indices (values of ``cand``) and their weights.
+    Per block (in block-id order ``br * G + bc``): ``sizes`` candidates, which are the row-major ranks
+    ``0 .. size-1`` of the block; rank k sits at list position ``(rlo + k // w) * e + clo + k % w``;
+    its point reflection is rank ``area - 1 - k`` (a candidate when ``< size``); the candidates whose
+    reflection is not one are ranks ``0 .. u-1`` with ``u = min(area - size, size)``.
+    ``cand`` (optional): the candidates' flat indices, which the sampler's methods return.
     """
-    device = cand.device
-    N = cand.numel()
-    sid, sizes = _dense_ids(stratum)
-    if sizes.numel() > n:
-        # fewer draws than strata: merge consecutive strata into <= n groups of about equal size
-        before = torch.cumsum(sizes, 0) - sizes
-        group = before * n // N
-        _, group = torch.unique(group, return_inverse=True)
-        sid = group[sid]
-        sizes = torch.bincount(sid)
-    M = sizes.numel()
-    alloc = _covering_allocation(sizes.cpu(), n).to(device)
-    share = sizes.double() / N
-    start = torch.cumsum(sizes, 0) - sizes
 
-    if not antithetic:
-        owner = _owners(alloc)                      # [n]
-        order = stable_group_order(sid)                                           # candidates grouped by stratum
-        pos = order[start[owner] + _randbelow(sizes[owner], generator)]
-        index = cand[pos]
-        weight = share[owner] / alloc[owner]
-    else:
-        paired = partner >= 0
-        # group by stratum, paired candidates first, unpaired ones at the end of each stratum block
-        order = stable_group_order(sid * 2 + (~paired).long())
-        unpaired_sizes = torch.bincount(sid[~paired], minlength=M)
-        unpaired_start = start + sizes - unpaired_sizes
-        half = (alloc + 1) // 2
-        owner = _owners(half)                       # [sum half]
-        base = order[start[owner] + _randbelow(sizes[owner], generator)]          # candidate positions
-        has_partner = partner[base] >= 0
-        # replacement rule: a uniform draw among the stratum's unpaired candidates (see module doc)
-        n_unp = unpaired_sizes[owner].clamp_min(1)  # > 0 whenever some base point lacks a partner
-        fallback = order[(unpaired_start[owner] + _randbelow(n_unp, generator)).clamp_max(N - 1)]
-        second = torch.where(has_partner, partner[base], fallback)
-        # truncate each stratum's pairs to n_m: keep the first floor(n_m/2) partners
-        rank = torch.arange(owner.numel(), device=device) - (torch.cumsum(half, 0) - half)[owner]
-        keep = rank < (alloc - half)[owner]
-        pos = torch.cat([base, second[keep]])
-        owner = torch.cat([owner, owner[keep]])
-        index = cand[pos]
-        weight = share[owner] / alloc[owner]
+    def __init__(self, num: int, grid: int, device, cand: Optional[torch.Tensor] = None):
+        e = math.isqrt(num)
+        if e * e < num:
+            e += 1
+        side = e // grid
+        lo = [j * side for j in range(grid)]
+        ext = [side] * (grid - 1) + [e - lo[-1]]       # the last block row / column absorbs the rest
+        last = (num - 1) // e                           # the last row of the square, with `tail` entries
+        tail = num - last * e
+        start, w, area, size = [], [], [], []
+        for r0, h in zip(lo, ext):
+            full_rows = max(0, min(r0 + h, last) - r0)
+            for c0, wd in zip(lo, ext):
+                start.append(r0 * e + c0)
+                w.append(max(wd, 1))                    # an empty block (w = 0) is never drawn from
+                area.append(h * wd)
+                size.append(full_rows * wd + (min(max(tail - c0, 0), wd) if r0 <= last < r0 + h else 0))
+        self.e, self.cand, self.device = e, cand, device
+        self.sizes = np.array(size, dtype=np.int64)
+        self._unpaired = np.minimum(np.array(area) - self.sizes, self.sizes)
+        self._start, self._w, self._gap, self._last, self._size = _to_device(
+            np.array([start, w, [e - v for v in w], [a - 1 for a in area], size], dtype=np.int64), device)
 
-    weight = weight.to(torch.float32)
-    if shuffle:
-        perm = torch.randperm(index.numel(), generator=generator, device=device)
-        index, weight = index[perm], weight[perm]
-    return Sample(index, weight)
+    def position(self, block: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+        """List position of the ``rank``-th entry of ``block``."""
+        # (rlo + k // w) e + clo + k % w  =  start + k + (k // w)(e - w)
+        return _at(self._start, block) + rank + torch.div(rank, _at(self._w, block), rounding_mode="floor") \
+            * _at(self._gap, block)
 
+    def reflection(self, block: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+        """Rank of the point reflection of the ``rank``-th entry of ``block`` (a candidate iff < size)."""
+        return _at(self._last, block) - rank
 
-def _cell_bounds(x: torch.Tensor, size: int, g: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cell id and [lo, hi) bounds of coordinates ``x`` on an axis of ``size`` cut into ``g`` cells."""
-    cell = x * g // size
-    lo = (cell * size + g - 1) // g
-    hi = ((cell + 1) * size + g - 1) // g
-    return cell, lo, hi
+    # the sampler's protocol: (stratum, rank inside the stratum) -> flat index
+    def locate(self, block: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return _at(self.cand, self.position(block, k))
+
+    def pair(self, block: torch.Tensor, k: torch.Tensor):
+        refl = self.reflection(block, k)
+        has = refl < _at(self._size, block)
+        return self.locate(block, k), self.locate(block, torch.where(has, refl, torch.zeros_like(refl))), has
+
+    def unpaired_sizes(self) -> np.ndarray:
+        return self._unpaired
+
+    def locate_unpaired(self, block: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return self.locate(block, k)                    # the unpaired candidates are ranks 0 .. u-1
 
 
 def index_strata(num: int, grid: int = 4, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -209,29 +239,174 @@ def index_strata(num: int, grid: int = 4, device=None) -> Tuple[torch.Tensor, to
     ``grid`` x ``grid`` blocks of side ``floor(e / grid)``; the last block row and column absorb the
     remainder. Returns ``(block, partner)``: the block id of every position and the position of its
     point reflection through the block centre (-1 when that falls past the end of the list).
+    O(num): the sampler itself only evaluates the closed forms of ``_IndexLayout`` (from which this
+    is built) at the drawn ranks.
     """
-    e = math.isqrt(num)
-    if e * e < num:
-        e += 1
-    i = torch.arange(num, device=device)
-    r, c = i // e, i % e
-    side = e // grid
+    lay = _IndexLayout(num, grid, device)
+    size = torch.from_numpy(lay.sizes).to(device)
+    block = torch.repeat_interleave(size)
+    rank = torch.arange(num, device=device) - (torch.cumsum(size, 0) - size)[block]
+    refl = lay.reflection(block, rank)
+    has = refl < size[block]
+    pos = lay.position(block, rank)
+    out_block = torch.empty(num, dtype=torch.long, device=device)
+    out_partner = torch.empty(num, dtype=torch.long, device=device)
+    out_block[pos] = block
+    out_partner[pos] = torch.where(has, lay.position(block, torch.where(has, refl, 0 * refl)), torch.full_like(pos, -1))
+    return out_block, out_partner
 
-    def block(v):
-        if side == 0:
-            j = torch.full_like(v, grid - 1)
+
+class _SpatialGeometry(NamedTuple):
+    cells: int
+    start: torch.Tensor                   # [cells] start of each cell in an image's cell-major order
+    refl: torch.Tensor                    # [cells] 2 start + volume - 1
+    split: Optional[Tuple[list, list]]    # cells of equal size: (view shape, permutation) to cell-major
+    to_flat: Optional[torch.Tensor]       # [P] raster position of each cell-major position (None: identity)
+    refl_table: Optional[torch.Tensor]    # [P] cell-major position of each one's reflection (built lazily)
+
+
+class _SpatialLayout:
+    """(image, cell) strata of a ``[B, *spatial]`` mask (stratum id ``b * cells + cell``, cells in raster order).
+
+    ``grouped``: the mask as ``[B, P]`` with each image's pixels in cell-major order (by cell, then in
+    raster order inside the cell): a view when only the first spatial axis is cut, else one copy (a
+    permutation of axes when every axis divides evenly, else a gather through the cached ``to_flat``).
+    ``q``: the grouped positions of the candidates (ascending, hence grouped by stratum). The
+    reflection of grouped position r through the centre of its cell c is ``2 start[c] + vol[c] - 1 - r``
+    (the point reflection reverses the cell's raster order).
+    """
+
+    _cache: Dict[tuple, _SpatialGeometry] = {}
+
+    def __init__(self, mask: torch.Tensor, grid: Tuple[int, ...]):
+        B, spatial = mask.shape[0], tuple(mask.shape[1:])
+        self.B, self.P, self.device = B, math.prod(spatial), mask.device
+        key = (spatial, grid, str(mask.device))
+        if key not in self._cache:
+            if len(self._cache) >= 32:
+                self._cache.clear()
+            self._cache[key] = self._geometry(spatial, grid, mask.device)
+        self.geo = geo = self._cache[key]
+        self.key = key
+        if geo.to_flat is None:
+            self.grouped = mask.reshape(B, self.P)
+        elif geo.split is not None:
+            view, perm = geo.split
+            self.grouped = mask.reshape(B, *view).permute(0, *perm).reshape(B, self.P)
         else:
-            j = torch.clamp(v // side, max=grid - 1)
-        lo = j * side
-        hi = torch.where(j == grid - 1, torch.full_like(v, e), lo + side)
-        return j, lo, hi
+            self.grouped = mask.reshape(B, self.P).gather(1, geo.to_flat.expand(B, -1))   # (index_select: slower)
+        self.q = self.grouped.reshape(-1).nonzero(as_tuple=True)[0]
+        self.sizes, self.qstart = self._stratum_sizes(self.q)
 
-    br, rlo, rhi = block(r)
-    bc, clo, chi = block(c)
-    r2, c2 = rlo + rhi - 1 - r, clo + chi - 1 - c
-    p2 = r2 * e + c2
-    partner = torch.where(p2 < num, p2, torch.full_like(p2, -1))
-    return br * grid + bc, partner
+    @staticmethod
+    def _geometry(spatial, grid, device) -> _SpatialGeometry:
+        axes = []
+        for size, g in zip(spatial, grid):
+            lo = [(j * size + g - 1) // g for j in range(g)]      # cell j: ceil(j S / G) <= x < ceil((j+1) S / G)
+            axes.append(list(zip(lo, lo[1:] + [size])))
+        cells = list(itertools.product(*axes))
+        vol = torch.tensor([math.prod(b - a for a, b in c) for c in cells])
+        start = torch.cumsum(vol, 0) - vol
+        split = to_flat = None
+        if any(g > 1 for g in grid[1:]):   # else the raster order already is the cell-major order
+            raster = torch.arange(math.prod(spatial)).reshape(spatial)
+            to_flat = torch.cat([raster[tuple(slice(a, b) for a, b in c)].reshape(-1) for c in cells]).to(device)
+            if all(s % g == 0 for s, g in zip(spatial, grid)):
+                nd = len(spatial)
+                view = [v for s, g in zip(spatial, grid) for v in (g, s // g)]
+                split = (view, [1 + 2 * a for a in range(nd)] + [2 + 2 * a for a in range(nd)])
+        return _SpatialGeometry(len(cells), start.to(device), (2 * start + vol - 1).to(device), split, to_flat, None)
+
+    def _stratum_sizes(self, positions: torch.Tensor):
+        """Candidates per stratum (a list) and where each stratum starts in ``positions`` (device)."""
+        bounds = (torch.arange(self.B, device=self.device)[:, None] * self.P + self.geo.start).reshape(-1)
+        first = torch.searchsorted(positions, bounds)
+        return torch.diff(first, append=first.new_full((1,), positions.numel())).cpu().numpy(), first
+
+    def _flat(self, q: torch.Tensor, stratum: torch.Tensor) -> torch.Tensor:
+        if self.geo.to_flat is None:
+            return q
+        bp = torch.div(stratum, self.geo.cells, rounding_mode="floor") * self.P
+        return bp + _at(self.geo.to_flat, q - bp)
+
+    # the sampler's protocol: (stratum, rank inside the stratum) -> flat index
+    def locate(self, stratum: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return self._flat(_at(self.q, _at(self.qstart, stratum) + k), stratum)
+
+    def pair(self, stratum: torch.Tensor, k: torch.Tensor):
+        q = _at(self.q, _at(self.qstart, stratum) + k)
+        b = torch.div(stratum, self.geo.cells, rounding_mode="floor")
+        q2 = 2 * b * self.P + _at(self.geo.refl, stratum - b * self.geo.cells) - q    # b P + refl[c] - (q - b P)
+        return self._flat(q, stratum), self._flat(q2, stratum), _at(self.grouped.reshape(-1), q2)
+
+    def unpaired_sizes(self) -> np.ndarray:
+        geo = self.geo
+        if geo.refl_table is None:
+            cell = torch.repeat_interleave(torch.diff(geo.start, append=geo.start.new_full((1,), self.P)))
+            geo = geo._replace(refl_table=_at(geo.refl, cell) - torch.arange(self.P, device=self.device))
+            self._cache[self.key] = self.geo = geo
+        flipped = self.grouped.gather(1, geo.refl_table.expand(self.B, -1))
+        self.u = (self.grouped & ~flipped).reshape(-1).nonzero(as_tuple=True)[0]
+        sizes, self.ustart = self._stratum_sizes(self.u)
+        return sizes
+
+    def locate_unpaired(self, stratum: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return self._flat(_at(self.u, _at(self.ustart, stratum) + k), stratum)
+
+
+def _draw(layout, n: int, generator: Optional[torch.Generator], antithetic: bool, shuffle: bool) -> Sample:
+    """Stratified (antithetic) draw of ``n`` candidates of a layout (see the module doc)."""
+    device = layout.device
+    sizes = layout.sizes
+    N = int(sizes.sum())
+    group = _merge_groups(sizes, n)
+    gsize = _group_sums(sizes, group)
+    alloc = _covering_allocation(gsize, n)
+    half = (alloc + 1) // 2
+    gstart_d, gsize_d, alloc_d, half_d = _to_device(np.stack([_exclusive_cumsum(gsize), gsize, alloc, half]), device)
+    wg = _to_device((gsize / N / np.maximum(alloc, 1)).astype(np.float32), device)   # weight of a group's draw
+
+    def stratum_and_rank(owner, stratum_sizes, gstart, gsize):
+        """A uniform draw in each owner's group: (its stratum, its rank inside the stratum)."""
+        k = _randbelow(_at(gsize, owner), generator)
+        if group is None:
+            return owner, k
+        rank = _at(gstart, owner) + k                  # among the candidates in stratum order
+        ends, starts = _to_device(np.stack([np.cumsum(stratum_sizes), _exclusive_cumsum(stratum_sizes)]), device)
+        stratum = torch.searchsorted(ends, rank, right=True)
+        return stratum, rank - _at(starts, stratum)
+
+    if not antithetic:
+        owner = _owners(alloc_d)
+        if shuffle:   # draws are i.i.d. inside a group: shuffling the owners shuffles the sample
+            owner = _at(owner, torch.randperm(owner.numel(), generator=generator, device=device))
+        index = layout.locate(*stratum_and_rank(owner, sizes, gstart_d, gsize_d))
+        return Sample(index, _at(wg, owner))
+
+    owner = _owners(half_d)
+    stratum, k = stratum_and_rank(owner, sizes, gstart_d, gsize_d)
+    base, second, has = layout.pair(stratum, k)
+    if not bool(has.all()):
+        # replacement rule: a uniform draw among the group's unpaired candidates (see module doc),
+        # only for the bases without partner (each is itself unpaired, so its group has some)
+        usizes = layout.unpaired_sizes()
+        usize = _group_sums(usizes, group)
+        ustart_d, usize_d = _to_device(np.stack([_exclusive_cumsum(usize), usize]), device)
+        lone = (~has).nonzero(as_tuple=True)[0]
+        second = second.clone()
+        second[lone] = layout.locate_unpaired(*stratum_and_rank(_at(owner, lone), usizes, ustart_d, usize_d))
+    # truncate each group's pairs to n_m: keep the first floor(n_m/2) partners (of the base draws
+    # half_start[g] .. half_start[g] + n_keep[g] - 1)
+    n_keep = alloc - half
+    n_keep_d, shift = _to_device(np.stack([n_keep, _exclusive_cumsum(half) - _exclusive_cumsum(n_keep)]), device)
+    keep_owner = _owners(n_keep_d)
+    keep = torch.arange(keep_owner.numel(), device=device) + _at(shift, keep_owner)
+    index = torch.cat([base, _at(second, keep)])
+    weight = _at(wg, torch.cat([owner, keep_owner]))
+    if shuffle:
+        perm = torch.randperm(index.numel(), generator=generator, device=device)
+        index, weight = _at(index, perm), _at(weight, perm)
+    return Sample(index, weight)
 
 
 class StratifiedSampler(PixelSampler):
@@ -278,42 +453,14 @@ class StratifiedSampler(PixelSampler):
         return g
 
     def sample(self, mask: torch.Tensor, n: int, generator: Optional[torch.Generator]) -> Sample:
-        flat_mask = mask.reshape(-1)
-        cand = flat_mask.nonzero(as_tuple=True)[0]
         if self.strata == "index":
             g = self.index_grid if self.grid is None else self.grid
             if not isinstance(g, int) or g < 1:
                 raise ValueError(f"index strata need an int grid >= 1, got {self.grid!r}")
-            stratum, partner = index_strata(cand.numel(), g, device=cand.device)
-            return _draw(cand, stratum, n, generator, self.antithetic, partner, self.shuffle)
-
-        shape = tuple(mask.shape) if mask.ndim > 1 else (1, mask.shape[0])  # [N] -> one image
-        spatial = shape[1:]
-        grid = self.grid_for(len(spatial))
-        # stratum id = image * cells + raveled cell id; offset = flat shift to the point reflection.
-        # Both are built on the grid by broadcasting per-axis vectors (O(size) work per axis) and then
-        # read at the candidates: a few passes over N instead of a dozen integer ops per axis.
-        nd = len(spatial)
-        stratum_map = torch.arange(shape[0], device=cand.device).view(-1, *([1] * nd))
-        offset_map = torch.zeros((1,) * (nd + 1), dtype=torch.long, device=cand.device)
-        stride = math.prod(spatial)
-        for axis, (size, g) in enumerate(zip(spatial, grid)):
-            stride //= size
-            x = torch.arange(size, device=cand.device)
-            cell, lo, hi = _cell_bounds(x, size, g)
-            view = [1] * (nd + 1)
-            view[axis + 1] = size
-            stratum_map = stratum_map * g + cell.view(view)
-            if self.antithetic:
-                offset_map = offset_map + ((lo + hi - 1 - 2 * x) * stride).view(view)
-        stratum = stratum_map.expand(shape).reshape(-1)[cand]
-        partner = None
-        if self.antithetic:
-            refl = cand + offset_map.expand(shape).reshape(-1)[cand]   # stays inside the same image and cell
-            # candidate position of the reflection, -1 when it is not a candidate (a lookup table over
-            # the grid: O(N), where a binary search in the sorted candidates costs O(N log N))
-            position = torch.full((flat_mask.numel(),), -1, dtype=torch.long, device=cand.device)
-            position[cand] = torch.arange(cand.numel(), device=cand.device)
-            partner = position[refl]
-        return _draw(cand, stratum, n, generator, self.antithetic, partner, self.shuffle)
-
+            cand = mask.reshape(-1).nonzero(as_tuple=True)[0]
+            layout = _IndexLayout(cand.numel(), g, cand.device, cand)
+        else:
+            if mask.ndim == 1:
+                mask = mask[None]               # [N] -> one image with a 1-D extent
+            layout = _SpatialLayout(mask, self.grid_for(mask.ndim - 1))
+        return _draw(layout, n, generator, self.antithetic, self.shuffle)

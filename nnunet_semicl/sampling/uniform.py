@@ -12,4 +12,4 @@ class UniformSampler(PixelSampler):
     def sample(self, mask: torch.Tensor, n: int, generator: Optional[torch.Generator]) -> Sample:
         candidates = mask.reshape(-1).nonzero(as_tuple=True)[0]
         pick = torch.randint(len(candidates), (n,), device=mask.device, generator=generator)
-        return Sample(candidates[pick], torch.full((n,), 1.0 / n, device=mask.device))
+        return Sample(candidates.index_select(0, pick), torch.full((n,), 1.0 / n, device=mask.device))

@@ -381,3 +381,25 @@ def test_cpu_training_env_keeps_the_users_choice():
     env = cpu_training_env({"MALLOC_TRIM_THRESHOLD_": "0", "PATH": "/bin"})
     assert env["MALLOC_TRIM_THRESHOLD_"] == "0" and env["PATH"] == "/bin"
     assert env["MALLOC_MMAP_THRESHOLD_"] == CPU_MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]
+
+
+def test_sampler_comparison_with_an_official_copy(tmp_path):
+    """The side-by-side table imports the official helpers from a path at run time (a stand-in here)."""
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "loss_helper.py").write_text(
+        "import torch\n"
+        "def grid_monte_carlo_sample(high=5233, shape=256, cut_count=4):\n"
+        "    return torch.randint(high, (shape,))\n"
+        "def grid_as_monte_carlo_sample(high=5233, shape=256, cut_count=4):\n"
+        "    return torch.randint(high, (shape,))\n")
+    cases = ((8, 400, "anchors"), (64, 300, "bank"))
+    rows = samplers.comparison_benchmark(str(tmp_path), cases, images=4, min_time=0.0, min_reps=2, verbose=False)
+    keys = {"uniform", "official_sg", "official_sag"} | {k for k, _, _ in samplers.OURS}
+    assert all(keys <= set(r) and all(r[k]["median_ms"] > 0 and r[k]["reps"] == 2 for k in keys) for r in rows)
+    md = samplers.format_comparison_markdown(rows)
+    assert "official / slower of ours" in md and "64 negatives" in md
+    ours_only = samplers.comparison_benchmark(None, cases[:1], images=4, min_time=0.0, min_reps=1, verbose=False)
+    assert "official_sg" not in ours_only[0]
+    assert "| -" in samplers.format_comparison_markdown(ours_only)
+    with pytest.raises(SystemExit):
+        samplers.load_official(str(tmp_path / "missing"))
