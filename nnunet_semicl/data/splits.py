@@ -56,6 +56,15 @@ def _short(ids: Iterable[str], n: int = 10) -> str:
     return ", ".join(ids[:n]) + more
 
 
+def compile_group_regex(group_regex: str) -> "re.Pattern":
+    """``--group``'s pattern, compiled; an invalid pattern is a :class:`SplitError` that says how to write one."""
+    try:
+        return re.compile(group_regex)
+    except re.error as e:
+        raise SplitError(f"--group '{group_regex}' is not a valid regular expression ({e}). Give a pattern whose "
+                         f"match is the patient id, e.g. --group 'patient\\d+' (quote it for the shell).") from None
+
+
 def group_of(case_id: str, group_regex: Optional[str]) -> str:
     """The patient/group a case belongs to. Without a regex every case is its own group.
 
@@ -64,12 +73,18 @@ def group_of(case_id: str, group_regex: Optional[str]) -> str:
     """
     if not group_regex:
         return case_id
-    m = re.search(group_regex, case_id)
+    m = compile_group_regex(group_regex).search(case_id)
     if m is None:
         raise SplitError(f"Case '{case_id}' does not match the group pattern '{group_regex}'. Every case must "
                          f"match so that cases of one patient stay together; fix the pattern (e.g. "
                          f"--group 'patient\\d+').")
-    return m.group(1) if m.groups() else m.group(0)
+    group = m.group(1) if m.groups() else m.group(0)
+    if not group:
+        what = "its first capture group takes no part in the match" if m.groups() else "it matches an empty string"
+        raise SplitError(f"--group '{group_regex}' gives no patient id for case '{case_id}': {what}. The match (or "
+                         f"the first capture group) must be the patient id, e.g. --group 'patient\\d+' or "
+                         f"--group '(phantom\\d+)_'; use (?:...) for optional parts.")
+    return group
 
 
 def group_cases(case_ids: Sequence[str], group_regex: Optional[str]) -> Dict[str, List[str]]:
@@ -112,8 +127,9 @@ def default_folds(identifiers: Sequence[str], unlabeled_only: Sequence[str] = ()
     groups = group_cases(annotated, group_regex)
     names = sorted(groups)
     if len(names) < n_splits:
-        raise SplitError(f"Only {len(names)} annotated {'patients' if group_regex else 'cases'}: cannot make a "
-                         f"{n_splits}-fold split.")
+        what = f"patients (groups of --group '{group_regex}')" if group_regex else "cases"
+        raise SplitError(f"Only {len(names)} annotated {what}: cannot make a {n_splits}-fold split."
+                         + (" Check that the pattern's match is the patient id." if group_regex else ""))
     kf = KFold(n_splits=n_splits, shuffle=True, random_state=seed)
     folds = []
     for tr, va in kf.split(names):
@@ -136,6 +152,36 @@ def check_folds_against_unlabeled(folds: List[dict], unlabeled_only: Sequence[st
         raise SplitError(f"{path}: fold {k} validates on images that have no annotation ({_short(v)}). Validation "
                          f"cases must be annotated. Delete {path} and run `nnunet_semicl split ...` again (it "
                          f"recreates the 5-fold split over the annotated cases), or edit the file.")
+
+
+def check_folds_keep_groups(folds: List[dict], group_regex: Optional[str], path: str) -> None:
+    """Refuse folds that put cases of one group (patient) in both training and validation.
+
+    A ``splits_final.json`` made over *cases* (nnU-Net's default, or an earlier ``split`` without
+    ``--group``) usually separates a patient's frames: one would train (maybe labeled) while the
+    other validates, so validation would not measure unseen patients.
+    """
+    if not group_regex:
+        return
+    for k, f in enumerate(folds):
+        val_groups = {group_of(c, group_regex) for c in f["val"]}
+        shared = sorted({group_of(c, group_regex) for c in f["train"]} & val_groups)
+        if shared:
+            raise SplitError(f"{path}: fold {k} puts cases of {len(shared)} group(s) of --group '{group_regex}' in "
+                             f"both training and validation ({_short(shared)}): those patients would leak into "
+                             f"validation. It was made over cases, not patients. Delete it (runs that used it keep "
+                             f"their results but cannot be continued with --c) and run the split command again: it "
+                             f"recreates nnU-Net's 5-fold split over patients. Or drop --group.")
+
+
+def with_unlabeled_images(folds: List[dict], unlabeled_only: Sequence[str]) -> List[dict]:
+    """``folds`` with every image without annotation as a training case of every fold.
+
+    Images added with ``add-unlabeled`` after ``splits_final.json`` was written are not in it; they
+    are training (unlabeled) cases of every fold by definition, never validation cases.
+    """
+    unl = set(unlabeled_only)
+    return [{**f, "train": list(f["train"]) + sorted(unl - set(f["train"]) - set(f["val"]))} for f in folds]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -286,6 +332,42 @@ def _numpy_to_python(o):
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
+#: trainer attributes a setting may override through ``"semicl": {"trainer": {...}}`` (written by
+#: ``nnunet_semicl split --epochs/--iterations/--val-iterations/--save-every``), with the option that sets each
+OVERRIDABLE = {"num_epochs": "--epochs", "num_iterations_per_epoch": "--iterations",
+               "num_val_iterations_per_epoch": "--val-iterations", "save_every": "--save-every",
+               "initial_lr": "initial_lr", "unlabeled_batch_size": "unlabeled_batch_size"}
+#: nnU-Net's own checkpoint interval (epochs); shorter schedules save more often (:func:`default_save_every`)
+NNUNET_SAVE_EVERY = 50
+
+
+def check_trainer_overrides(overrides: dict, where: str) -> None:
+    """Refuse unknown keys and values a training cannot run with (0 epochs, negative iterations ...)."""
+    unknown = sorted(set(overrides) - set(OVERRIDABLE))
+    if unknown:
+        raise SplitError(f"{where}: unknown trainer override(s) {unknown} in the '{PLANS_BLOCK}' block; allowed: "
+                         f"{list(OVERRIDABLE)}.")
+    for key, value in overrides.items():
+        if key == "initial_lr":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
+            rule = "a positive number"
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            rule = "a whole number >= 1"
+        if not ok:
+            raise SplitError(f"{where}: {OVERRIDABLE[key]} ({key}) must be {rule}, got {value!r}. Pass a valid "
+                             f"value (e.g. {OVERRIDABLE[key]} 5), or leave it out for nnU-Net's default.")
+
+
+def default_save_every(num_epochs: int) -> int:
+    """Checkpoint interval for a schedule of ``num_epochs``: about ten checkpoints, at most nnU-Net's 50.
+
+    nnU-Net writes ``checkpoint_latest.pth`` every 50 epochs; a 5-epoch schedule would never write one,
+    so a killed run could not be continued with ``--c``.
+    """
+    return max(1, min(NNUNET_SAVE_EVERY, int(num_epochs) // 10))
+
+
 def plans_variant(base_plans: dict, base_identifier: str, setting: str,
                   trainer_overrides: Optional[dict] = None) -> dict:
     plans = copy.deepcopy(base_plans)
@@ -338,19 +420,30 @@ def write_plans_variant(preprocessed_base: str, setting: str, plans_identifier: 
     return path
 
 
+def check_setting_writable(preprocessed_base: str, setting_content: dict, plans_identifier: str = "nnUNetPlans",
+                           overwrite: bool = False, trainer_overrides: Optional[dict] = None) -> None:
+    """Every check :func:`write_setting` makes, without writing: the base plans exist and are not a
+    setting, and neither file of the setting exists with different content (unless ``overwrite``)."""
+    setting = setting_content["setting"]
+    base_plans_path = os.path.join(preprocessed_base, plans_identifier + ".json")
+    if not os.path.isfile(base_plans_path):
+        raise SplitError(f"{base_plans_path} does not exist. Run nnUNetv2_plan_and_preprocess first (or pass the "
+                         f"plans identifier you planned with, e.g. --plans nnUNetResEncUNetMPlans).")
+    base = load_json(base_plans_path)
+    if PLANS_BLOCK in base:
+        raise SplitError(f"{base_plans_path} is itself a semi-supervised setting; pass its base plans "
+                         f"('{base[PLANS_BLOCK].get('base_plans')}') instead.")
+    _check_replace(os.path.join(preprocessed_base, split_file_name(setting)), setting_content, overwrite)
+    _check_replace(os.path.join(preprocessed_base, f"{plans_identifier}_{setting}.json"),
+                   plans_variant(base, plans_identifier, setting, trainer_overrides), overwrite)
+
+
 def write_setting(preprocessed_base: str, setting_content: dict, plans_identifier: str = "nnUNetPlans",
                   overwrite: bool = False, trainer_overrides: Optional[dict] = None) -> Tuple[str, str]:
     """Write the split file and its plans variant; refuse to replace different existing files."""
-    setting = setting_content["setting"]
-    # check both before writing either
-    write_plans_path = os.path.join(preprocessed_base, f"{plans_identifier}_{setting}.json")
-    if os.path.isfile(os.path.join(preprocessed_base, plans_identifier + ".json")):
-        _check_replace(os.path.join(preprocessed_base, split_file_name(setting)), setting_content, overwrite)
-        if os.path.isfile(write_plans_path) and not overwrite:
-            base = load_json(os.path.join(preprocessed_base, plans_identifier + ".json"))
-            _check_replace(write_plans_path, plans_variant(base, plans_identifier, setting, trainer_overrides),
-                           overwrite)
-    plans_path = write_plans_variant(preprocessed_base, setting, plans_identifier, overwrite, trainer_overrides)
+    check_setting_writable(preprocessed_base, setting_content, plans_identifier, overwrite, trainer_overrides)
+    plans_path = write_plans_variant(preprocessed_base, setting_content["setting"], plans_identifier, overwrite,
+                                     trainer_overrides)
     split_path = write_split_file(preprocessed_base, setting_content, overwrite)
     return split_path, plans_path
 

@@ -12,15 +12,10 @@ from batchgenerators.utilities.file_and_folder_operations import isfile, join
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch._dynamo import OptimizedModule
 
-from nnunet_semicl.data.splits import (PLANS_BLOCK, CaseSets, SplitError, check_folds_against_unlabeled,
-                                       default_folds, read_folds, resolve_case_sets, save_json,
+from nnunet_semicl.data.splits import (PLANS_BLOCK, CaseSets, SplitError,
+                                       check_folds_against_unlabeled, check_trainer_overrides, default_folds,
+                                       default_save_every, read_folds, resolve_case_sets, save_json,
                                        truly_unlabeled_cases)
-
-#: trainer attributes a setting may override through ``"semicl": {"trainer": {...}}`` in its plans
-#: (written by ``nnunet_semicl split --epochs/--iterations``; used by the demo and the tests)
-OVERRIDABLE = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "save_every",
-               "initial_lr", "unlabeled_batch_size")
-
 
 class nnUNetTrainerLabeledOnly(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -38,14 +33,16 @@ class nnUNetTrainerLabeledOnly(nnUNetTrainer):
 
     def _apply_setting_overrides(self) -> None:
         overrides = self.semicl_block.get("trainer", {}) or {}
-        unknown = set(overrides) - set(OVERRIDABLE)
-        if unknown:
-            raise SplitError(f"plans '{self.plans_manager.plans_name}': unknown trainer override(s) "
-                             f"{sorted(unknown)} in the '{PLANS_BLOCK}' block; allowed: {list(OVERRIDABLE)}.")
+        check_trainer_overrides(overrides, f"plans '{self.plans_manager.plans_name}'")
         for k, v in overrides.items():
             setattr(self, k, v)
         if overrides:
             self.print_to_log_file(f"Trainer settings from the plans' '{PLANS_BLOCK}' block: {overrides}")
+        if "save_every" not in overrides and self.save_every > default_save_every(self.num_epochs):
+            # nnU-Net saves every 50 epochs: a short schedule would never write checkpoint_latest for --c
+            self.save_every = default_save_every(self.num_epochs)
+            self.print_to_log_file(f"checkpoint_latest.pth every {self.save_every} epoch(s) (scaled to the "
+                                   f"{self.num_epochs}-epoch schedule; `nnunet_semicl split --save-every N` sets it)")
 
     def do_split(self):
         # Truly unlabeled images must never be validation cases: if nnU-Net is about to create its
