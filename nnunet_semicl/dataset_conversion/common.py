@@ -102,18 +102,28 @@ def find_existing(paths: Sequence[str]) -> List[str]:
 
 
 class Staging:
-    """Write into ``<root>/.semicl_partial_<name>_<pid>``; move to ``<root>/<name>`` on success."""
+    """Write into ``<root>/.semicl_partial_<name>_<pid>``; move to ``<root>/<name>`` on success.
 
-    def __init__(self, root: str, name: str, overwrite: bool):
-        self.root, self.name, self.overwrite = root, name, overwrite
+    A run killed with SIGKILL cannot remove its staging folder; the next run removes the ones whose
+    process no longer exists (:func:`nnunet_semicl.data.files.remove_stale_partials`).
+    """
+
+    def __init__(self, root: str, name: str, overwrite: bool, verbose: bool = True):
+        from nnunet_semicl.data.files import partial_folder
+
+        self.root, self.name, self.overwrite, self.verbose = root, name, overwrite, verbose
         self.final = os.path.join(root, name)
-        self.path = os.path.join(root, f".semicl_partial_{name}_{os.getpid()}")
+        self.path = partial_folder(root, name)
 
     def __enter__(self) -> str:
+        from nnunet_semicl.data.files import remove_stale_partials
+
         if os.path.exists(self.final) and not self.overwrite:
             raise FileExistsError(f"{self.final} already exists. Pass --overwrite to replace it (its preprocessed "
                                   f"data then need `nnUNetv2_plan_and_preprocess` again), or choose another --id.")
         os.makedirs(self.root, exist_ok=True)
+        for stale in remove_stale_partials(self.root, self.name):
+            log(f"Removed {stale}, left by an interrupted conversion.", self.verbose)
         if os.path.exists(self.path):
             shutil.rmtree(self.path)
         os.makedirs(self.path)
@@ -142,8 +152,13 @@ def write_json(obj, path: str) -> None:
 def read_sitk(path: str, what: str):
     import SimpleITK as sitk
 
+    from nnunet_semicl.data.files import incomplete_file_problem
+
     if not os.path.isfile(path):
         raise ConversionError(f"Missing {what}: {path}")
+    problem = incomplete_file_problem(path)
+    if problem:
+        raise ConversionError(f"{what} {path}: {problem}. The file is truncated or damaged; download it again.")
     try:
         img = sitk.ReadImage(path)
     except RuntimeError as e:
@@ -565,7 +580,7 @@ def convert_dataset(spec: DatasetSpec, protocol: "Protocol", input_dir: str, raw
     roles = {c: protocol.role_of(protocol.group_of(c)) for c in present}
     n_test = sum(r == "test" for r in roles.values())
     n_train = len(present) - n_test
-    with Staging(raw_root, dataset_name, overwrite) as stage:
+    with Staging(raw_root, dataset_name, overwrite, verbose) as stage:
         make_dataset_dirs(stage, with_test=n_test > 0)
         tasks = [{**spec.task_defaults, **found[c], "case": c, "spacing": spacing,
                   **make_task_paths(stage, c, roles[c])} for c in present]

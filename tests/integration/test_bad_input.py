@@ -96,3 +96,77 @@ def test_short_schedules_save_checkpoints_often_enough(phantom):
         # without --save-every: scaled to the schedule (2 epochs -> every epoch), nnU-Net's 50 otherwise
         assert make_trainer(phantom.id, "2d_tiny", 0, "nnUNetTrainerLabeledOnly", phantom.plans).save_every == 1
         assert make_trainer(phantom.id, "2d_tiny", 0, "nnUNetTrainer", phantom.plans).save_every == 50
+
+
+# ------------------------------------------------------------------------------------------------
+# add-unlabeled
+# ------------------------------------------------------------------------------------------------
+UNL_ID = 993
+
+
+@pytest.fixture(scope="module")
+def small_raw(nnunet_dirs):
+    from nnunet_semicl.dataset_conversion.synthetic import generate_dataset
+
+    raw = generate_dataset(nnunet_dirs.raw, UNL_ID, name="SemiCLAddBad", n_patients=3, n_test_patients=0, dim=2,
+                           verbose=False, overwrite=True)
+    return raw
+
+
+def _phantom_image(folder, name, channels=1, truncate=False):
+    import numpy as np
+    import SimpleITK as sitk
+
+    os.makedirs(folder, exist_ok=True)
+    arr = np.random.RandomState(0).rand(*((channels,) if channels > 1 else ()), 1, 64, 64).astype(np.float32)
+    path = os.path.join(folder, name)
+    sitk.WriteImage(sitk.GetImageFromArray(arr), path, useCompression=True)
+    if truncate:
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[: len(data) // 2])
+    return path
+
+
+def add_unlabeled(*args):
+    return run_cmd([sys.executable, "-m", "nnunet_semicl.cli", "add-unlabeled", str(UNL_ID), *map(str, args),
+                    "-np", "1"], check=False)
+
+
+@pytest.mark.parametrize("kind", ["4d", "truncated", "prefix", "badname"])
+def test_refused_add_unlabeled_leaves_the_dataset_as_it_was(small_raw, nnunet_dirs, tmp_path, kind):
+    folder = str(tmp_path / "in")
+    good = _phantom_image(folder, "u001_0000.nii.gz")
+    args, needles = ["-i", folder], []
+    if kind == "4d":
+        bad = _phantom_image(folder, "u002_0000.nii.gz", channels=2)
+        needles = [bad, "2 channel(s)", "one channel per file"]
+    elif kind == "truncated":
+        bad = _phantom_image(folder, "u002_0000.nii.gz", truncate=True)
+        needles = [bad, "truncated"]
+    elif kind == "prefix":
+        args += ["--prefix", "../x"]
+        needles = ["--prefix '../x'", "letters, digits"]
+    else:
+        shutil.copy(good, os.path.join(folder, "u 003_0000.nii.gz"))
+        needles = ["u 003_0000.nii.gz", "Rename"]
+    before = tree_digest(small_raw, nnunet_dirs.preprocessed)
+    assert_refused(add_unlabeled(*args), *needles)
+    assert tree_digest(small_raw, nnunet_dirs.preprocessed) == before
+
+
+def test_add_unlabeled_rolls_back_when_committing_fails(small_raw, nnunet_dirs, tmp_path, monkeypatch):
+    from nnunet_semicl.data import unlabeled_images
+    from nnunet_semicl.data.splits import SplitError
+
+    folder = str(tmp_path / "in")
+    _phantom_image(folder, "u001_0000.nii.gz")
+    _phantom_image(folder, "u002_0000.nii.gz")
+
+    def broken_fingerprint(*a, **k):  # the last step of the commit fails (after files and dataset.json)
+        raise SplitError("fingerprint failed")
+
+    monkeypatch.setattr(unlabeled_images, "labeled_only_fingerprint", broken_fingerprint)
+    before = tree_digest(small_raw, nnunet_dirs.preprocessed)
+    with pytest.raises(SplitError, match="fingerprint failed"):
+        unlabeled_images.add_unlabeled_images(UNL_ID, folder, prefix="unl_", verbose=False)
+    assert tree_digest(small_raw, nnunet_dirs.preprocessed) == before
