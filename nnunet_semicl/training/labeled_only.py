@@ -5,8 +5,9 @@ augmentation, same schedule) and the base class of all our trainers: it owns the
 schedule overrides of a setting, and checkpoint I/O.
 """
 import os
-from typing import Optional
+from typing import List, Optional
 
+import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import isfile, join
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -16,6 +17,62 @@ from nnunet_semicl.data.splits import (PLANS_BLOCK, CaseSets, SplitError,
                                        check_folds_against_unlabeled, check_trainer_overrides, default_folds,
                                        default_save_every, read_folds, resolve_case_sets, save_json,
                                        truly_unlabeled_cases)
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded; the message names the file and what to do instead."""
+
+
+def _numpy_safe_globals() -> list:
+    """numpy types nnU-Net checkpoints hold (logged metrics are numpy scalars), for ``weights_only`` loads."""
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct, scalar
+    dtypes = (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+              np.uint32, np.uint64, np.bool_)
+    return [scalar, _reconstruct, np.ndarray, np.dtype] + [type(np.dtype(t)) for t in dtypes]
+
+
+def read_checkpoint(filename: str, map_location=None) -> dict:
+    """``torch.load(weights_only=True)`` of an nnU-Net checkpoint: tensors, plain Python values and numpy
+    scalars only, never arbitrary objects (a checkpoint file can come from anywhere). A missing,
+    truncated or damaged file is a :class:`CheckpointError` that names it."""
+    if not os.path.isfile(filename):
+        raise CheckpointError(f"Checkpoint {filename} does not exist.")
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            checkpoint = torch.load(filename, map_location=map_location, weights_only=True)
+    except Exception as e:
+        detail = (str(e).strip().splitlines() or [""])[-1][:300]
+        raise CheckpointError(f"Cannot read the checkpoint {filename} ({type(e).__name__}: {detail}). The file is "
+                              f"truncated or damaged (e.g. a full disk or an interrupted copy), or holds objects a "
+                              f"safe load refuses.{_alternatives(filename)}") from None
+    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
+        raise CheckpointError(f"{filename} is not an nnU-Net checkpoint (no 'network_weights').{_alternatives(filename)}")
+    return checkpoint
+
+
+def _alternatives(filename: str) -> str:
+    folder, name = os.path.split(filename)
+    others = [f for f in ("checkpoint_latest.pth", "checkpoint_best.pth")
+              if f != name and os.path.isfile(os.path.join(folder, f))]
+    move = f"move it away (`mv {filename} {filename}.damaged`)"
+    if name in ("checkpoint_final.pth", "checkpoint_latest.pth") and others:
+        return (f" To continue from {others[0]} instead, {move} and run with --c again (nnU-Net's --c takes "
+                f"checkpoint_final, then checkpoint_latest, then checkpoint_best); or start over by running without --c.")
+    return f" {move} and start over by running without --c (the run's folder is then overwritten)."
+
+
+def save_atomically(obj: dict, filename: str) -> None:
+    """``torch.save`` to ``<filename>.tmp``, flushed to disk, then renamed over ``filename``: a process killed
+    while saving (SIGKILL, power loss) leaves the previous checkpoint complete and loadable."""
+    tmp = filename + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, filename)
+
 
 class nnUNetTrainerLabeledOnly(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -125,9 +182,7 @@ class nnUNetTrainerLabeledOnly(nnUNetTrainer):
             "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
             "semicl": self.semicl_state_dict(),
         }
-        tmp = filename + ".tmp"
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, filename)
+        save_atomically(checkpoint, filename)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         # Accepts a path or an already loaded dict (nnU-Net 2.8.1's dict branch raises NameError).
@@ -136,9 +191,8 @@ class nnUNetTrainerLabeledOnly(nnUNetTrainer):
         if isinstance(filename_or_checkpoint, dict):
             checkpoint = filename_or_checkpoint
         else:
-            if not isfile(filename_or_checkpoint):
-                raise FileNotFoundError(f"Checkpoint {filename_or_checkpoint} does not exist.")
-            checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+            checkpoint = read_checkpoint(filename_or_checkpoint, map_location=self.device)
+            self._log_resume_source(filename_or_checkpoint, checkpoint)
         net = self._unwrapped_network()
         own_keys = net.state_dict().keys()
         weights = {}
@@ -155,3 +209,45 @@ class nnUNetTrainerLabeledOnly(nnUNetTrainer):
         if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
             self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
         self.load_semicl_state_dict(checkpoint.get("semicl", {}))
+
+    def _log_resume_source(self, filename: str, checkpoint: dict) -> None:
+        """Say which checkpoint ``--c`` continues from when it is not the latest one (nnU-Net is silent)."""
+        folder, name = os.path.split(filename)
+        if name == "checkpoint_best.pth" and not any(isfile(join(folder, f)) for f in
+                                                     ("checkpoint_latest.pth", "checkpoint_final.pth")):
+            self.print_to_log_file(f"--c: no checkpoint_latest.pth in {folder}; continuing from checkpoint_best.pth, "
+                                   f"written after epoch {int(checkpoint.get('current_epoch', 1)) - 1} (the best "
+                                   f"EMA pseudo Dice so far): the epochs after it are trained again.")
+
+    # ------------------------------------------------------------------------------------------
+    # non-finite input and loss
+    # ------------------------------------------------------------------------------------------
+    def check_finite_input(self, batch: dict, stream: str = "labeled") -> None:
+        """Stop before a step or a validation batch uses NaN/Inf input, naming each case that holds it."""
+        x = batch["data"]
+        finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+        if bool(finite.all()):
+            return
+        keys = list(batch.get("keys", []))
+        bad = [str(keys[i]) if i < len(keys) else f"#{i}" for i in torch.nonzero(~finite).flatten().tolist()]
+        raise FloatingPointError(
+            f"Non-finite (NaN/Inf) input in the {stream} batch at epoch {self.current_epoch}: case(s) {bad}. Their "
+            f"preprocessed data hold NaN/Inf, so training stopped before they could reach the weights (no "
+            f"checkpoint_final is written). Fix these cases' images in nnUNet_raw (or remove the cases), then run "
+            f"nnUNetv2_plan_and_preprocess again.")
+
+    def check_finite_loss(self, loss, keys: List[str]) -> None:
+        if not np.all(np.isfinite(loss)):
+            raise FloatingPointError(f"Non-finite training loss {loss} at epoch {self.current_epoch} with finite "
+                                     f"inputs; cases in this batch: {list(keys)}. Lower the learning rate or check "
+                                     f"the loss settings.")
+
+    def train_step(self, batch: dict) -> dict:
+        self.check_finite_input(batch)
+        out = super().train_step(batch)
+        self.check_finite_loss(out["loss"], batch.get("keys", []))
+        return out
+
+    def validation_step(self, batch: dict) -> dict:
+        self.check_finite_input(batch, "validation")
+        return super().validation_step(batch)

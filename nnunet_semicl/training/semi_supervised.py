@@ -291,6 +291,8 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
 
     def train_step(self, batch: dict) -> dict:
         unlabeled = next(self.dataloader_unlabeled)
+        self.check_finite_input(batch)
+        self.check_finite_input(unlabeled, "unlabeled")
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             ctx = self.prepare_step(batch, unlabeled)

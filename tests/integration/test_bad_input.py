@@ -7,8 +7,10 @@ import json
 import os
 import shutil
 import sys
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from tests.conftest import run_cmd
 from tests.integration.nnunet_helpers import env, make_trainer, tree_digest
@@ -170,3 +172,159 @@ def test_add_unlabeled_rolls_back_when_committing_fails(small_raw, nnunet_dirs, 
     with pytest.raises(SplitError, match="fingerprint failed"):
         unlabeled_images.add_unlabeled_images(UNL_ID, folder, prefix="unl_", verbose=False)
     assert tree_digest(small_raw, nnunet_dirs.preprocessed) == before
+
+
+# ------------------------------------------------------------------------------------------------
+# non-finite input: every trainer stops at the first batch that holds it, naming the case(s)
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def nan_plans(phantom):
+    """``nanPlans_20pct``: the phantom's 2d data (a copy) with NaN in one frame of each labeled patient of fold 0."""
+    import numpy as np
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+
+    from nnunet_semicl.data.splits import save_json, write_plans_variant
+
+    plans = json.load(open(os.path.join(phantom.pre, "nnUNetPlans.json")))
+    plans["plans_name"] = "nanPlans"
+    for cfg in plans["configurations"].values():
+        if "data_identifier" in cfg:
+            cfg["data_identifier"] = cfg["data_identifier"].replace("nnUNetPlans_", "nanPlans_")
+    save_json(plans, os.path.join(phantom.pre, "nanPlans.json"))
+    src, dst = os.path.join(phantom.pre, "nnUNetPlans_2d"), os.path.join(phantom.pre, "nanPlans_2d")
+    if os.path.exists(dst):
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    labeled = json.load(open(os.path.join(phantom.pre, f"splits_semicl_{phantom.setting}.json")))["folds"][0]["labeled"]
+    nan_cases = sorted({c.split("_")[0]: c for c in labeled}.values())   # one frame of each labeled patient
+    ds = nnUNetDatasetBlosc2(dst, nan_cases)
+    for k in nan_cases:
+        data, seg, _, props = ds.load_case(k)
+        data, seg = np.full(data.shape, np.nan, np.float32), np.asarray(seg[:])
+        for f in (".b2nd", "_seg.b2nd", ".pkl"):
+            os.remove(os.path.join(dst, k + f))
+        nnUNetDatasetBlosc2.save_case(data, seg, props, os.path.join(dst, k), chunks=data.shape, blocks=data.shape)
+    write_plans_variant(phantom.pre, phantom.setting, "nanPlans", overwrite=True,
+                        trainer_overrides={"num_epochs": 1, "num_iterations_per_epoch": 4,
+                                           "num_val_iterations_per_epoch": 1})
+    return SimpleNamespace(plans=f"nanPlans_{phantom.setting}", nan_cases=nan_cases,
+                           finite_labeled=sorted(set(labeled) - set(nan_cases)))
+
+
+@pytest.mark.parametrize("trainer", ["nnUNetTrainerLabeledOnly", "nnUNetTrainerACTIONpp", "nnUNetTrainerACTION"])
+def test_nan_input_stops_training_naming_the_cases(phantom, nan_plans, trainer):
+    from tests.integration.nnunet_helpers import output_folder, stock_train
+
+    with pytest.raises(FloatingPointError) as e:
+        stock_train(phantom.id, "2d_tiny", 0, "-tr", trainer, "-p", nan_plans.plans)
+    msg = str(e.value)
+    named = [c for c in nan_plans.nan_cases if c in msg]
+    assert named and "NaN/Inf" in msg and "labeled batch" in msg, msg
+    assert not any(c in msg for c in nan_plans.finite_labeled), msg   # per case, not the whole batch
+    folder = output_folder(phantom, trainer, "2d_tiny", plans=nan_plans.plans)
+    assert not os.path.exists(os.path.join(folder, "checkpoint_final.pth"))
+
+
+def test_nan_check_names_only_the_non_finite_samples(phantom):
+    with env(nnUNet_n_proc_DA=0):
+        t = make_trainer(phantom.id, "2d_tiny", 0, "nnUNetTrainerLabeledOnly", phantom.plans)
+        t.initialize()
+        x = torch.zeros(3, 1, 8, 8)
+        x[1, 0, 2, 2] = float("inf")
+        with pytest.raises(FloatingPointError) as e:
+            t.check_finite_input({"data": x, "keys": ["a_case", "b_case", "c_case"]}, "unlabeled")
+        assert "['b_case']" in str(e.value) and "unlabeled batch" in str(e.value)
+        t.check_finite_input({"data": torch.zeros(2, 1, 4, 4), "keys": ["a", "b"]})  # finite: no error
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoints: damaged files, the fall-back of --c, a kill while saving, safe loading
+# ------------------------------------------------------------------------------------------------
+def test_damaged_checkpoint_latest_is_named_and_best_is_offered(phantom):
+    from nnunetv2.run.run_training import maybe_load_checkpoint
+
+    from nnunet_semicl.training.labeled_only import CheckpointError
+
+    trainer = "nnUNetTrainerLabeledOnly"
+    with env(nnUNet_n_proc_DA=0):
+        t = make_trainer(phantom.id, "2d_tiny", 1, trainer, phantom.plans)
+        t.initialize()
+        folder = t.output_folder
+        os.makedirs(folder, exist_ok=True)
+        for f in os.listdir(folder):
+            if f.startswith("checkpoint_"):
+                os.remove(os.path.join(folder, f))
+        t.current_epoch = 3
+        t.save_checkpoint(os.path.join(folder, "checkpoint_best.pth"))
+        t.current_epoch = 6
+        latest = os.path.join(folder, "checkpoint_latest.pth")
+        t.save_checkpoint(latest)
+        data = open(latest, "rb").read()
+        open(latest, "wb").write(data[: len(data) // 2])
+
+        t2 = make_trainer(phantom.id, "2d_tiny", 1, trainer, phantom.plans, continue_training=True)
+        with pytest.raises(CheckpointError) as e:
+            maybe_load_checkpoint(t2, True, False)          # what --c does
+        msg = str(e.value)
+        assert latest in msg and "checkpoint_best.pth" in msg and f"mv {latest}" in msg and "without --c" in msg
+        os.replace(latest, latest + ".damaged")              # the fix the message gives
+        t3 = make_trainer(phantom.id, "2d_tiny", 1, trainer, phantom.plans, continue_training=True)
+        maybe_load_checkpoint(t3, True, False)
+        assert t3.current_epoch == 4
+        log = open(t3.log_file).read()
+        assert "no checkpoint_latest.pth" in log and "continuing from checkpoint_best.pth" in log and "epoch 3" in log
+
+
+KILL_WHILE_SAVING = r"""
+import os, signal, sys, torch
+from nnunet_semicl.training import labeled_only
+path = sys.argv[1]
+labeled_only.save_atomically({"network_weights": {"w": torch.arange(5)}, "current_epoch": 1}, path)
+real_save = torch.save
+def dying_save(obj, f, *a, **k):           # half of the new checkpoint reaches the disk, then SIGKILL
+    import io
+    buf = io.BytesIO()
+    real_save(obj, buf)
+    f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = dying_save
+labeled_only.save_atomically({"network_weights": {"w": torch.zeros(1000)}, "current_epoch": 2}, path)
+"""
+
+
+def test_a_kill_while_saving_leaves_the_previous_checkpoint(tmp_path):
+    import signal
+
+    from nnunet_semicl.training.labeled_only import CheckpointError, read_checkpoint
+
+    path = str(tmp_path / "checkpoint_latest.pth")
+    p = run_cmd([sys.executable, "-c", KILL_WHILE_SAVING, path], check=False)
+    assert p.returncode == -signal.SIGKILL, (p.returncode, p.stderr)
+    ckpt = read_checkpoint(path)
+    assert ckpt["current_epoch"] == 1 and torch.equal(ckpt["network_weights"]["w"], torch.arange(5))
+    assert os.path.isfile(path + ".tmp")      # the interrupted save went to the temporary file ...
+    with pytest.raises(CheckpointError, match="checkpoint_latest.pth.tmp"):
+        read_checkpoint(path + ".tmp")         # ... which is incomplete
+
+
+class _Payload:
+    def __reduce__(self):
+        return (open, (os.environ["SEMICL_TEST_MARKER"], "w"))
+
+
+def test_checkpoints_are_loaded_without_running_code(tmp_path, monkeypatch):
+    """``NNUNET_SEMICL_WARM_START`` and --c load with weights_only=True: a pickled payload is refused."""
+    from nnunet_semicl.training.labeled_only import CheckpointError, read_checkpoint
+
+    marker = tmp_path / "code_ran"
+    monkeypatch.setenv("SEMICL_TEST_MARKER", str(marker))
+    path = str(tmp_path / "evil.pth")
+    torch.save({"network_weights": {}, "payload": _Payload()}, path)
+    with pytest.raises(CheckpointError, match="evil.pth"):
+        read_checkpoint(path)
+    assert not marker.exists()
+    import inspect
+
+    from nnunet_semicl.benchmarking import warm_start
+    assert "read_checkpoint(" in inspect.getsource(warm_start._WarmStart.initialize)
