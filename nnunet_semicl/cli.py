@@ -42,8 +42,9 @@ def _cmd_ext_path(args):
 
 def _cmd_split(args):
     from nnunet_semicl.data.datasets import resolve_dataset_name
-    from nnunet_semicl.data.splits import (check_folds_against_unlabeled, check_folds_keep_groups,
-                                           check_setting_writable, check_trainer_overrides, compile_group_regex,
+    from nnunet_semicl.data.splits import (check_default_setting_writable, check_folds_against_unlabeled,
+                                           check_folds_keep_groups, check_setting_writable, default_setting_content,
+                                           write_default_setting, check_trainer_overrides, compile_group_regex,
                                            default_folds, load_json, make_setting, read_folds, save_json,
                                            SplitError, truly_unlabeled_cases, with_unlabeled_images,
                                            write_setting)
@@ -79,6 +80,9 @@ def _cmd_split(args):
                            seed=args.seed, unlabeled_only=unlabeled_only, all_cases=ids or None,
                            created_by=created_by)
     check_setting_writable(base, content, args.plans, args.overwrite, overrides or None)
+    default = default_setting_content(setting, overrides or None, created_by) if args.default else None
+    if default is not None:
+        check_default_setting_writable(base, default, args.overwrite)
     if new_folds:
         save_json(folds, splits_path)
         print(f"Created {splits_path} (nnU-Net's 5-fold split over annotated "
@@ -88,6 +92,10 @@ def _cmd_split(args):
     print(f"Setting '{setting}': fold 0 has {len(f0['labeled'])} labeled and {len(f0['unlabeled'])} unlabeled "
           f"training cases.\n  split:  {split_path}\n  plans:  {plans_path}\n"
           f"Train with: nnUNetv2_train {name} CONFIG FOLD -p {args.plans}_{setting} -tr nnUNetTrainerACTIONpp")
+    if default is not None:
+        path = write_default_setting(base, default, args.overwrite)
+        print(f"Default setting of {name}: '{setting}' ({path}); our trainers use it when no -p is given:\n"
+              f"  nnUNetv2_train {name} CONFIG FOLD -tr nnUNetTrainerACTIONpp")
 
 
 def _default_setting_name(args) -> str:
@@ -158,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-every", type=int, default=None,
                    help="write checkpoint_latest every N epochs (default: about ten times per schedule, at most "
                         "every 50 epochs as nnU-Net)")
+    s.add_argument("--default", action="store_true",
+                   help="make this setting the dataset's default: our trainers use it when no -p is given "
+                        "(the converters make 5pct the default)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing setting of the same name")
     s.set_defaults(func=_cmd_split)
 

@@ -33,6 +33,8 @@ import numpy as np
 SPLIT_FILE_TEMPLATE = "splits_semicl_{setting}.json"
 PLANS_BLOCK = "semicl"
 UNLABELED_KEY = "semicl_unlabeled_cases"
+#: the dataset's default setting, used by our trainers when no setting is selected with -p
+DEFAULT_SETTING_FILE = "semicl_default_setting.json"
 SETTING_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -448,6 +450,53 @@ def write_setting(preprocessed_base: str, setting_content: dict, plans_identifie
     return split_path, plans_path
 
 
+def default_setting_content(setting: str, trainer_overrides: Optional[dict] = None, created_by: str = "") -> dict:
+    """``semicl_default_setting.json``: the setting our trainers use without ``-p`` (same keys as a plans block)."""
+    check_setting_name(setting)
+    out = {"setting": setting, "split_file": split_file_name(setting), "created_by": created_by}
+    if trainer_overrides:
+        out["trainer"] = dict(trainer_overrides)
+    return out
+
+
+def check_default_setting_writable(preprocessed_base: str, content: dict, overwrite: bool = False) -> None:
+    _check_replace(os.path.join(preprocessed_base, DEFAULT_SETTING_FILE), content, overwrite)
+
+
+def write_default_setting(preprocessed_base: str, content: dict, overwrite: bool = False) -> str:
+    path = os.path.join(preprocessed_base, DEFAULT_SETTING_FILE)
+    check_default_setting_writable(preprocessed_base, content, overwrite)
+    save_json(content, path)
+    return path
+
+
+def read_default_setting(preprocessed_base: str) -> Optional[dict]:
+    """The dataset's default setting as a plans-style block (plus ``"default_file"``), or None."""
+    path = os.path.join(preprocessed_base, DEFAULT_SETTING_FILE)
+    if not os.path.isfile(path):
+        return None
+    content = load_json(path)
+    if not isinstance(content, dict) or not isinstance(content.get("setting"), str):
+        raise SplitError(f"{path} must be {{\"setting\": NAME, ...}}; fix it, or delete it to train without a default "
+                         f"setting.")
+    check_setting_name(content["setting"])
+    block = {"setting": content["setting"], "split_file": split_file_name(content["setting"]), "default_file": path}
+    if content.get("trainer"):
+        block["trainer"] = dict(content["trainer"])
+    return block
+
+
+def setting_block(plans: dict, dataset_json: dict, preprocessed_base: str) -> Optional[dict]:
+    """The setting a training uses: the plans' ``semicl`` block (``-p <plans>_<setting>``); else, on a dataset
+    without images added by ``add-unlabeled``, the dataset's default setting; else None."""
+    block = plans.get(PLANS_BLOCK)
+    if block is not None:
+        return block
+    if truly_unlabeled_cases(dataset_json):
+        return None
+    return read_default_setting(preprocessed_base)
+
+
 def read_folds(preprocessed_base: str) -> Optional[List[dict]]:
     path = os.path.join(preprocessed_base, "splits_final.json")
     if not os.path.isfile(path):
@@ -467,17 +516,23 @@ def resolve_case_sets(plans: dict, dataset_json: dict, preprocessed_base: str, f
 
     1. Plans with a ``"semicl"`` block (selected with ``-p <plans>_<setting>``): its split file.
     2. Otherwise, a dataset with truly unlabeled images: those are unlabeled, the rest labeled.
-    3. Otherwise: a :class:`SplitError` that says how to create a setting.
+    3. Otherwise, the dataset's default setting (``semicl_default_setting.json``, written by the
+       converters and by ``split --default``): its split file.
+    4. Otherwise: a :class:`SplitError` that says how to create a setting.
+
+    Images without annotation that are training cases but not in the setting's lists (added with
+    ``add-unlabeled`` after the setting was made) join its unlabeled cases.
     """
     unlabeled_only = truly_unlabeled_cases(dataset_json)
-    block = plans.get(PLANS_BLOCK)
+    block = setting_block(plans, dataset_json, preprocessed_base)
     ds = dataset_name or plans.get("dataset_name", "<dataset>")
     if block is not None:
         split_path = os.path.join(preprocessed_base, block.get("split_file", ""))
+        selected = (f"the dataset's default setting ({block['default_file']})" if "default_file" in block
+                    else f"the plans '{plans.get('plans_name')}'")
         if not os.path.isfile(split_path):
-            raise SplitError(f"The plans '{plans.get('plans_name')}' name the labeled split {split_path}, which "
-                             f"does not exist. Recreate it with `nnunet_semicl split {ds} ... --name "
-                             f"{block.get('setting')}`.")
+            raise SplitError(f"{selected} name the labeled split {split_path}, which does not exist. Recreate it "
+                             f"with `nnunet_semicl split {ds} ... --name {block.get('setting')}`.")
         content = load_json(split_path)
         if str(fold) == "all":
             if "all" not in content:
@@ -490,9 +545,16 @@ def resolve_case_sets(plans: dict, dataset_json: dict, preprocessed_base: str, f
                                  f"fold in 0..{len(folds) - 1} or regenerate the split after changing "
                                  f"splits_final.json.")
             sets = folds[int(fold)]
+        late = sorted((set(train_cases) & set(unlabeled_only)) - set(sets.get("labeled", []))
+                      - set(sets.get("unlabeled", [])))
+        if late:
+            sets = {**sets, "unlabeled": list(sets.get("unlabeled", [])) + late}
         validate_fold_sets(sets, train_cases, str(fold), unlabeled_only, source=split_path)
-        return CaseSets(tuple(sorted(sets["labeled"])), tuple(sorted(sets["unlabeled"])),
-                        f"{split_path} (setting '{block.get('setting')}')")
+        source = f"{split_path} (setting '{block.get('setting')}'"
+        source += ", the dataset's default: no -p given)" if "default_file" in block else ")"
+        if late:
+            source += f" + {len(late)} images without annotation added after it"
+        return CaseSets(tuple(sorted(sets["labeled"])), tuple(sorted(sets["unlabeled"])), source)
     if unlabeled_only:
         unl = sorted(set(train_cases) & set(unlabeled_only))
         sets = {"labeled": sorted(set(train_cases) - set(unl)), "unlabeled": unl}
@@ -500,7 +562,35 @@ def resolve_case_sets(plans: dict, dataset_json: dict, preprocessed_base: str, f
         return CaseSets(tuple(sets["labeled"]), tuple(sets["unlabeled"]),
                         f"dataset.json '{UNLABELED_KEY}' ({len(unl)} images without annotation)")
     raise SplitError(
-        f"No unlabeled cases for {ds}: the plans '{plans.get('plans_name')}' select no labeled subset and the "
-        f"dataset has no images without annotation. Either create a setting, e.g. `nnunet_semicl split {ds} "
-        f"--fraction 0.1 --name 10pct` and train with `-p {plans.get('plans_name')}_10pct`, or add unlabeled "
-        f"images with `nnunet_semicl add-unlabeled {ds} -i FOLDER`.")
+        f"No unlabeled cases for {ds}: the plans '{plans.get('plans_name')}' select no labeled subset, the dataset "
+        f"has no default setting ({DEFAULT_SETTING_FILE}) and no images without annotation. Either create a "
+        f"setting, e.g. `nnunet_semicl split {ds} --fraction 0.1 --name 10pct` and train with "
+        f"`-p {plans.get('plans_name')}_10pct` (add --default to make it the setting used without -p), or add "
+        f"unlabeled images with `nnunet_semicl add-unlabeled {ds} -i FOLDER`.")
+
+
+def check_resumed_case_sets(old: CaseSets, new: CaseSets, unlabeled_only: Sequence[str]) -> Tuple[str, ...]:
+    """Whether a run continued with ``--c`` may use ``new`` after its checkpoint recorded ``old``.
+
+    Safe: the same labeled cases, and unlabeled cases that only grew by images without annotation
+    (added with ``add-unlabeled``): no annotation can reach the run and no case changes role.
+    Anything else (a labeled case added or removed, an annotated case moved between the lists, an
+    unlabeled case gone) would make the run's recorded sets wrong: a :class:`SplitError`. Returns
+    the added images.
+    """
+    added = tuple(sorted(set(new.unlabeled) - set(old.unlabeled)))
+    problems = []
+    if set(new.labeled) != set(old.labeled):
+        problems.append(f"labeled cases +{_short(set(new.labeled) - set(old.labeled)) or '-'} "
+                        f"-{_short(set(old.labeled) - set(new.labeled)) or '-'}")
+    gone = set(old.unlabeled) - set(new.unlabeled)
+    if gone:
+        problems.append(f"unlabeled cases removed: {_short(gone)}")
+    annotated = set(added) - set(unlabeled_only)
+    if annotated:
+        problems.append(f"annotated cases became unlabeled: {_short(annotated)}")
+    if problems:
+        raise SplitError(f"The labeled/unlabeled split of this run changed since its checkpoint was written "
+                         f"({new.source}): {'; '.join(problems)}. Restore the original split file, or start a new "
+                         f"run (another setting name) instead of continuing with --c.")
+    return added

@@ -13,10 +13,14 @@ from batchgenerators.utilities.file_and_folder_operations import isfile, join
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch._dynamo import OptimizedModule
 
-from nnunet_semicl.data.splits import (PLANS_BLOCK, CaseSets, SplitError,
-                                       check_folds_against_unlabeled, check_trainer_overrides, default_folds,
-                                       default_save_every, read_folds, resolve_case_sets, save_json,
+from nnunet_semicl.data.splits import (PLANS_BLOCK, UNLABELED_KEY, CaseSets, SplitError,
+                                       check_folds_against_unlabeled, check_resumed_case_sets,
+                                       check_trainer_overrides, default_folds, default_save_every, load_json,
+                                       read_folds, resolve_case_sets, save_json, setting_block,
                                        truly_unlabeled_cases)
+
+#: written into the run's fold folder: which cases were labeled and unlabeled, and from which setting
+CASE_SETS_FILE = "semicl_case_sets.json"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded; the message names the file and what to do instead."""
@@ -86,7 +90,8 @@ class nnUNetTrainerLabeledOnly(nnUNetTrainer):
     # ------------------------------------------------------------------------------------------
     @property
     def semicl_block(self) -> dict:
-        return self.plans_manager.plans.get(PLANS_BLOCK, {}) or {}
+        """The setting of this run: the plans' block (-p), or the dataset's default setting (see data.splits)."""
+        return setting_block(self.plans_manager.plans, self.dataset_json, self.preprocessed_dataset_folder_base) or {}
 
     def _apply_setting_overrides(self) -> None:
         overrides = self.semicl_block.get("trainer", {}) or {}
@@ -94,7 +99,8 @@ class nnUNetTrainerLabeledOnly(nnUNetTrainer):
         for k, v in overrides.items():
             setattr(self, k, v)
         if overrides:
-            self.print_to_log_file(f"Trainer settings from the plans' '{PLANS_BLOCK}' block: {overrides}")
+            where = self.semicl_block.get("default_file") or f"the plans' '{PLANS_BLOCK}' block"
+            self.print_to_log_file(f"Trainer settings from {where}: {overrides}")
         if "save_every" not in overrides and self.save_every > default_save_every(self.num_epochs):
             # nnU-Net saves every 50 epochs: a short schedule would never write checkpoint_latest for --c
             self.save_every = default_save_every(self.num_epochs)
@@ -119,19 +125,55 @@ class nnUNetTrainerLabeledOnly(nnUNetTrainer):
             folds = read_folds(self.preprocessed_dataset_folder_base)
             if folds is not None and int(self.fold) < len(folds):
                 check_folds_against_unlabeled([folds[int(self.fold)]], unlabeled_only, splits_file)
+        self._check_unlabeled_images_preprocessed(unlabeled_only)
+        # images without annotation are training (unlabeled) cases of every fold, also when they were added
+        # with add-unlabeled after splits_final.json was written
+        late = sorted(set(unlabeled_only) - set(tr_keys) - set(val_keys))
+        if late:
+            tr_keys = list(tr_keys) + late
+            self.print_to_log_file(f"{len(late)} images without annotation that {splits_file} does not list (added "
+                                   f"after it) train as unlabeled cases of fold {self.fold}.")
         return tr_keys, val_keys
+
+    def _check_unlabeled_images_preprocessed(self, unlabeled_only) -> None:
+        """Images added with add-unlabeled must be preprocessed before a training can use them."""
+        from nnunetv2.paths import nnUNet_raw
+
+        name = self.plans_manager.dataset_name
+        fix = (f"Run `nnUNetv2_plan_and_preprocess -d {name} -c {self.configuration_manager.data_identifier.split('_', 1)[-1]}"
+               f" --verify_dataset_integrity` (WITHOUT --clean) first.")
+        raw_json = os.path.join(nnUNet_raw, name, "dataset.json") if nnUNet_raw else None
+        if raw_json and isfile(raw_json):
+            not_yet = sorted(set(load_json(raw_json).get(UNLABELED_KEY, [])) - set(unlabeled_only))
+            if not_yet:
+                raise SplitError(f"{raw_json} lists {len(not_yet)} images without annotation that were added after "
+                                 f"preprocessing ({not_yet[:3]}...), so this training would not use them. {fix}")
+        ids = set(self.dataset_class.get_identifiers(self.preprocessed_dataset_folder))
+        missing = sorted(set(unlabeled_only) - ids)
+        if missing:
+            raise SplitError(f"{self.preprocessed_dataset_folder} lacks {len(missing)} images without annotation that "
+                             f"dataset.json lists ({missing[:3]}...). {fix}")
 
     def resolve_case_sets(self, tr_keys) -> CaseSets:
         sets = resolve_case_sets(self.plans_manager.plans, self.dataset_json, self.preprocessed_dataset_folder_base,
                                  self.fold, tr_keys, self.plans_manager.dataset_name)
-        if self.case_sets is not None and (self.case_sets.labeled, self.case_sets.unlabeled) != \
-                (sets.labeled, sets.unlabeled):
-            raise SplitError(f"The labeled/unlabeled split of this run changed since its checkpoint was written "
-                             f"({sets.source}). Restore the original split file, or start a new run (another "
-                             f"setting name) instead of continuing with --c.")
+        if self.case_sets is not None:  # continued with --c: the checkpoint recorded the run's sets
+            added = check_resumed_case_sets(self.case_sets, sets, truly_unlabeled_cases(self.dataset_json))
+            if added:
+                self.print_to_log_file(f"--c: {len(added)} images without annotation added since the checkpoint join "
+                                       f"the unlabeled cases: {list(added)[:10]}")
         self.case_sets = sets
+        block = self.semicl_block
+        if "default_file" in block:
+            self.print_to_log_file(f"No setting selected with -p: using the dataset's default setting "
+                                   f"'{block['setting']}' ({block['default_file']}). Select another with "
+                                   f"-p {self.plans_manager.plans_name}_<setting> (docs/splits.md).")
         self.print_to_log_file(f"Semi-supervised case sets from {sets.source}: {len(sets.labeled)} labeled, "
-                               f"{len(sets.unlabeled)} unlabeled training cases")
+                               f"{len(sets.unlabeled)} unlabeled training cases (recorded in {CASE_SETS_FILE})")
+        if self.local_rank == 0:
+            save_json({"setting": block.get("setting"), "default_setting": "default_file" in block,
+                       "source": sets.source, "fold": self.fold, "labeled": list(sets.labeled),
+                       "unlabeled": list(sets.unlabeled)}, join(self.output_folder, CASE_SETS_FILE))
         return sets
 
     def get_tr_and_val_datasets(self):
