@@ -22,6 +22,7 @@ from nnunet_semicl.data.splits import (PLANS_BLOCK, UNLABELED_KEY, CaseSets, Spl
 #: written into the run's fold folder: which cases were labeled and unlabeled, and from which setting
 CASE_SETS_FILE = "semicl_case_sets.json"
 
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded; the message names the file and what to do instead."""
 
@@ -140,14 +141,20 @@ class nnUNetTrainerLabeledOnly(nnUNetTrainer):
         from nnunetv2.paths import nnUNet_raw
 
         name = self.plans_manager.dataset_name
-        fix = (f"Run `nnUNetv2_plan_and_preprocess -d {name} -c {self.configuration_manager.data_identifier.split('_', 1)[-1]}"
-               f" --verify_dataset_integrity` (WITHOUT --clean) first.")
+        config = self.configuration_manager.data_identifier.split("_", 1)[-1]
+        fix = (f"Run `nnUNetv2_plan_and_preprocess -d {name} -c {config} --verify_dataset_integrity` (WITHOUT --clean; "
+               f"with the -pl planner these plans came from, if not the default) first.")
         raw_json = os.path.join(nnUNet_raw, name, "dataset.json") if nnUNet_raw else None
         if raw_json and isfile(raw_json):
             not_yet = sorted(set(load_json(raw_json).get(UNLABELED_KEY, [])) - set(unlabeled_only))
             if not_yet:
                 raise SplitError(f"{raw_json} lists {len(not_yet)} images without annotation that were added after "
                                  f"preprocessing ({not_yet[:3]}...), so this training would not use them. {fix}")
+        if not unlabeled_only:
+            return
+        if self.dataset_class is None:
+            from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
         ids = set(self.dataset_class.get_identifiers(self.preprocessed_dataset_folder))
         missing = sorted(set(unlabeled_only) - ids)
         if missing:
