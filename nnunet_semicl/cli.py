@@ -42,36 +42,60 @@ def _cmd_ext_path(args):
 
 def _cmd_split(args):
     from nnunet_semicl.data.datasets import resolve_dataset_name
-    from nnunet_semicl.data.splits import (default_folds, load_json, make_setting, read_folds, save_json,
-                                           truly_unlabeled_cases, write_setting)
+    from nnunet_semicl.data.splits import (check_default_setting_writable, check_folds_against_unlabeled,
+                                           check_folds_keep_groups, check_setting_writable, default_setting_content,
+                                           write_default_setting, check_trainer_overrides, compile_group_regex,
+                                           default_folds, load_json, make_setting, read_folds, save_json,
+                                           SplitError, truly_unlabeled_cases, with_unlabeled_images,
+                                           write_setting)
 
+    # everything is checked before anything is written: a refused command leaves the folder as it was
+    overrides = {k: v for k, v in (("num_epochs", args.epochs), ("num_iterations_per_epoch", args.iterations),
+                                   ("num_val_iterations_per_epoch", args.val_iterations),
+                                   ("save_every", args.save_every)) if v is not None}
+    check_trainer_overrides(overrides, "nnunet_semicl split")
+    if args.group is not None:
+        compile_group_regex(args.group)
     name = resolve_dataset_name(args.dataset, need_preprocessed=True)
     base = os.path.join(os.environ["nnUNet_preprocessed"], name)
     dataset_json = load_json(os.path.join(base, "dataset.json"))
     ending = dataset_json["file_ending"]
     gt = os.path.join(base, "gt_segmentations")
     ids = sorted(f[: -len(ending)] for f in os.listdir(gt) if f.endswith(ending)) if os.path.isdir(gt) else []
-    unlabeled_only = truly_unlabeled_cases(dataset_json)
+    unlabeled_only = [c for c in truly_unlabeled_cases(dataset_json) if c in set(ids)]
+    splits_path = os.path.join(base, "splits_final.json")
     folds = read_folds(base)
-    if folds is None:
+    new_folds = folds is None
+    if new_folds:
         if not ids:
-            raise SystemExit(f"No preprocessed cases in {gt}; run nnUNetv2_plan_and_preprocess first.")
+            raise SplitError(f"No preprocessed cases in {gt}; run nnUNetv2_plan_and_preprocess first.")
         folds = default_folds(ids, unlabeled_only, group_regex=args.group)
-        save_json(folds, os.path.join(base, "splits_final.json"))
-        print(f"Created {os.path.join(base, 'splits_final.json')} (nnU-Net's 5-fold split over annotated "
-              f"{'patients' if args.group else 'cases'})")
+    else:
+        check_folds_keep_groups(folds, args.group, splits_path)
+        check_folds_against_unlabeled(folds, unlabeled_only, splits_path)
     setting = args.name or _default_setting_name(args)
     created_by = "nnunet_semicl split " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-    content = make_setting(folds, setting, n_labeled=args.labeled, fraction=args.fraction,
-                           labeled_ids=args.labeled_cases, group_regex=args.group, seed=args.seed,
-                           unlabeled_only=unlabeled_only, all_cases=ids or None, created_by=created_by)
-    overrides = {k: v for k, v in (("num_epochs", args.epochs), ("num_iterations_per_epoch", args.iterations),
-                                   ("num_val_iterations_per_epoch", args.val_iterations)) if v is not None}
+    content = make_setting(with_unlabeled_images(folds, unlabeled_only), setting, n_labeled=args.labeled,
+                           fraction=args.fraction, labeled_ids=args.labeled_cases, group_regex=args.group,
+                           seed=args.seed, unlabeled_only=unlabeled_only, all_cases=ids or None,
+                           created_by=created_by)
+    check_setting_writable(base, content, args.plans, args.overwrite, overrides or None)
+    default = default_setting_content(setting, overrides or None, created_by) if args.default else None
+    if default is not None:
+        check_default_setting_writable(base, default, args.overwrite)
+    if new_folds:
+        save_json(folds, splits_path)
+        print(f"Created {splits_path} (nnU-Net's 5-fold split over annotated "
+              f"{'patients' if args.group else 'cases'})")
     split_path, plans_path = write_setting(base, content, args.plans, args.overwrite, overrides or None)
     f0 = content["folds"][0]
     print(f"Setting '{setting}': fold 0 has {len(f0['labeled'])} labeled and {len(f0['unlabeled'])} unlabeled "
           f"training cases.\n  split:  {split_path}\n  plans:  {plans_path}\n"
           f"Train with: nnUNetv2_train {name} CONFIG FOLD -p {args.plans}_{setting} -tr nnUNetTrainerACTIONpp")
+    if default is not None:
+        path = write_default_setting(base, default, args.overwrite)
+        print(f"Default setting of {name}: '{setting}' ({path}); our trainers use it when no -p is given:\n"
+              f"  nnUNetv2_train {name} CONFIG FOLD -tr nnUNetTrainerACTIONpp")
 
 
 def _default_setting_name(args) -> str:
@@ -139,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=None, help="override num_epochs for our trainers")
     s.add_argument("--iterations", type=int, default=None, help="override num_iterations_per_epoch")
     s.add_argument("--val-iterations", type=int, default=None, help="override num_val_iterations_per_epoch")
+    s.add_argument("--save-every", type=int, default=None,
+                   help="write checkpoint_latest every N epochs (default: about ten times per schedule, at most "
+                        "every 50 epochs as nnU-Net)")
+    s.add_argument("--default", action="store_true",
+                   help="make this setting the dataset's default: our trainers use it when no -p is given "
+                        "(the converters make 5pct the default)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing setting of the same name")
     s.set_defaults(func=_cmd_split)
 

@@ -117,6 +117,12 @@ def binary_metrics(pred, ref, spacing: Optional[Sequence[float]] = None, convent
 def _read(path: str):
     import SimpleITK as sitk
 
+    from nnunet_semicl.data.files import incomplete_file_problem
+
+    problem = incomplete_file_problem(path)
+    if problem:
+        raise EvaluationError(f"{path}: {problem}. The file is truncated or damaged (an interrupted prediction or "
+                              f"copy?); predict or copy it again.")
     try:
         img = sitk.ReadImage(path)
     except RuntimeError as e:

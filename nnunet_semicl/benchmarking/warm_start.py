@@ -14,11 +14,9 @@ This module imports nnU-Net (it is loaded by nnU-Net's trainer lookup, never by 
 """
 import os
 
-import torch
-
 from nnunet_semicl.training.action import nnUNetTrainerACTION
 from nnunet_semicl.training.action_pp import nnUNetTrainerACTIONpp
-from nnunet_semicl.training.labeled_only import nnUNetTrainerLabeledOnly
+from nnunet_semicl.training.labeled_only import nnUNetTrainerLabeledOnly, read_checkpoint
 from nnunet_semicl.training.mean_teacher import nnUNetTrainerMeanTeacher
 from nnunet_semicl.training.mona import nnUNetTrainerARCO, nnUNetTrainerARCO_SAG, nnUNetTrainerMONA
 from nnunet_semicl.training.pseudo_label import nnUNetTrainerPseudoLabel
@@ -34,7 +32,7 @@ class _WarmStart:
         if not os.path.isfile(path):
             raise RuntimeError(f"{type(self).__name__}: ${WARM_START_ENV} must name the warm-start checkpoint "
                                f"(got {path!r}).")
-        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        ckpt = read_checkpoint(path, map_location=self.device)  # weights_only=True: the file can be anyone's
         self._unwrapped_network().load_state_dict(ckpt["network_weights"])  # strict: same architecture
         self.print_to_log_file(f"Warm start: every network weight (output layers included) from {path}")
 

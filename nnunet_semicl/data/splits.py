@@ -33,6 +33,8 @@ import numpy as np
 SPLIT_FILE_TEMPLATE = "splits_semicl_{setting}.json"
 PLANS_BLOCK = "semicl"
 UNLABELED_KEY = "semicl_unlabeled_cases"
+#: the dataset's default setting, used by our trainers when no setting is selected with -p
+DEFAULT_SETTING_FILE = "semicl_default_setting.json"
 SETTING_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -56,6 +58,15 @@ def _short(ids: Iterable[str], n: int = 10) -> str:
     return ", ".join(ids[:n]) + more
 
 
+def compile_group_regex(group_regex: str) -> "re.Pattern":
+    """``--group``'s pattern, compiled; an invalid pattern is a :class:`SplitError` that says how to write one."""
+    try:
+        return re.compile(group_regex)
+    except re.error as e:
+        raise SplitError(f"--group '{group_regex}' is not a valid regular expression ({e}). Give a pattern whose "
+                         f"match is the patient id, e.g. --group 'patient\\d+' (quote it for the shell).") from None
+
+
 def group_of(case_id: str, group_regex: Optional[str]) -> str:
     """The patient/group a case belongs to. Without a regex every case is its own group.
 
@@ -64,12 +75,18 @@ def group_of(case_id: str, group_regex: Optional[str]) -> str:
     """
     if not group_regex:
         return case_id
-    m = re.search(group_regex, case_id)
+    m = compile_group_regex(group_regex).search(case_id)
     if m is None:
         raise SplitError(f"Case '{case_id}' does not match the group pattern '{group_regex}'. Every case must "
                          f"match so that cases of one patient stay together; fix the pattern (e.g. "
                          f"--group 'patient\\d+').")
-    return m.group(1) if m.groups() else m.group(0)
+    group = m.group(1) if m.groups() else m.group(0)
+    if not group:
+        what = "its first capture group takes no part in the match" if m.groups() else "it matches an empty string"
+        raise SplitError(f"--group '{group_regex}' gives no patient id for case '{case_id}': {what}. The match (or "
+                         f"the first capture group) must be the patient id, e.g. --group 'patient\\d+' or "
+                         f"--group '(phantom\\d+)_'; use (?:...) for optional parts.")
+    return group
 
 
 def group_cases(case_ids: Sequence[str], group_regex: Optional[str]) -> Dict[str, List[str]]:
@@ -112,8 +129,9 @@ def default_folds(identifiers: Sequence[str], unlabeled_only: Sequence[str] = ()
     groups = group_cases(annotated, group_regex)
     names = sorted(groups)
     if len(names) < n_splits:
-        raise SplitError(f"Only {len(names)} annotated {'patients' if group_regex else 'cases'}: cannot make a "
-                         f"{n_splits}-fold split.")
+        what = f"patients (groups of --group '{group_regex}')" if group_regex else "cases"
+        raise SplitError(f"Only {len(names)} annotated {what}: cannot make a {n_splits}-fold split."
+                         + (" Check that the pattern's match is the patient id." if group_regex else ""))
     kf = KFold(n_splits=n_splits, shuffle=True, random_state=seed)
     folds = []
     for tr, va in kf.split(names):
@@ -136,6 +154,36 @@ def check_folds_against_unlabeled(folds: List[dict], unlabeled_only: Sequence[st
         raise SplitError(f"{path}: fold {k} validates on images that have no annotation ({_short(v)}). Validation "
                          f"cases must be annotated. Delete {path} and run `nnunet_semicl split ...` again (it "
                          f"recreates the 5-fold split over the annotated cases), or edit the file.")
+
+
+def check_folds_keep_groups(folds: List[dict], group_regex: Optional[str], path: str) -> None:
+    """Refuse folds that put cases of one group (patient) in both training and validation.
+
+    A ``splits_final.json`` made over *cases* (nnU-Net's default, or an earlier ``split`` without
+    ``--group``) usually separates a patient's frames: one would train (maybe labeled) while the
+    other validates, so validation would not measure unseen patients.
+    """
+    if not group_regex:
+        return
+    for k, f in enumerate(folds):
+        val_groups = {group_of(c, group_regex) for c in f["val"]}
+        shared = sorted({group_of(c, group_regex) for c in f["train"]} & val_groups)
+        if shared:
+            raise SplitError(f"{path}: fold {k} puts cases of {len(shared)} group(s) of --group '{group_regex}' in "
+                             f"both training and validation ({_short(shared)}): those patients would leak into "
+                             f"validation. It was made over cases, not patients. Delete it (runs that used it keep "
+                             f"their results but cannot be continued with --c) and run the split command again: it "
+                             f"recreates nnU-Net's 5-fold split over patients. Or drop --group.")
+
+
+def with_unlabeled_images(folds: List[dict], unlabeled_only: Sequence[str]) -> List[dict]:
+    """``folds`` with every image without annotation as a training case of every fold.
+
+    Images added with ``add-unlabeled`` after ``splits_final.json`` was written are not in it; they
+    are training (unlabeled) cases of every fold by definition, never validation cases.
+    """
+    unl = set(unlabeled_only)
+    return [{**f, "train": list(f["train"]) + sorted(unl - set(f["train"]) - set(f["val"]))} for f in folds]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -286,6 +334,42 @@ def _numpy_to_python(o):
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
+#: trainer attributes a setting may override through ``"semicl": {"trainer": {...}}`` (written by
+#: ``nnunet_semicl split --epochs/--iterations/--val-iterations/--save-every``), with the option that sets each
+OVERRIDABLE = {"num_epochs": "--epochs", "num_iterations_per_epoch": "--iterations",
+               "num_val_iterations_per_epoch": "--val-iterations", "save_every": "--save-every",
+               "initial_lr": "initial_lr", "unlabeled_batch_size": "unlabeled_batch_size"}
+#: nnU-Net's own checkpoint interval (epochs); shorter schedules save more often (:func:`default_save_every`)
+NNUNET_SAVE_EVERY = 50
+
+
+def check_trainer_overrides(overrides: dict, where: str) -> None:
+    """Refuse unknown keys and values a training cannot run with (0 epochs, negative iterations ...)."""
+    unknown = sorted(set(overrides) - set(OVERRIDABLE))
+    if unknown:
+        raise SplitError(f"{where}: unknown trainer override(s) {unknown} in the '{PLANS_BLOCK}' block; allowed: "
+                         f"{list(OVERRIDABLE)}.")
+    for key, value in overrides.items():
+        if key == "initial_lr":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
+            rule = "a positive number"
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            rule = "a whole number >= 1"
+        if not ok:
+            raise SplitError(f"{where}: {OVERRIDABLE[key]} ({key}) must be {rule}, got {value!r}. Pass a valid "
+                             f"value (e.g. {OVERRIDABLE[key]} 5), or leave it out for nnU-Net's default.")
+
+
+def default_save_every(num_epochs: int) -> int:
+    """Checkpoint interval for a schedule of ``num_epochs``: about ten checkpoints, at most nnU-Net's 50.
+
+    nnU-Net writes ``checkpoint_latest.pth`` every 50 epochs; a 5-epoch schedule would never write one,
+    so a killed run could not be continued with ``--c``.
+    """
+    return max(1, min(NNUNET_SAVE_EVERY, int(num_epochs) // 10))
+
+
 def plans_variant(base_plans: dict, base_identifier: str, setting: str,
                   trainer_overrides: Optional[dict] = None) -> dict:
     plans = copy.deepcopy(base_plans)
@@ -338,21 +422,79 @@ def write_plans_variant(preprocessed_base: str, setting: str, plans_identifier: 
     return path
 
 
+def check_setting_writable(preprocessed_base: str, setting_content: dict, plans_identifier: str = "nnUNetPlans",
+                           overwrite: bool = False, trainer_overrides: Optional[dict] = None) -> None:
+    """Every check :func:`write_setting` makes, without writing: the base plans exist and are not a
+    setting, and neither file of the setting exists with different content (unless ``overwrite``)."""
+    setting = setting_content["setting"]
+    base_plans_path = os.path.join(preprocessed_base, plans_identifier + ".json")
+    if not os.path.isfile(base_plans_path):
+        raise SplitError(f"{base_plans_path} does not exist. Run nnUNetv2_plan_and_preprocess first (or pass the "
+                         f"plans identifier you planned with, e.g. --plans nnUNetResEncUNetMPlans).")
+    base = load_json(base_plans_path)
+    if PLANS_BLOCK in base:
+        raise SplitError(f"{base_plans_path} is itself a semi-supervised setting; pass its base plans "
+                         f"('{base[PLANS_BLOCK].get('base_plans')}') instead.")
+    _check_replace(os.path.join(preprocessed_base, split_file_name(setting)), setting_content, overwrite)
+    _check_replace(os.path.join(preprocessed_base, f"{plans_identifier}_{setting}.json"),
+                   plans_variant(base, plans_identifier, setting, trainer_overrides), overwrite)
+
+
 def write_setting(preprocessed_base: str, setting_content: dict, plans_identifier: str = "nnUNetPlans",
                   overwrite: bool = False, trainer_overrides: Optional[dict] = None) -> Tuple[str, str]:
     """Write the split file and its plans variant; refuse to replace different existing files."""
-    setting = setting_content["setting"]
-    # check both before writing either
-    write_plans_path = os.path.join(preprocessed_base, f"{plans_identifier}_{setting}.json")
-    if os.path.isfile(os.path.join(preprocessed_base, plans_identifier + ".json")):
-        _check_replace(os.path.join(preprocessed_base, split_file_name(setting)), setting_content, overwrite)
-        if os.path.isfile(write_plans_path) and not overwrite:
-            base = load_json(os.path.join(preprocessed_base, plans_identifier + ".json"))
-            _check_replace(write_plans_path, plans_variant(base, plans_identifier, setting, trainer_overrides),
-                           overwrite)
-    plans_path = write_plans_variant(preprocessed_base, setting, plans_identifier, overwrite, trainer_overrides)
+    check_setting_writable(preprocessed_base, setting_content, plans_identifier, overwrite, trainer_overrides)
+    plans_path = write_plans_variant(preprocessed_base, setting_content["setting"], plans_identifier, overwrite,
+                                     trainer_overrides)
     split_path = write_split_file(preprocessed_base, setting_content, overwrite)
     return split_path, plans_path
+
+
+def default_setting_content(setting: str, trainer_overrides: Optional[dict] = None, created_by: str = "") -> dict:
+    """``semicl_default_setting.json``: the setting our trainers use without ``-p`` (same keys as a plans block)."""
+    check_setting_name(setting)
+    out = {"setting": setting, "split_file": split_file_name(setting), "created_by": created_by}
+    if trainer_overrides:
+        out["trainer"] = dict(trainer_overrides)
+    return out
+
+
+def check_default_setting_writable(preprocessed_base: str, content: dict, overwrite: bool = False) -> None:
+    _check_replace(os.path.join(preprocessed_base, DEFAULT_SETTING_FILE), content, overwrite)
+
+
+def write_default_setting(preprocessed_base: str, content: dict, overwrite: bool = False) -> str:
+    path = os.path.join(preprocessed_base, DEFAULT_SETTING_FILE)
+    check_default_setting_writable(preprocessed_base, content, overwrite)
+    save_json(content, path)
+    return path
+
+
+def read_default_setting(preprocessed_base: str) -> Optional[dict]:
+    """The dataset's default setting as a plans-style block (plus ``"default_file"``), or None."""
+    path = os.path.join(preprocessed_base, DEFAULT_SETTING_FILE)
+    if not os.path.isfile(path):
+        return None
+    content = load_json(path)
+    if not isinstance(content, dict) or not isinstance(content.get("setting"), str):
+        raise SplitError(f"{path} must be {{\"setting\": NAME, ...}}; fix it, or delete it to train without a default "
+                         f"setting.")
+    check_setting_name(content["setting"])
+    block = {"setting": content["setting"], "split_file": split_file_name(content["setting"]), "default_file": path}
+    if content.get("trainer"):
+        block["trainer"] = dict(content["trainer"])
+    return block
+
+
+def setting_block(plans: dict, dataset_json: dict, preprocessed_base: str) -> Optional[dict]:
+    """The setting a training uses: the plans' ``semicl`` block (``-p <plans>_<setting>``); else, on a dataset
+    without images added by ``add-unlabeled``, the dataset's default setting; else None."""
+    block = plans.get(PLANS_BLOCK)
+    if block is not None:
+        return block
+    if truly_unlabeled_cases(dataset_json):
+        return None
+    return read_default_setting(preprocessed_base)
 
 
 def read_folds(preprocessed_base: str) -> Optional[List[dict]]:
@@ -374,17 +516,23 @@ def resolve_case_sets(plans: dict, dataset_json: dict, preprocessed_base: str, f
 
     1. Plans with a ``"semicl"`` block (selected with ``-p <plans>_<setting>``): its split file.
     2. Otherwise, a dataset with truly unlabeled images: those are unlabeled, the rest labeled.
-    3. Otherwise: a :class:`SplitError` that says how to create a setting.
+    3. Otherwise, the dataset's default setting (``semicl_default_setting.json``, written by the
+       converters and by ``split --default``): its split file.
+    4. Otherwise: a :class:`SplitError` that says how to create a setting.
+
+    Images without annotation that are training cases but not in the setting's lists (added with
+    ``add-unlabeled`` after the setting was made) join its unlabeled cases.
     """
     unlabeled_only = truly_unlabeled_cases(dataset_json)
-    block = plans.get(PLANS_BLOCK)
+    block = setting_block(plans, dataset_json, preprocessed_base)
     ds = dataset_name or plans.get("dataset_name", "<dataset>")
     if block is not None:
         split_path = os.path.join(preprocessed_base, block.get("split_file", ""))
+        selected = (f"the dataset's default setting ({block['default_file']})" if "default_file" in block
+                    else f"the plans '{plans.get('plans_name')}'")
         if not os.path.isfile(split_path):
-            raise SplitError(f"The plans '{plans.get('plans_name')}' name the labeled split {split_path}, which "
-                             f"does not exist. Recreate it with `nnunet_semicl split {ds} ... --name "
-                             f"{block.get('setting')}`.")
+            raise SplitError(f"{selected} name the labeled split {split_path}, which does not exist. Recreate it "
+                             f"with `nnunet_semicl split {ds} ... --name {block.get('setting')}`.")
         content = load_json(split_path)
         if str(fold) == "all":
             if "all" not in content:
@@ -397,9 +545,16 @@ def resolve_case_sets(plans: dict, dataset_json: dict, preprocessed_base: str, f
                                  f"fold in 0..{len(folds) - 1} or regenerate the split after changing "
                                  f"splits_final.json.")
             sets = folds[int(fold)]
+        late = sorted((set(train_cases) & set(unlabeled_only)) - set(sets.get("labeled", []))
+                      - set(sets.get("unlabeled", [])))
+        if late:
+            sets = {**sets, "unlabeled": list(sets.get("unlabeled", [])) + late}
         validate_fold_sets(sets, train_cases, str(fold), unlabeled_only, source=split_path)
-        return CaseSets(tuple(sorted(sets["labeled"])), tuple(sorted(sets["unlabeled"])),
-                        f"{split_path} (setting '{block.get('setting')}')")
+        source = f"{split_path} (setting '{block.get('setting')}'"
+        source += ", the dataset's default: no -p given)" if "default_file" in block else ")"
+        if late:
+            source += f" + {len(late)} images without annotation added after it"
+        return CaseSets(tuple(sorted(sets["labeled"])), tuple(sorted(sets["unlabeled"])), source)
     if unlabeled_only:
         unl = sorted(set(train_cases) & set(unlabeled_only))
         sets = {"labeled": sorted(set(train_cases) - set(unl)), "unlabeled": unl}
@@ -407,7 +562,35 @@ def resolve_case_sets(plans: dict, dataset_json: dict, preprocessed_base: str, f
         return CaseSets(tuple(sets["labeled"]), tuple(sets["unlabeled"]),
                         f"dataset.json '{UNLABELED_KEY}' ({len(unl)} images without annotation)")
     raise SplitError(
-        f"No unlabeled cases for {ds}: the plans '{plans.get('plans_name')}' select no labeled subset and the "
-        f"dataset has no images without annotation. Either create a setting, e.g. `nnunet_semicl split {ds} "
-        f"--fraction 0.1 --name 10pct` and train with `-p {plans.get('plans_name')}_10pct`, or add unlabeled "
-        f"images with `nnunet_semicl add-unlabeled {ds} -i FOLDER`.")
+        f"No unlabeled cases for {ds}: the plans '{plans.get('plans_name')}' select no labeled subset, the dataset "
+        f"has no default setting ({DEFAULT_SETTING_FILE}) and no images without annotation. Either create a "
+        f"setting, e.g. `nnunet_semicl split {ds} --fraction 0.1 --name 10pct` and train with "
+        f"`-p {plans.get('plans_name')}_10pct` (add --default to make it the setting used without -p), or add "
+        f"unlabeled images with `nnunet_semicl add-unlabeled {ds} -i FOLDER`.")
+
+
+def check_resumed_case_sets(old: CaseSets, new: CaseSets, unlabeled_only: Sequence[str]) -> Tuple[str, ...]:
+    """Whether a run continued with ``--c`` may use ``new`` after its checkpoint recorded ``old``.
+
+    Safe: the same labeled cases, and unlabeled cases that only grew by images without annotation
+    (added with ``add-unlabeled``): no annotation can reach the run and no case changes role.
+    Anything else (a labeled case added or removed, an annotated case moved between the lists, an
+    unlabeled case gone) would make the run's recorded sets wrong: a :class:`SplitError`. Returns
+    the added images.
+    """
+    added = tuple(sorted(set(new.unlabeled) - set(old.unlabeled)))
+    problems = []
+    if set(new.labeled) != set(old.labeled):
+        problems.append(f"labeled cases +{_short(set(new.labeled) - set(old.labeled)) or '-'} "
+                        f"-{_short(set(old.labeled) - set(new.labeled)) or '-'}")
+    gone = set(old.unlabeled) - set(new.unlabeled)
+    if gone:
+        problems.append(f"unlabeled cases removed: {_short(gone)}")
+    annotated = set(added) - set(unlabeled_only)
+    if annotated:
+        problems.append(f"annotated cases became unlabeled: {_short(annotated)}")
+    if problems:
+        raise SplitError(f"The labeled/unlabeled split of this run changed since its checkpoint was written "
+                         f"({new.source}): {'; '.join(problems)}. Restore the original split file, or start a new "
+                         f"run (another setting name) instead of continuing with --c.")
+    return added

@@ -102,18 +102,28 @@ def find_existing(paths: Sequence[str]) -> List[str]:
 
 
 class Staging:
-    """Write into ``<root>/.semicl_partial_<name>_<pid>``; move to ``<root>/<name>`` on success."""
+    """Write into ``<root>/.semicl_partial_<name>_<pid>``; move to ``<root>/<name>`` on success.
 
-    def __init__(self, root: str, name: str, overwrite: bool):
-        self.root, self.name, self.overwrite = root, name, overwrite
+    A run killed with SIGKILL cannot remove its staging folder; the next run removes the ones whose
+    process no longer exists (:func:`nnunet_semicl.data.files.remove_stale_partials`).
+    """
+
+    def __init__(self, root: str, name: str, overwrite: bool, verbose: bool = True):
+        from nnunet_semicl.data.files import partial_folder
+
+        self.root, self.name, self.overwrite, self.verbose = root, name, overwrite, verbose
         self.final = os.path.join(root, name)
-        self.path = os.path.join(root, f".semicl_partial_{name}_{os.getpid()}")
+        self.path = partial_folder(root, name)
 
     def __enter__(self) -> str:
+        from nnunet_semicl.data.files import remove_stale_partials
+
         if os.path.exists(self.final) and not self.overwrite:
             raise FileExistsError(f"{self.final} already exists. Pass --overwrite to replace it (its preprocessed "
                                   f"data then need `nnUNetv2_plan_and_preprocess` again), or choose another --id.")
         os.makedirs(self.root, exist_ok=True)
+        for stale in remove_stale_partials(self.root, self.name):
+            log(f"Removed {stale}, left by an interrupted conversion.", self.verbose)
         if os.path.exists(self.path):
             shutil.rmtree(self.path)
         os.makedirs(self.path)
@@ -142,8 +152,13 @@ def write_json(obj, path: str) -> None:
 def read_sitk(path: str, what: str):
     import SimpleITK as sitk
 
+    from nnunet_semicl.data.files import incomplete_file_problem
+
     if not os.path.isfile(path):
         raise ConversionError(f"Missing {what}: {path}")
+    problem = incomplete_file_problem(path)
+    if problem:
+        raise ConversionError(f"{what} {path}: {problem}. The file is truncated or damaged; download it again.")
     try:
         img = sitk.ReadImage(path)
     except RuntimeError as e:
@@ -367,7 +382,7 @@ def make_dataset_dirs(stage: str, with_test: bool) -> None:
 
 
 def plan_split_files(prep_base: str, folds: List[dict], settings: List[dict], overwrite: bool,
-                     skipped: Sequence[str] = ()) -> None:
+                     skipped: Sequence[str] = (), default: Optional[dict] = None) -> None:
     """Refuse early (before converting anything) when split files with other content are in the way.
 
     ``skipped``: settings of the protocol that this conversion does not write; an existing file of one
@@ -377,8 +392,12 @@ def plan_split_files(prep_base: str, folds: List[dict], settings: List[dict], ov
 
     if overwrite:
         return
+    from nnunet_semicl.data.splits import DEFAULT_SETTING_FILE
+
     wanted = {"splits_final.json": folds}
     wanted.update({split_file_name(s["setting"]): s for s in settings})
+    if default is not None:
+        wanted[DEFAULT_SETTING_FILE] = default
     strip = lambda d: {k: v for k, v in d.items() if k != "created_by"} if isinstance(d, dict) else d
     for fname, content in wanted.items():
         path = os.path.join(prep_base, fname)
@@ -393,8 +412,9 @@ def plan_split_files(prep_base: str, folds: List[dict], settings: List[dict], ov
 
 
 def write_split_files(prep_base: str, folds: List[dict], settings: List[dict], overwrite: bool,
-                      skipped: Sequence[str] = ()) -> List[str]:
-    from nnunet_semicl.data.splits import save_json, split_file_name, write_split_file
+                      skipped: Sequence[str] = (), default: Optional[dict] = None) -> List[str]:
+    from nnunet_semicl.data.splits import (DEFAULT_SETTING_FILE, save_json, split_file_name, write_default_setting,
+                                           write_split_file)
 
     os.makedirs(prep_base, exist_ok=True)
     for name in skipped:  # stale files of settings this conversion cannot make (only with --overwrite)
@@ -406,6 +426,10 @@ def write_split_files(prep_base: str, folds: List[dict], settings: List[dict], o
     written = [path]
     for s in settings:
         written.append(write_split_file(prep_base, s, overwrite=overwrite))
+    if default is not None:
+        written.append(write_default_setting(prep_base, default, overwrite=overwrite))
+    elif overwrite and os.path.isfile(os.path.join(prep_base, DEFAULT_SETTING_FILE)):
+        os.remove(os.path.join(prep_base, DEFAULT_SETTING_FILE))  # names a setting this conversion did not make
     return written
 
 
@@ -416,11 +440,15 @@ def note_stale_preprocessing(prep_base: str, overwrite: bool, verbose: bool) -> 
             f"nnUNetv2_plan_and_preprocess with --clean so that they are recomputed.", verbose)
 
 
-def next_steps(dataset_id: int, dataset_name: str, configs: str, settings: List[str]) -> str:
+def next_steps(dataset_id: int, dataset_name: str, configs: str, settings: List[str],
+               default: Optional[str] = None) -> str:
     s = settings[1] if len(settings) > 1 else (settings[0] if settings else None)
     lines = ["Next steps:",
              f"  nnUNetv2_plan_and_preprocess -d {dataset_id} -c {configs} --verify_dataset_integrity",
              f"  nnunet_semicl sync-plans {dataset_id}"]
+    if default:
+        lines.append(f"  nnUNetv2_train {dataset_id} {configs.split()[0]} 0 -tr nnUNetTrainerACTIONpp   "
+                     f"(the default setting, {default})")
     if s:
         lines.append(f"  nnUNetv2_train {dataset_id} {configs.split()[0]} 0 -p nnUNetPlans_{s} -tr <trainer>")
     return "\n".join(lines)
@@ -518,6 +546,18 @@ def check_missing(missing: List[str], protocol: "Protocol", spec: DatasetSpec, i
             f"{short_list(missing)}", verbose)
 
 
+def default_setting_record(protocol: "Protocol", settings: List[dict], created_by: str, verbose: bool
+                           ) -> Optional[dict]:
+    """``semicl_default_setting.json`` for the protocol's default setting (5pct), if this conversion makes it."""
+    from nnunet_semicl.data.splits import default_setting_content
+
+    if protocol.default_setting in [s["setting"] for s in settings]:
+        return default_setting_content(protocol.default_setting, created_by=created_by)
+    log(f"WARNING: no default setting: '{protocol.default_setting}' was skipped, so trainings need -p "
+        f"nnUNetPlans_<setting> (or `nnunet_semicl split ... --default`).", verbose)
+    return None
+
+
 def convert_dataset(spec: DatasetSpec, protocol: "Protocol", input_dir: str, raw: Optional[str],
                     preprocessed: Optional[str], dataset_id: int, name: str, layout: str,
                     spacing: Optional[Sequence[float]], cv_folds: Optional[int], allow_missing: bool,
@@ -560,12 +600,13 @@ def convert_dataset(spec: DatasetSpec, protocol: "Protocol", input_dir: str, raw
         log(f"WARNING: setting '{s}' skipped: {why}", verbose)
     skipped_names = [n for n, _ in skipped]
     prep_base = os.path.join(prep_root, dataset_name)
-    plan_split_files(prep_base, folds, settings, overwrite, skipped=skipped_names)
+    default = default_setting_record(protocol, settings, created_by, verbose)
+    plan_split_files(prep_base, folds, settings, overwrite, skipped=skipped_names, default=default)
 
     roles = {c: protocol.role_of(protocol.group_of(c)) for c in present}
     n_test = sum(r == "test" for r in roles.values())
     n_train = len(present) - n_test
-    with Staging(raw_root, dataset_name, overwrite) as stage:
+    with Staging(raw_root, dataset_name, overwrite, verbose) as stage:
         make_dataset_dirs(stage, with_test=n_test > 0)
         tasks = [{**spec.task_defaults, **found[c], "case": c, "spacing": spacing,
                   **make_task_paths(stage, c, roles[c])} for c in present]
@@ -592,17 +633,19 @@ def convert_dataset(spec: DatasetSpec, protocol: "Protocol", input_dir: str, raw
                           "shape_zyx": by_case[c]["shape"], "source": by_case[c]["source"]} for c in present},
         }
         write_json(info, os.path.join(stage, "conversion_info.json"))
-    split_paths = write_split_files(prep_base, folds, settings, overwrite, skipped=skipped_names)
+    split_paths = write_split_files(prep_base, folds, settings, overwrite, skipped=skipped_names, default=default)
     note_stale_preprocessing(prep_base, overwrite, verbose)
     summary = {"dataset_name": dataset_name, "dataset_dir": dataset_dir,
                "layout": layout, "n_train_cases": n_train, "n_test_cases": n_test,
                "n_fold0_train": len(folds[0]["train"]), "n_fold0_val": len(folds[0]["val"]), "n_folds": len(folds),
                "missing": missing, "settings": [s["setting"] for s in settings], "skipped_settings": dict(skipped),
-               "split_files": split_paths, "seconds": timer.seconds}
+               "split_files": split_paths, "default_setting": default and default["setting"],
+               "seconds": timer.seconds}
     log(f"Wrote {dataset_dir}: {n_train} training {spec.unit}s (fold 0: {summary['n_fold0_train']} train / "
         f"{summary['n_fold0_val']} val), {n_test} test {spec.unit}s in imagesTs/labelsTs, settings "
         f"{summary['settings']} in {prep_base} ({summary['seconds']:.1f} s).", verbose)
-    log(next_steps(int(dataset_id), dataset_name, spec.next_steps_configs, summary["settings"]), verbose)
+    log(next_steps(int(dataset_id), dataset_name, spec.next_steps_configs, summary["settings"],
+                   summary["default_setting"]), verbose)
     return summary
 
 

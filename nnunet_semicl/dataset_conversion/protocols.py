@@ -119,6 +119,7 @@ class Protocol:
     group_regex: Optional[str] = None            # for data.splits (None: every case is its own group)
     source: str = ""
     list_order: Tuple[str, ...] = ()             # benchmark list order of train+val groups (default train, val)
+    default_setting: str = "5pct"                # used by our trainers without -p (the papers' headline setting)
 
     def cases_of(self, groups: Iterable[str]) -> List[str]:
         return [g + s for g in groups for s in self.suffixes]

@@ -5,21 +5,78 @@ augmentation, same schedule) and the base class of all our trainers: it owns the
 schedule overrides of a setting, and checkpoint I/O.
 """
 import os
-from typing import Optional
+from typing import List, Optional
 
+import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import isfile, join
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch._dynamo import OptimizedModule
 
-from nnunet_semicl.data.splits import (PLANS_BLOCK, CaseSets, SplitError, check_folds_against_unlabeled,
-                                       default_folds, read_folds, resolve_case_sets, save_json,
+from nnunet_semicl.data.splits import (PLANS_BLOCK, UNLABELED_KEY, CaseSets, SplitError,
+                                       check_folds_against_unlabeled, check_resumed_case_sets,
+                                       check_trainer_overrides, default_folds, default_save_every, load_json,
+                                       read_folds, resolve_case_sets, save_json, setting_block,
                                        truly_unlabeled_cases)
 
-#: trainer attributes a setting may override through ``"semicl": {"trainer": {...}}`` in its plans
-#: (written by ``nnunet_semicl split --epochs/--iterations``; used by the demo and the tests)
-OVERRIDABLE = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "save_every",
-               "initial_lr", "unlabeled_batch_size")
+#: written into the run's fold folder: which cases were labeled and unlabeled, and from which setting
+CASE_SETS_FILE = "semicl_case_sets.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded; the message names the file and what to do instead."""
+
+
+def _numpy_safe_globals() -> list:
+    """numpy types nnU-Net checkpoints hold (logged metrics are numpy scalars), for ``weights_only`` loads."""
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct, scalar
+    dtypes = (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+              np.uint32, np.uint64, np.bool_)
+    return [scalar, _reconstruct, np.ndarray, np.dtype] + [type(np.dtype(t)) for t in dtypes]
+
+
+def read_checkpoint(filename: str, map_location=None) -> dict:
+    """``torch.load(weights_only=True)`` of an nnU-Net checkpoint: tensors, plain Python values and numpy
+    scalars only, never arbitrary objects (a checkpoint file can come from anywhere). A missing,
+    truncated or damaged file is a :class:`CheckpointError` that names it."""
+    if not os.path.isfile(filename):
+        raise CheckpointError(f"Checkpoint {filename} does not exist.")
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            checkpoint = torch.load(filename, map_location=map_location, weights_only=True)
+    except Exception as e:
+        detail = (str(e).strip().splitlines() or [""])[-1][:300]
+        raise CheckpointError(f"Cannot read the checkpoint {filename} ({type(e).__name__}: {detail}). The file is "
+                              f"truncated or damaged (e.g. a full disk or an interrupted copy), or holds objects a "
+                              f"safe load refuses.{_alternatives(filename)}") from None
+    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
+        raise CheckpointError(f"{filename} is not an nnU-Net checkpoint (no 'network_weights').{_alternatives(filename)}")
+    return checkpoint
+
+
+def _alternatives(filename: str) -> str:
+    folder, name = os.path.split(filename)
+    others = [f for f in ("checkpoint_latest.pth", "checkpoint_best.pth")
+              if f != name and os.path.isfile(os.path.join(folder, f))]
+    move = f"move it away (`mv {filename} {filename}.damaged`)"
+    if name in ("checkpoint_final.pth", "checkpoint_latest.pth") and others:
+        return (f" To continue from {others[0]} instead, {move} and run with --c again (nnU-Net's --c takes "
+                f"checkpoint_final, then checkpoint_latest, then checkpoint_best); or start over by running without --c.")
+    return f" {move} and start over by running without --c (the run's folder is then overwritten)."
+
+
+def save_atomically(obj: dict, filename: str) -> None:
+    """``torch.save`` to ``<filename>.tmp``, flushed to disk, then renamed over ``filename``: a process killed
+    while saving (SIGKILL, power loss) leaves the previous checkpoint complete and loadable."""
+    tmp = filename + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, filename)
 
 
 class nnUNetTrainerLabeledOnly(nnUNetTrainer):
@@ -34,18 +91,22 @@ class nnUNetTrainerLabeledOnly(nnUNetTrainer):
     # ------------------------------------------------------------------------------------------
     @property
     def semicl_block(self) -> dict:
-        return self.plans_manager.plans.get(PLANS_BLOCK, {}) or {}
+        """The setting of this run: the plans' block (-p), or the dataset's default setting (see data.splits)."""
+        return setting_block(self.plans_manager.plans, self.dataset_json, self.preprocessed_dataset_folder_base) or {}
 
     def _apply_setting_overrides(self) -> None:
         overrides = self.semicl_block.get("trainer", {}) or {}
-        unknown = set(overrides) - set(OVERRIDABLE)
-        if unknown:
-            raise SplitError(f"plans '{self.plans_manager.plans_name}': unknown trainer override(s) "
-                             f"{sorted(unknown)} in the '{PLANS_BLOCK}' block; allowed: {list(OVERRIDABLE)}.")
+        check_trainer_overrides(overrides, f"plans '{self.plans_manager.plans_name}'")
         for k, v in overrides.items():
             setattr(self, k, v)
         if overrides:
-            self.print_to_log_file(f"Trainer settings from the plans' '{PLANS_BLOCK}' block: {overrides}")
+            where = self.semicl_block.get("default_file") or f"the plans' '{PLANS_BLOCK}' block"
+            self.print_to_log_file(f"Trainer settings from {where}: {overrides}")
+        if "save_every" not in overrides and self.save_every > default_save_every(self.num_epochs):
+            # nnU-Net saves every 50 epochs: a short schedule would never write checkpoint_latest for --c
+            self.save_every = default_save_every(self.num_epochs)
+            self.print_to_log_file(f"checkpoint_latest.pth every {self.save_every} epoch(s) (scaled to the "
+                                   f"{self.num_epochs}-epoch schedule; `nnunet_semicl split --save-every N` sets it)")
 
     def do_split(self):
         # Truly unlabeled images must never be validation cases: if nnU-Net is about to create its
@@ -65,19 +126,61 @@ class nnUNetTrainerLabeledOnly(nnUNetTrainer):
             folds = read_folds(self.preprocessed_dataset_folder_base)
             if folds is not None and int(self.fold) < len(folds):
                 check_folds_against_unlabeled([folds[int(self.fold)]], unlabeled_only, splits_file)
+        self._check_unlabeled_images_preprocessed(unlabeled_only)
+        # images without annotation are training (unlabeled) cases of every fold, also when they were added
+        # with add-unlabeled after splits_final.json was written
+        late = sorted(set(unlabeled_only) - set(tr_keys) - set(val_keys))
+        if late:
+            tr_keys = list(tr_keys) + late
+            self.print_to_log_file(f"{len(late)} images without annotation that {splits_file} does not list (added "
+                                   f"after it) train as unlabeled cases of fold {self.fold}.")
         return tr_keys, val_keys
+
+    def _check_unlabeled_images_preprocessed(self, unlabeled_only) -> None:
+        """Images added with add-unlabeled must be preprocessed before a training can use them."""
+        from nnunetv2.paths import nnUNet_raw
+
+        name = self.plans_manager.dataset_name
+        config = self.configuration_manager.data_identifier.split("_", 1)[-1]
+        fix = (f"Run `nnUNetv2_plan_and_preprocess -d {name} -c {config} --verify_dataset_integrity` (WITHOUT --clean; "
+               f"with the -pl planner these plans came from, if not the default) first.")
+        raw_json = os.path.join(nnUNet_raw, name, "dataset.json") if nnUNet_raw else None
+        if raw_json and isfile(raw_json):
+            not_yet = sorted(set(load_json(raw_json).get(UNLABELED_KEY, [])) - set(unlabeled_only))
+            if not_yet:
+                raise SplitError(f"{raw_json} lists {len(not_yet)} images without annotation that were added after "
+                                 f"preprocessing ({not_yet[:3]}...), so this training would not use them. {fix}")
+        if not unlabeled_only:
+            return
+        if self.dataset_class is None:
+            from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        ids = set(self.dataset_class.get_identifiers(self.preprocessed_dataset_folder))
+        missing = sorted(set(unlabeled_only) - ids)
+        if missing:
+            raise SplitError(f"{self.preprocessed_dataset_folder} lacks {len(missing)} images without annotation that "
+                             f"dataset.json lists ({missing[:3]}...). {fix}")
 
     def resolve_case_sets(self, tr_keys) -> CaseSets:
         sets = resolve_case_sets(self.plans_manager.plans, self.dataset_json, self.preprocessed_dataset_folder_base,
                                  self.fold, tr_keys, self.plans_manager.dataset_name)
-        if self.case_sets is not None and (self.case_sets.labeled, self.case_sets.unlabeled) != \
-                (sets.labeled, sets.unlabeled):
-            raise SplitError(f"The labeled/unlabeled split of this run changed since its checkpoint was written "
-                             f"({sets.source}). Restore the original split file, or start a new run (another "
-                             f"setting name) instead of continuing with --c.")
+        if self.case_sets is not None:  # continued with --c: the checkpoint recorded the run's sets
+            added = check_resumed_case_sets(self.case_sets, sets, truly_unlabeled_cases(self.dataset_json))
+            if added:
+                self.print_to_log_file(f"--c: {len(added)} images without annotation added since the checkpoint join "
+                                       f"the unlabeled cases: {list(added)[:10]}")
         self.case_sets = sets
+        block = self.semicl_block
+        if "default_file" in block:
+            self.print_to_log_file(f"No setting selected with -p: using the dataset's default setting "
+                                   f"'{block['setting']}' ({block['default_file']}). Select another with "
+                                   f"-p {self.plans_manager.plans_name}_<setting> (docs/splits.md).")
         self.print_to_log_file(f"Semi-supervised case sets from {sets.source}: {len(sets.labeled)} labeled, "
-                               f"{len(sets.unlabeled)} unlabeled training cases")
+                               f"{len(sets.unlabeled)} unlabeled training cases (recorded in {CASE_SETS_FILE})")
+        if self.local_rank == 0:
+            save_json({"setting": block.get("setting"), "default_setting": "default_file" in block,
+                       "source": sets.source, "fold": self.fold, "labeled": list(sets.labeled),
+                       "unlabeled": list(sets.unlabeled)}, join(self.output_folder, CASE_SETS_FILE))
         return sets
 
     def get_tr_and_val_datasets(self):
@@ -128,9 +231,7 @@ class nnUNetTrainerLabeledOnly(nnUNetTrainer):
             "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
             "semicl": self.semicl_state_dict(),
         }
-        tmp = filename + ".tmp"
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, filename)
+        save_atomically(checkpoint, filename)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         # Accepts a path or an already loaded dict (nnU-Net 2.8.1's dict branch raises NameError).
@@ -139,9 +240,8 @@ class nnUNetTrainerLabeledOnly(nnUNetTrainer):
         if isinstance(filename_or_checkpoint, dict):
             checkpoint = filename_or_checkpoint
         else:
-            if not isfile(filename_or_checkpoint):
-                raise FileNotFoundError(f"Checkpoint {filename_or_checkpoint} does not exist.")
-            checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+            checkpoint = read_checkpoint(filename_or_checkpoint, map_location=self.device)
+            self._log_resume_source(filename_or_checkpoint, checkpoint)
         net = self._unwrapped_network()
         own_keys = net.state_dict().keys()
         weights = {}
@@ -158,3 +258,45 @@ class nnUNetTrainerLabeledOnly(nnUNetTrainer):
         if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
             self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
         self.load_semicl_state_dict(checkpoint.get("semicl", {}))
+
+    def _log_resume_source(self, filename: str, checkpoint: dict) -> None:
+        """Say which checkpoint ``--c`` continues from when it is not the latest one (nnU-Net is silent)."""
+        folder, name = os.path.split(filename)
+        if name == "checkpoint_best.pth" and not any(isfile(join(folder, f)) for f in
+                                                     ("checkpoint_latest.pth", "checkpoint_final.pth")):
+            self.print_to_log_file(f"--c: no checkpoint_latest.pth in {folder}; continuing from checkpoint_best.pth, "
+                                   f"written after epoch {int(checkpoint.get('current_epoch', 1)) - 1} (the best "
+                                   f"EMA pseudo Dice so far): the epochs after it are trained again.")
+
+    # ------------------------------------------------------------------------------------------
+    # non-finite input and loss
+    # ------------------------------------------------------------------------------------------
+    def check_finite_input(self, batch: dict, stream: str = "labeled") -> None:
+        """Stop before a step or a validation batch uses NaN/Inf input, naming each case that holds it."""
+        x = batch["data"]
+        finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+        if bool(finite.all()):
+            return
+        keys = list(batch.get("keys", []))
+        bad = [str(keys[i]) if i < len(keys) else f"#{i}" for i in torch.nonzero(~finite).flatten().tolist()]
+        raise FloatingPointError(
+            f"Non-finite (NaN/Inf) input in the {stream} batch at epoch {self.current_epoch}: case(s) {bad}. Their "
+            f"preprocessed data hold NaN/Inf, so training stopped before they could reach the weights (no "
+            f"checkpoint_final is written). Fix these cases' images in nnUNet_raw (or remove the cases), then run "
+            f"nnUNetv2_plan_and_preprocess again.")
+
+    def check_finite_loss(self, loss, keys: List[str]) -> None:
+        if not np.all(np.isfinite(loss)):
+            raise FloatingPointError(f"Non-finite training loss {loss} at epoch {self.current_epoch} with finite "
+                                     f"inputs; cases in this batch: {list(keys)}. Lower the learning rate or check "
+                                     f"the loss settings.")
+
+    def train_step(self, batch: dict) -> dict:
+        self.check_finite_input(batch)
+        out = super().train_step(batch)
+        self.check_finite_loss(out["loss"], batch.get("keys", []))
+        return out
+
+    def validation_step(self, batch: dict) -> dict:
+        self.check_finite_input(batch, "validation")
+        return super().validation_step(batch)

@@ -445,6 +445,9 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
     def train_step(self, batch: dict) -> dict:
         with_unlabeled = self.uses_unlabeled_now()
         unlabeled = next(self.dataloader_unlabeled) if with_unlabeled else None
+        self.check_finite_input(batch)
+        if unlabeled is not None:
+            self.check_finite_input(unlabeled, "unlabeled")
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             if with_unlabeled:

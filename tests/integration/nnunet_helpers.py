@@ -47,3 +47,20 @@ def make_trainer(dataset_id, configuration, fold, trainer, plans, continue_train
 def output_folder(phantom, trainer, configuration, fold=0, plans=None):
     return os.path.join(phantom.results, phantom.name, f"{trainer}__{plans or phantom.plans}__{configuration}",
                         f"fold_{fold}")
+
+
+def tree_digest(*folders):
+    """{path: sha256 of its bytes (or '<dir>')} of everything under ``folders``: equal before and after a
+    refused command means it wrote, changed and removed nothing."""
+    import hashlib
+
+    out = {}
+    for root in folders:
+        for dirpath, dirnames, filenames in os.walk(root):
+            for d in dirnames:
+                out[os.path.join(dirpath, d)] = "<dir>"
+            for f in filenames:
+                p = os.path.join(dirpath, f)
+                with open(p, "rb") as fh:
+                    out[p] = hashlib.sha256(fh.read()).hexdigest()
+    return out

@@ -607,3 +607,38 @@ def test_cli_commands(tmp_path, env, capsys):
     with pytest.raises(SystemExit) as e:
         cli_main(["convert-acdc", "-i", str(tmp_path / "nowhere"), "-q"])
     assert e.value.code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_truncated_input_file_is_refused_with_its_name(tmp_path, env):
+    src = tmp_path / "ACDC"
+    make_official_acdc(str(src))
+    path = os.path.join(str(src), "training", "patient099", "patient099_frame01.nii.gz")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    with pytest.raises(ConversionError, match=r"patient099_frame01\.nii\.gz: .*truncated"):
+        convert_acdc(str(src), num_processes=1, verbose=False)
+    _no_partial_output(env, "Dataset027_ACDC")
+
+
+def test_staging_folder_of_a_killed_conversion_is_removed(tmp_path, env):
+    import subprocess
+
+    src = tmp_path / "LA_uamt"
+    make_la_uamt(str(src))
+    raw = env["nnUNet_raw"]
+    done = subprocess.Popen(["true"])
+    done.wait()                                        # a process that no longer exists (as after SIGKILL)
+    alive = subprocess.Popen(["sleep", "60"])          # a conversion that still runs
+    try:
+        stale = os.path.join(raw, f".semicl_partial_Dataset028_LA_{done.pid}")
+        running = os.path.join(raw, f".semicl_partial_Dataset028_LA_{alive.pid}")
+        for d in (stale, running):
+            os.makedirs(os.path.join(d, "imagesTr"))
+            open(os.path.join(d, "imagesTr", "half_written_0000.nii.gz"), "wb").write(b"\x1f\x8b")
+        convert_la(str(src), num_processes=1, verbose=False)
+        assert not os.path.exists(stale)
+        assert os.path.isdir(running)                  # never another live process's folder
+        assert os.path.isdir(os.path.join(raw, "Dataset028_LA"))
+    finally:
+        alive.kill()
+        alive.wait()

@@ -260,3 +260,12 @@ def test_evaluate_command_line(acdc_like, tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         cli_main(["evaluate", "-p", str(tmp_path / "none"), "-r", str(ref_dir), "-q"])
     assert e.value.code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_truncated_prediction_is_refused_with_its_name(acdc_like):
+    ref_dir, pred_dir, _, _ = acdc_like
+    path = pred_dir / "b.nii.gz"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(EvaluationError, match=r"b\.nii\.gz: .*truncated"):
+        evaluate_folders(str(pred_dir), str(ref_dir), verbose=False)

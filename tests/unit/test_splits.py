@@ -164,3 +164,35 @@ def test_write_setting_needs_base_plans(tmp_path):
     s = make_setting(folds(), "x", n_labeled=1)
     with pytest.raises(SplitError, match="nnUNetv2_plan_and_preprocess first"):
         write_setting(str(tmp_path), s)
+
+
+def test_resumed_runs_accept_only_added_images_without_annotation():
+    from nnunet_semicl.data.splits import CaseSets, check_resumed_case_sets
+
+    old = CaseSets(("a", "b"), ("c", "d"), "split")
+    assert check_resumed_case_sets(old, CaseSets(("a", "b"), ("c", "d", "u1"), "split"), ["u1"]) == ("u1",)
+    assert check_resumed_case_sets(old, CaseSets(("b", "a"), ("d", "c"), "split"), []) == ()
+    for new, msg in [(CaseSets(("a",), ("b", "c", "d"), "s"), "labeled cases"),        # labeled set changed
+                     (CaseSets(("a", "b"), ("c", "d", "e"), "s"), "annotated cases became unlabeled"),
+                     (CaseSets(("a", "b"), ("c",), "s"), "unlabeled cases removed")]:
+        with pytest.raises(SplitError, match=msg):
+            check_resumed_case_sets(old, new, ["u1"])
+
+
+def test_default_setting_is_used_only_without_a_plans_setting_and_without_unlabeled_images(tmp_path):
+    from nnunet_semicl.data.splits import (default_setting_content, save_json, setting_block, split_file_name,
+                                           write_default_setting)
+
+    base = str(tmp_path)
+    f = folds()
+    s = make_setting(f, "5pct", n_labeled=1, group_regex=GROUP)
+    save_json(s, os.path.join(base, split_file_name("5pct")))
+    write_default_setting(base, default_setting_content("5pct"))
+    plans = {"plans_name": "nnUNetPlans"}
+    assert setting_block(plans, {}, base)["setting"] == "5pct"
+    sets = resolve_case_sets(plans, {}, base, 0, f[0]["train"])
+    assert list(sets.labeled) == s["folds"][0]["labeled"] and "default" in sets.source
+    assert setting_block(plans, {UNLABELED_KEY: ["u1"]}, base) is None          # add-unlabeled images win
+    assert setting_block({**plans, PLANS_BLOCK: {"setting": "x"}}, {}, base) == {"setting": "x"}  # -p wins
+    with pytest.raises(SplitError, match="already exists with different content"):
+        write_default_setting(base, default_setting_content("10pct"))

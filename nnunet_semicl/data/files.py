@@ -1,0 +1,108 @@
+"""File hygiene shared by the commands that write datasets: complete image files, stale staging folders.
+
+* :func:`incomplete_file_problem`: a truncated ``.nii.gz``/``.nii`` is read by SimpleITK without any
+  error (the missing voxels come back as zeros), so every image we take in is checked first: gzip
+  files are decompressed to the end, NIfTI files must hold the bytes their header promises.
+* :func:`remove_stale_partials`: commands stage their output in ``.semicl_partial_<what>_<pid>``
+  folders; a process killed with SIGKILL cannot remove its own, so the next run removes those of
+  processes that no longer exist.
+
+No torch or nnU-Net import.
+"""
+import gzip
+import os
+import re
+import shutil
+import struct
+import zlib
+from typing import List, Optional
+
+PARTIAL_PREFIX = ".semicl_partial_"
+_CHUNK = 1 << 20
+
+
+def _nifti_expected_size(header: bytes) -> Optional[int]:
+    """Bytes a NIfTI-1/2 file must have (header + voxel data), or None if ``header`` is not NIfTI."""
+    for endian in "<>":
+        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
+            dims = struct.unpack(endian + "8h", header[40:56])
+            bitpix = struct.unpack(endian + "h", header[72:74])[0]
+            offset = int(struct.unpack(endian + "f", header[108:112])[0])
+        elif len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
+            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+            dims = struct.unpack(endian + "8q", header[16:80])
+            offset = struct.unpack(endian + "q", header[168:176])[0]
+        else:
+            continue
+        n = dims[0]
+        if not 1 <= n <= 7 or bitpix <= 0 or any(d < 0 for d in dims[1:n + 1]):
+            return None
+        voxels = 1
+        for d in dims[1:n + 1]:
+            voxels *= max(int(d), 1)
+        return max(int(offset), 348) + voxels * bitpix // 8
+    return None
+
+
+def incomplete_file_problem(path: str) -> Optional[str]:
+    """Why ``path`` is not a complete image file (truncated gzip stream, NIfTI shorter than its header
+    says), or None. Other formats are left to their readers."""
+    name = path.lower()
+    is_nifti = name.endswith(".nii") or name.endswith(".nii.gz")
+    try:
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"   # by content: a misnamed plain file is read as plain
+        if gzipped:
+            size, header = 0, b""
+            with gzip.open(path, "rb") as f:
+                while True:
+                    chunk = f.read(_CHUNK)
+                    if not chunk:
+                        break
+                    if len(header) < 544:
+                        header += chunk[:544 - len(header)]
+                    size += len(chunk)
+        elif is_nifti:
+            size = os.path.getsize(path)
+            with open(path, "rb") as f:
+                header = f.read(544)
+        else:
+            return None
+    except (EOFError, OSError, zlib.error) as e:
+        return f"its compressed data is incomplete or damaged ({e})"
+    if is_nifti:  # (a gzip stream that ends cleanly can still hold a truncated copy of the file)
+        expected = _nifti_expected_size(header)
+        if expected is None:
+            return "it has no valid NIfTI header"
+        if size < expected:
+            return f"it holds {size} bytes of image data where its NIfTI header needs {expected}"
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def partial_folder(root: str, what: str) -> str:
+    """The staging folder of this process for ``what`` (a dataset name, ``add_unlabeled``)."""
+    return os.path.join(root, f"{PARTIAL_PREFIX}{what}_{os.getpid()}")
+
+
+def remove_stale_partials(root: str, what: str) -> List[str]:
+    """Remove ``root``'s staging folders for ``what`` left by processes that no longer run; return them."""
+    if not os.path.isdir(root):
+        return []
+    pattern = re.compile(re.escape(PARTIAL_PREFIX + what) + r"_(\d+)$")
+    removed = []
+    for d in sorted(os.listdir(root)):
+        m = pattern.match(d)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+            removed.append(os.path.join(root, d))
+    return removed
