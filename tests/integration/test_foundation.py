@@ -57,8 +57,11 @@ def test_stock_train_predict_evaluate(phantom, tmp_path):
     assert semicl["global_step"] == 2 * 3  # 2 epochs x 3 iterations from the setting's schedule override
     assert len(semicl["case_sets"]["labeled"]) == 4 and len(semicl["case_sets"]["unlabeled"]) == 12  # 2 of 8 patients
     log = ckpt["logging"]
-    for term in ("train_loss_sup", "train_loss_unsup"):
-        assert len(log[term]) == 2 and np.all(np.isfinite(log[term]))
+    assert len(log["train_loss_sup"]) == 2 and np.all(np.isfinite(log["train_loss_sup"]))
+    # epoch 0 is the supervised warm-up (no pseudo-label term); the gate opens at its limit (half of the
+    # 6 iterations, after epoch 0's validation) and epoch 1 trains with the pseudo-labels
+    assert semicl["unsup_gate_step"] == 3
+    assert np.isnan(log["train_loss_unsup"][0]) and np.isfinite(log["train_loss_unsup"][1])
     assert os.path.isfile(os.path.join(folder, "progress.png"))
     assert os.path.isfile(os.path.join(folder, "validation", "summary.json"))
     # the teacher differs from the student (EMA) but has the same architecture

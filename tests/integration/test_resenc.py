@@ -52,6 +52,8 @@ def test_trainer_on_resenc_plans_trains_and_predicts(phantom, resenc, trainer):
 
     with env(**TRAIN_ENV):
         t = make_trainer(phantom.id, "2d_tiny", 0, trainer, resenc)
+        if trainer != "nnUNetTrainerLabeledOnly":
+            t.unsup_gate_step = 0   # no warm-up: both iterations run the method's full step on ResEnc
         t.run_training()
     assert isinstance(t._unwrapped_network(), ResidualEncoderUNet)
     ckpt = torch.load(os.path.join(t.output_folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
@@ -60,6 +62,9 @@ def test_trainer_on_resenc_plans_trains_and_predicts(phantom, resenc, trainer):
     assert len(losses) == 1 and np.isfinite(losses[0])
     if trainer != "nnUNetTrainerLabeledOnly":
         assert ckpt["semicl"]["global_step"] == 2
+        unsup = {k for k, v in ckpt["logging"].items()
+                 if k.startswith("train_loss_") and k != "train_loss_sup" and np.isfinite(v[0])}
+        assert unsup, "no unsupervised term ran on the ResEnc network"
     seg = predict_in_process(os.path.dirname(t.output_folder),
                              os.path.join(phantom.raw, "imagesTs", "phantom010_frame01_0000.nii.gz"))
     assert seg.shape == (10, 64, 64) and set(np.unique(seg)) <= {0, 1, 2, 3}
