@@ -400,6 +400,19 @@ def write_split_file(preprocessed_base: str, setting_content: dict, overwrite: b
     return path
 
 
+def load_base_plans(preprocessed_base: str, plans_identifier: str) -> dict:
+    """The base plans a setting derives from; refused when missing or when they are a setting themselves."""
+    base_plans_path = os.path.join(preprocessed_base, plans_identifier + ".json")
+    if not os.path.isfile(base_plans_path):
+        raise SplitError(f"{base_plans_path} does not exist. Run nnUNetv2_plan_and_preprocess first (or pass the "
+                         f"plans identifier you planned with, e.g. --plans nnUNetResEncUNetMPlans).")
+    base = load_json(base_plans_path)
+    if PLANS_BLOCK in base:
+        raise SplitError(f"{base_plans_path} is itself a semi-supervised setting; pass its base plans "
+                         f"('{base[PLANS_BLOCK].get('base_plans')}') instead.")
+    return base
+
+
 def write_plans_variant(preprocessed_base: str, setting: str, plans_identifier: str = "nnUNetPlans",
                         overwrite: bool = False, trainer_overrides: Optional[dict] = None) -> str:
     """Write ``<plans>_<setting>.json``: the base plans plus a semicl block naming the split file.
@@ -407,14 +420,7 @@ def write_plans_variant(preprocessed_base: str, setting: str, plans_identifier: 
     ``trainer_overrides`` (e.g. ``{"num_epochs": 10}``) go into the block and are applied by our
     trainers (short schedules for CPU runs, the demo and the tests).
     """
-    base_plans_path = os.path.join(preprocessed_base, plans_identifier + ".json")
-    if not os.path.isfile(base_plans_path):
-        raise SplitError(f"{base_plans_path} does not exist. Run nnUNetv2_plan_and_preprocess first (or pass the "
-                         f"plans identifier you planned with, e.g. --plans nnUNetResEncUNetMPlans).")
-    base_plans = load_json(base_plans_path)
-    if PLANS_BLOCK in base_plans:
-        raise SplitError(f"{base_plans_path} is itself a semi-supervised setting; pass its base plans "
-                         f"('{base_plans[PLANS_BLOCK].get('base_plans')}') instead.")
+    base_plans = load_base_plans(preprocessed_base, plans_identifier)
     path = os.path.join(preprocessed_base, f"{plans_identifier}_{setting}.json")
     content = plans_variant(base_plans, plans_identifier, setting, trainer_overrides)
     _check_replace(path, content, overwrite)
@@ -427,14 +433,7 @@ def check_setting_writable(preprocessed_base: str, setting_content: dict, plans_
     """Every check :func:`write_setting` makes, without writing: the base plans exist and are not a
     setting, and neither file of the setting exists with different content (unless ``overwrite``)."""
     setting = setting_content["setting"]
-    base_plans_path = os.path.join(preprocessed_base, plans_identifier + ".json")
-    if not os.path.isfile(base_plans_path):
-        raise SplitError(f"{base_plans_path} does not exist. Run nnUNetv2_plan_and_preprocess first (or pass the "
-                         f"plans identifier you planned with, e.g. --plans nnUNetResEncUNetMPlans).")
-    base = load_json(base_plans_path)
-    if PLANS_BLOCK in base:
-        raise SplitError(f"{base_plans_path} is itself a semi-supervised setting; pass its base plans "
-                         f"('{base[PLANS_BLOCK].get('base_plans')}') instead.")
+    base = load_base_plans(preprocessed_base, plans_identifier)
     _check_replace(os.path.join(preprocessed_base, split_file_name(setting)), setting_content, overwrite)
     _check_replace(os.path.join(preprocessed_base, f"{plans_identifier}_{setting}.json"),
                    plans_variant(base, plans_identifier, setting, trainer_overrides), overwrite)

@@ -123,6 +123,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
         self.dataloader_unlabeled = None
         self.global_step = 0
         self.unsup_gate_step: Optional[int] = None   # iteration at which the supervised warm-up ended
+        self.labeled_shares: Optional[torch.Tensor] = None  # class shares of the labeled cases (on_train_start)
         self._pseudo_label_shares: List[torch.Tensor] = []  # per step (on the device), for the epoch's collapse check
         self.logger.local_logger = _upgrade_logger(self.logger.local_logger, self.loss_terms)
 
@@ -235,11 +236,12 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
         self.global_step = self.current_epoch * self.num_iterations_per_epoch
         if not self.unsup_warmup and self.unsup_gate_step is None:
             self.unsup_gate_step = 0
+        self.labeled_shares = self.labeled_class_shares()   # read once: the collapse check compares with it
         if "alignment" in self.state_modules:
-            shares = self.labeled_class_shares()
-            self.state_modules["alignment"].set_target(shares)
-            self.print_to_log_file("Class shares of the labeled data (distribution-alignment target): "
-                                   f"{[round(float(v), 4) for v in shares]}")
+            self.state_modules["alignment"].set_target(self.labeled_shares)
+        self.print_to_log_file("Class shares of the labeled data (collapse check" +
+                               (", distribution-alignment target" if "alignment" in self.state_modules else "") +
+                               f"): {[round(float(v), 4) for v in self.labeled_shares]}")
 
     # ------------------------------------------------------------------------------------------
     # training dynamics: warm-up gate, ramp-up, deep-supervision balance, class-collapse guard
@@ -306,7 +308,8 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
                 f"WARNING: supervised warm-up ended by its limit ({self.warmup_max_fraction:g} of the training, "
                 f"iteration {self.global_step}) with foreground class(es) {below} still below online-validation "
                 f"Dice {self.warmup_dice_threshold} ({[round(float(v), 3) for v in last]}). Unsupervised terms "
-                f"start at iteration {self.unsup_start_step()}; the distribution alignment guards those classes.")
+                f"start at iteration {self.unsup_start_step()}"
+                + ("; the distribution alignment guards those classes." if self.distribution_alignment else "."))
 
     def labeled_class_shares(self) -> torch.Tensor:
         """Class shares of the labeled cases' segmentations (at most ``alignment_max_cases`` of them)."""
@@ -343,8 +346,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
             return
         shares = torch.stack(self._pseudo_label_shares).mean(0).cpu()   # one device sync per epoch
         self._pseudo_label_shares = []
-        target = (self.state_modules["alignment"].target.cpu() if "alignment" in self.state_modules
-                  else self.labeled_class_shares())
+        target = self.labeled_shares
         self.print_to_log_file("confident pseudo-label share per class", [round(float(v), 4) for v in shares],
                                "| labeled share", [round(float(v), 4) for v in target])
         vanished = [c for c in range(1, len(shares)) if float(shares[c]) < self.collapse_warning_ratio * float(target[c])]
