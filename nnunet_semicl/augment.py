@@ -104,6 +104,19 @@ def cutmix_masks(batch: int, spatial: Sequence[int], area: float = 0.5, p: float
     return masks & _bcast(keep, nd + 1)
 
 
+def copy_paste_masks(batch: int, spatial: Sequence[int], side: float = 2.0 / 3.0, generator=None,
+                     device=None) -> torch.Tensor:
+    """Where a labeled image is shown in each of ``batch`` labeled/unlabeled copy-paste mixes (BCP).
+
+    Each mask is a box with sides ``side`` x the patch; even samples show the labeled image inside
+    the box (labeled into unlabeled), odd samples outside it (unlabeled into labeled), so both
+    directions of bidirectional copy-paste occur in every batch. ``[B, *spatial]`` bool.
+    """
+    box = cutmix_masks(batch, spatial, side ** len(spatial), 1.0, generator, device)
+    outward = torch.arange(batch, device=box.device) % 2 == 1
+    return torch.where(_bcast(outward, box.ndim), ~box, box)
+
+
 def cutmix(tensors: Dict[str, torch.Tensor], box: torch.Tensor) -> Dict[str, torch.Tensor]:
     """Paste, inside ``box``, the content of the next sample in the batch (roll by one).
 

@@ -40,3 +40,33 @@ def confidence_weighted_ce(student_logits: torch.Tensor, labels: torch.Tensor, c
     if not bool(n_positive > 0) or not bool((weighted > 0).any()):
         return logits.sum() * 0.0
     return weighted.sum() / n_positive
+
+
+def masked_soft_dice(student_logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+                     include_background: bool = False, smooth: float = 1e-5) -> torch.Tensor:
+    """``1 - mean_c Dice_c`` of the student's softmax against hard (pseudo-)labels over the ``mask`` pixels.
+
+    Batch Dice per class (as nnU-Net's 2D/3D loss), so a rare class weighs as much as a large one and
+    is not swamped by background in the pixel-averaged cross-entropy (UniMatch, AD-MT, BCP use a
+    Dice term on pseudo-labels for this). Pixels outside ``mask`` (not confident, no content) take no
+    part. A class absent from target and prediction inside the mask scores Dice 1 (no gradient).
+
+    Args:
+        student_logits: ``[B, K, *spatial]``; labels: ``[B, *spatial]`` int; mask: ``[B, *spatial]`` bool.
+    Returns a scalar in [0, 1], fp32; zero (keeping the graph) when the mask is empty.
+    """
+    logits = student_logits.float()
+    if not bool(mask.any()):
+        return logits.sum() * 0.0
+    k = logits.shape[1]
+    probs = torch.softmax(logits, dim=1)
+    onehot = F.one_hot(labels.long().clamp(0, k - 1), k).movedim(-1, 1).float()
+    m = mask[:, None].float()
+    dims = (0,) + tuple(range(2, logits.ndim))
+    tp = (probs * onehot * m).sum(dims)
+    fp = (probs * (1 - onehot) * m).sum(dims)
+    fn = ((1 - probs) * onehot * m).sum(dims)
+    dice = (2 * tp + smooth) / (2 * tp + fp + fn + smooth).clamp_min(1e-8)
+    if not include_background:
+        dice = dice[1:]
+    return 1.0 - dice.mean()

@@ -30,9 +30,9 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
 
-from nnunet_semicl.augment import StrongAugmentation, StrongViewParams
+from nnunet_semicl.augment import StrongAugmentation, StrongViewParams, copy_paste_masks
 from nnunet_semicl.data.unlabeled_loader import nnUNetUnlabeledDataLoader, weak_transforms
-from nnunet_semicl.losses.pseudo_label import confidence_weighted_ce, pseudo_labels
+from nnunet_semicl.losses.pseudo_label import confidence_weighted_ce, masked_soft_dice, pseudo_labels
 from nnunet_semicl.modules.distributed import average_gradients, broadcast_module
 from nnunet_semicl.modules.distribution_alignment import DistributionAlignment, label_shares
 from nnunet_semicl.modules.ema import EMATeacher, unwrap
@@ -47,7 +47,8 @@ class StepContext:
     """Everything one training iteration computed, handed to ``compute_losses``."""
     x_labeled: torch.Tensor
     y_labeled: object                      # nnU-Net target (a list of scales under deep supervision)
-    x_weak: torch.Tensor                   # unlabeled batch, weak view (what the teacher saw)
+    x_weak: torch.Tensor                   # unlabeled batch, weak view (what the teacher saw; with the
+                                           # labeled copy-paste, mixed with labeled images where paste_mask)
     keys: Sequence[str] = ()               # case ids of the labeled + unlabeled batch (for errors)
     teacher_logits: Optional[torch.Tensor] = None          # teacher on x_weak (full resolution)
     teacher_logits_labeled: Optional[torch.Tensor] = None  # teacher on x_labeled (teacher_sees_labeled)
@@ -60,6 +61,7 @@ class StepContext:
     strong_targets: Dict[str, torch.Tensor] = field(default_factory=dict)
     strong_params: Optional[StrongViewParams] = None  # the strong view's draws (StrongAugmentation.replay)
     valid: Optional[torch.Tensor] = None   # [Bu, *spatial] pixels of the strong view with content
+    paste_mask: Optional[torch.Tensor] = None  # [Bu, *spatial] weak-view pixels showing a labeled image (copy-paste)
     outputs: object = None                 # student outputs on cat(labeled, strong)
     features: Optional[List[torch.Tensor]] = None  # student taps on cat(labeled, strong)
 
@@ -90,6 +92,12 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
     supervised_weight = 1.0           # ACTION/ACTION++ fine-tuning use 0.5 (methods.md 2.6)
     pseudo_label_weight = 1.0         # the papers' weight; ramped (below) unless a _noRampUp variant
     confidence_threshold = 0.97       # rho_b of the pseudo-label loss (methods.md 2.5)
+    pseudo_label_dice_weight = 0.5    # + this x per-class Dice on the confident pseudo-labels (UniMatch/BCP/AD-MT;
+                                      # issue 11): a rare class is not swamped by background in the pixel CE
+    labeled_copy_paste = True         # BCP: once the unsupervised terms are on, each unlabeled image shares its
+    copy_paste_side = 2.0 / 3.0       # patch with a labeled one (a box of this side, inside or outside), and
+                                      # the pasted pixels are supervised by the ground truth: every
+                                      # unsupervised step carries true labels of every class
     # ---- training dynamics: unsupervised terms are earned (methods.md decision 7; docs/trainers.md) -------
     unsup_warmup = True               # False: every unsupervised term on from its phase's start (the papers)
     warmup_min_fraction = 0.1         # supervised only for at least this share of all iterations ...
@@ -396,6 +404,8 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
         ctx = StepContext(x_labeled=batch["data"].to(dev, non_blocking=True), y_labeled=y,
                           x_weak=unlabeled["data"].to(dev, non_blocking=True),
                           keys=list(batch.get("keys", [])) + list(unlabeled.get("keys", [])))
+        if self.labeled_copy_paste and self.unsup_scale() > 0:
+            ctx.x_weak, ctx.paste_mask, pasted_labels = self.copy_paste(ctx)
         k = ctx.n_labeled if self.teacher_sees_labeled() else 0
         x_teacher = torch.cat([ctx.x_labeled, ctx.x_weak]) if k else ctx.x_weak
         logits = self.teacher_forward(x_teacher)  # one teacher forward for both streams
@@ -405,6 +415,9 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
             ctx.teacher_features = [f[k:] for f in feats]
             ctx.teacher_features_labeled = [f[:k] for f in feats] if k else None
         ctx.teacher_probs, ctx.pseudo_label, ctx.confidence = self.teacher_pseudo_labels(ctx.teacher_logits)
+        if ctx.paste_mask is not None:   # pasted pixels: the ground truth, with full confidence
+            ctx.teacher_probs, ctx.pseudo_label, ctx.confidence = self.with_known_labels(
+                ctx.teacher_probs, ctx.pseudo_label, ctx.confidence, ctx.paste_mask, pasted_labels)
         aug = self.augmentation_for_step()
         ctx.strong_params = aug.sample(ctx.x_weak)
         ctx.x_strong, ctx.strong_targets, ctx.valid = aug.apply(ctx.strong_params, ctx.x_weak,
@@ -416,13 +429,45 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
             ctx.features = self.student_taps.features
         return ctx
 
+    def copy_paste(self, ctx: StepContext):
+        """Bidirectional labeled/unlabeled copy-paste of the weak unlabeled batch (BCP).
+
+        Unlabeled image b is mixed with labeled image ``b mod Bl`` (``augment.copy_paste_masks``).
+        Returns the mixed batch, the mask of labeled pixels and the labels to use there (-1 where
+        the labeled image has the ignore label: those pixels get confidence 0)."""
+        n_u = ctx.x_weak.shape[0]
+        source = torch.arange(n_u, device=ctx.x_weak.device) % ctx.n_labeled
+        mask = copy_paste_masks(n_u, ctx.x_weak.shape[2:], self.copy_paste_side, device=ctx.x_weak.device)
+        x_mixed = torch.where(mask[:, None], ctx.x_labeled[source].to(ctx.x_weak.dtype), ctx.x_weak)
+        labels = ctx.labeled_target_full()[source]
+        if self.label_manager.has_ignore_label:
+            labels = torch.where(labels == self.label_manager.ignore_label, torch.full_like(labels, -1), labels)
+        return x_mixed, mask, labels
+
+    @staticmethod
+    def with_known_labels(probs, labels, confidence, mask, known):
+        """Replace teacher outputs by one-hot ground truth where ``mask`` (and ``known`` >= 0); where the
+        pasted ground truth is unknown (ignore label) the confidence is 0, so no loss uses the pixel."""
+        k = probs.shape[1]
+        use = mask & (known >= 0)
+        onehot = torch.nn.functional.one_hot(known.clamp_min(0), k).movedim(-1, 1).to(probs.dtype)
+        probs = torch.where(use[:, None], onehot, probs)
+        labels = torch.where(use, known.to(labels.dtype), labels)
+        confidence = torch.where(use, torch.ones_like(confidence),
+                                 torch.where(mask, torch.zeros_like(confidence), confidence))
+        return probs, labels, confidence
+
     def supervised_loss(self, ctx: StepContext) -> torch.Tensor:
         return self.loss(ctx.labeled_outputs(), ctx.y_labeled)
 
     def pseudo_label_loss(self, ctx: StepContext) -> torch.Tensor:
         t = ctx.strong_targets
-        return confidence_weighted_ce(ctx.unlabeled_logits(), t["pseudo_label"], t["confidence"], ctx.valid,
-                                      self.confidence_threshold)
+        logits = ctx.unlabeled_logits()
+        loss = confidence_weighted_ce(logits, t["pseudo_label"], t["confidence"], ctx.valid, self.confidence_threshold)
+        if self.pseudo_label_dice_weight > 0:
+            confident = ctx.valid & (t["confidence"] >= self.confidence_threshold)
+            loss = loss + self.pseudo_label_dice_weight * masked_soft_dice(logits, t["pseudo_label"], confident)
+        return loss
 
     def compute_losses(self, ctx: StepContext) -> Dict[str, torch.Tensor]:
         """Weighted loss terms; their sum is the training loss. Keys must be in ``loss_terms``."""
@@ -564,9 +609,12 @@ def _upgrade_logger(local_logger, terms):
 
 class PapersScheduleMixin:
     """The papers' literal recipe (``_noRampUp`` variants): every unsupervised term at full weight from the
-    start of its phase, no warm-up, no ramp, no deep-supervision balance, no class-collapse guard. Put it
-    first among the bases: ``class nnUNetTrainerX_noRampUp(PapersScheduleMixin, nnUNetTrainerX)``."""
+    start of its phase, no warm-up, no ramp, no deep-supervision balance, no class-collapse guard, no
+    labeled copy-paste, no Dice term on pseudo-labels. Put it first among the bases:
+    ``class nnUNetTrainerX_noRampUp(PapersScheduleMixin, nnUNetTrainerX)``."""
     unsup_warmup = False
+    labeled_copy_paste = False
+    pseudo_label_dice_weight = 0.0
     rampup_fraction = 0.0
     balance_deep_supervision = False
     distribution_alignment = False

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nnunet_semicl.losses.pseudo_label import pseudo_labels
 from nnunet_semicl.modules.distribution_alignment import DistributionAlignment, class_mean, label_shares
@@ -151,3 +152,58 @@ def test_papers_schedule_variant_has_no_gate_and_no_ramp():
     assert issubclass(v, nnUNetTrainerACTIONpp)
     assert (v.unsup_warmup, v.rampup_fraction, v.balance_deep_supervision, v.distribution_alignment) == \
         (False, 0.0, False, False)
+
+
+# ---- labeled copy-paste and the Dice term on pseudo-labels --------------------------------------
+def test_copy_paste_masks_alternate_directions_with_the_box_area():
+    from nnunet_semicl.augment import copy_paste_masks
+    m = copy_paste_masks(4, (30, 30), side=2 / 3)
+    assert m.shape == (4, 30, 30) and m.dtype == torch.bool
+    shown = m.float().mean(dim=(1, 2))
+    assert torch.allclose(shown[0::2], torch.full((2,), 400 / 900))      # labeled inside the 20 x 20 box
+    assert torch.allclose(shown[1::2], torch.full((2,), 500 / 900))      # labeled outside it
+    m3 = copy_paste_masks(2, (9, 9, 9), side=2 / 3)
+    assert float(m3[0].float().mean()) == pytest.approx(216 / 729)        # 6 x 6 x 6 box in 3D
+
+
+def test_pasted_pixels_take_the_ground_truth_with_full_confidence():
+    from nnunet_semicl.training.semi_supervised import nnUNetTrainerSemiSupervised
+    probs = torch.softmax(torch.randn(2, 3, 4, 4), 1)
+    confidence, labels = probs.max(1)
+    mask = torch.zeros(2, 4, 4, dtype=torch.bool)
+    mask[:, :2] = True
+    known = torch.full((2, 4, 4), 2)
+    known[1, 0, 0] = -1                                   # ignore label in the pasted image
+    p, lab, conf = nnUNetTrainerSemiSupervised.with_known_labels(probs, labels, confidence, mask, known)
+    assert torch.equal(lab[0, :2], torch.full((2, 4), 2)) and torch.equal(lab[:, 2:], labels[:, 2:])
+    assert torch.equal(p[0, :, :2], torch.tensor([0.0, 0.0, 1.0])[:, None, None].expand(3, 2, 4))
+    assert float(conf[0, :2].min()) == 1.0 and torch.equal(conf[:, 2:], confidence[:, 2:])
+    assert float(conf[1, 0, 0]) == 0.0 and lab[1, 0, 0] == labels[1, 0, 0]   # no target where ignored
+
+
+def test_masked_soft_dice_values_masking_and_class_balance():
+    from nnunet_semicl.losses.pseudo_label import masked_soft_dice
+    labels = torch.zeros(1, 10, 10, dtype=torch.long)
+    labels[0, :1, :1] = 1                                  # a 1-pixel class ...
+    labels[0, 5:, :] = 2                                   # ... and a 50-pixel class
+    perfect = F.one_hot(labels, 3).movedim(-1, 1).float() * 40
+    everywhere = torch.ones(1, 10, 10, dtype=torch.bool)
+    assert float(masked_soft_dice(perfect, labels, everywhere)) == pytest.approx(0.0, abs=1e-4)
+    missed_small = perfect.clone()
+    missed_small[0, :, 0, 0] = torch.tensor([40.0, 0.0, 0.0])   # one pixel wrong: the rare class is lost
+    loss = float(masked_soft_dice(missed_small, labels, everywhere))
+    assert loss == pytest.approx(0.5, abs=1e-3)            # half the mean Dice, not 1 % of it
+    outside = everywhere.clone()
+    outside[0, 0, 0] = False                               # the wrong pixel outside the mask: no loss
+    assert float(masked_soft_dice(missed_small, labels, outside)) == pytest.approx(0.0, abs=1e-4)
+    logits = torch.randn(1, 3, 10, 10, requires_grad=True)
+    empty = masked_soft_dice(logits, labels, torch.zeros_like(everywhere))
+    empty.backward()
+    assert float(empty.detach()) == 0.0 and logits.grad is not None and float(logits.grad.abs().sum()) == 0.0
+
+
+def test_papers_variants_turn_off_copy_paste_and_the_pseudo_label_dice():
+    from nnunet_semicl.training.action_pp import nnUNetTrainerACTIONpp, nnUNetTrainerACTIONpp_noRampUp
+    assert nnUNetTrainerACTIONpp.labeled_copy_paste and nnUNetTrainerACTIONpp.pseudo_label_dice_weight > 0
+    assert not nnUNetTrainerACTIONpp_noRampUp.labeled_copy_paste
+    assert nnUNetTrainerACTIONpp_noRampUp.pseudo_label_dice_weight == 0.0
