@@ -334,16 +334,23 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
             return torch.full((k,), 1.0 / k)
         return torch.as_tensor(counts / counts.sum(), dtype=torch.float32)
 
-    def teacher_pseudo_labels(self, teacher_logits: torch.Tensor):
-        """Teacher probabilities, pseudo-labels and confidence, aligned to the labeled class distribution."""
+    def teacher_pseudo_labels(self, teacher_logits: torch.Tensor, unlabeled: Optional[torch.Tensor] = None):
+        """Teacher probabilities, pseudo-labels and confidence, aligned to the labeled class distribution.
+
+        ``unlabeled`` (``[B, *spatial]`` bool, None: all) marks the pixels of unlabeled images: only they
+        update the alignment's running class distribution and the logged shares. Pasted labeled
+        pixels come from nnU-Net's foreground-oversampled patches; counted, they would raise the
+        running foreground share and the alignment would push every foreground class down."""
         probs, labels, confidence = pseudo_labels(teacher_logits)
         alignment = self.state_modules["alignment"] if "alignment" in self.state_modules else None
         if alignment is not None:
-            alignment.update(probs)
+            alignment.update(probs, unlabeled)
             probs = alignment(probs)
             confidence, labels = probs.max(dim=1)
         if self.unsup_scale() > 0:   # only while pseudo-labels train the student
             confident = confidence >= self.confidence_threshold
+            if unlabeled is not None:
+                confident = confident & unlabeled
             self._pseudo_label_shares.append(label_shares(labels, probs.shape[1], confident))
         return probs, labels, confidence
 
@@ -414,7 +421,9 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
             feats = self.teacher_taps.features
             ctx.teacher_features = [f[k:] for f in feats]
             ctx.teacher_features_labeled = [f[:k] for f in feats] if k else None
-        ctx.teacher_probs, ctx.pseudo_label, ctx.confidence = self.teacher_pseudo_labels(ctx.teacher_logits)
+        unlabeled_pixels = None if ctx.paste_mask is None else ~ctx.paste_mask
+        ctx.teacher_probs, ctx.pseudo_label, ctx.confidence = self.teacher_pseudo_labels(ctx.teacher_logits,
+                                                                                           unlabeled_pixels)
         if ctx.paste_mask is not None:   # pasted pixels: the ground truth, with full confidence
             ctx.teacher_probs, ctx.pseudo_label, ctx.confidence = self.with_known_labels(
                 ctx.teacher_probs, ctx.pseudo_label, ctx.confidence, ctx.paste_mask, pasted_labels)

@@ -207,3 +207,26 @@ def test_papers_variants_turn_off_copy_paste_and_the_pseudo_label_dice():
     assert nnUNetTrainerACTIONpp.labeled_copy_paste and nnUNetTrainerACTIONpp.pseudo_label_dice_weight > 0
     assert not nnUNetTrainerACTIONpp_noRampUp.labeled_copy_paste
     assert nnUNetTrainerACTIONpp_noRampUp.pseudo_label_dice_weight == 0.0
+
+
+def test_alignment_and_logged_shares_count_only_the_unlabeled_pixels_of_a_copy_paste_mix():
+    """Pasted labeled pixels (foreground-oversampled patches) must not raise the running foreground share,
+    or the alignment would push every foreground class's confidence below the threshold."""
+    from nnunet_semicl.training.semi_supervised import nnUNetTrainerSemiSupervised
+    t = _gate_trainer(step=50)
+    t.unsup_gate_step = 0
+    t.confidence_threshold = 0.97
+    t._pseudo_label_shares = []
+    t.state_modules = {"alignment": DistributionAlignment(3, [0.8, 0.1, 0.1], momentum=0.0)}
+    logits = torch.zeros(2, 3, 4, 4)
+    logits[:, 0, :, :2] = 12.0            # unlabeled pixels: confident background
+    logits[:, 1, :, 2:] = 12.0            # pasted pixels: all foreground class 1
+    pasted = torch.zeros(2, 4, 4, dtype=torch.bool)
+    pasted[:, :, 2:] = True
+    nnUNetTrainerSemiSupervised.teacher_pseudo_labels(t, logits, ~pasted)
+    running = t.state_modules["alignment"].running_mean
+    assert float(running[0]) == pytest.approx(1.0, abs=1e-4) and float(running[1]) < 1e-4
+    assert torch.allclose(t._pseudo_label_shares[-1], torch.tensor([1.0, 0.0, 0.0]))
+    t.state_modules = {"alignment": DistributionAlignment(3, [0.8, 0.1, 0.1], momentum=0.0)}
+    nnUNetTrainerSemiSupervised.teacher_pseudo_labels(t, logits)      # counting them: class 1 at half the pixels
+    assert float(t.state_modules["alignment"].running_mean[1]) == pytest.approx(0.5, abs=1e-4)
