@@ -46,8 +46,8 @@ def _cmd_split(args):
                                            check_folds_keep_groups, check_setting_writable, default_setting_content,
                                            write_default_setting, check_trainer_overrides, compile_group_regex,
                                            default_folds, load_json, make_setting, read_folds, save_json,
-                                           SplitError, truly_unlabeled_cases, with_unlabeled_images,
-                                           write_setting)
+                                           truly_unlabeled_cases, with_unlabeled_images, write_setting)
+    from nnunet_semicl.errors import InputError
 
     # everything is checked before anything is written: a refused command leaves the folder as it was
     overrides = {k: v for k, v in (("num_epochs", args.epochs), ("num_iterations_per_epoch", args.iterations),
@@ -68,7 +68,7 @@ def _cmd_split(args):
     new_folds = folds is None
     if new_folds:
         if not ids:
-            raise SplitError(f"No preprocessed cases in {gt}; run nnUNetv2_plan_and_preprocess first.")
+            raise InputError(f"No preprocessed cases in {gt}; run nnUNetv2_plan_and_preprocess first.")
         folds = default_folds(ids, unlabeled_only, group_regex=args.group)
     else:
         check_folds_keep_groups(folds, args.group, splits_path)
@@ -219,7 +219,7 @@ def _missing(module):
 
 
 def main(argv=None):
-    from nnunet_semicl.data.splits import SplitError
+    from nnunet_semicl.errors import InputError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["synthetic"]:  # its own parser (see python -m nnunet_semicl.dataset_conversion.synthetic -h)
@@ -230,7 +230,7 @@ def main(argv=None):
     try:
         args.func(args)
         return 0
-    except (SplitError, FileExistsError, FileNotFoundError) as e:
+    except (InputError, FileExistsError, FileNotFoundError) as e:
         cli_error(args.command, e)
 
 

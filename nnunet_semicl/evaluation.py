@@ -36,6 +36,7 @@ import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from nnunet_semicl.cli_support import exit_2_on, module_main  # CLI shape shared with convert-*
+from nnunet_semicl.errors import EvaluationError, InputError
 
 METRICS = ("dice", "jaccard", "hd95_mm", "asd_mm", "hd95_voxel", "asd_voxel")
 CONVENTIONS = ("nan", "ssl4mis")
@@ -49,10 +50,6 @@ METRIC_DEFINITIONS = {
     "units": "_mm: with the reference image's voxel spacing; _voxel: spacing 1 (the papers' 'ASD [voxel]')",
     "surface": "surface voxels = mask minus its erosion with connectivity 1 (medpy's default)",
 }
-
-
-class EvaluationError(ValueError):
-    """Inputs that cannot be evaluated; the message names the file/case and the fix."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -433,15 +430,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> None:
     ref, dataset_json = args.ref, args.dataset_json
-    with exit_2_on("evaluate", EvaluationError):
+    with exit_2_on("evaluate", InputError):
         if args.dataset is not None:
             from nnunet_semicl.data.datasets import resolve_dataset_name
-            from nnunet_semicl.data.splits import SplitError
 
-            try:
-                name = resolve_dataset_name(args.dataset, need_raw=True)
-            except SplitError as e:
-                raise EvaluationError(str(e)) from None
+            name = resolve_dataset_name(args.dataset, need_raw=True)
             base = os.path.join(os.environ["nnUNet_raw"], name)
             ref = ref or os.path.join(base, "labelsTs")
             dataset_json = dataset_json or os.path.join(base, "dataset.json")

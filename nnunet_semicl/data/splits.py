@@ -30,16 +30,14 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from nnunet_semicl.errors import InputError, SplitError
+
 SPLIT_FILE_TEMPLATE = "splits_semicl_{setting}.json"
 PLANS_BLOCK = "semicl"
 UNLABELED_KEY = "semicl_unlabeled_cases"
 #: the dataset's default setting, used by our trainers when no setting is selected with -p
 DEFAULT_SETTING_FILE = "semicl_default_setting.json"
 SETTING_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-class SplitError(ValueError):
-    """A labeled/unlabeled split that cannot be used; the message says what is wrong and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -315,7 +313,7 @@ def load_json(path: str):
     except FileNotFoundError:
         raise
     except json.JSONDecodeError as e:
-        raise SplitError(f"{path} is not valid JSON ({e}). Fix or delete it.") from e
+        raise InputError(f"{path} is not valid JSON ({e}). Fix or delete it.") from e
 
 
 def save_json(obj, path: str) -> str:

@@ -34,9 +34,10 @@ import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from nnunet_semicl.cli_support import module_main
-from nnunet_semicl.dataset_conversion.common import (ConversionError, DatasetSpec, add_converter_arguments,
+from nnunet_semicl.dataset_conversion.common import (DatasetSpec, add_converter_arguments,
                                                      convert_dataset, raise_if_problems, read_id_list,
                                                      run_converter, short_list)
+from nnunet_semicl.errors import ConversionError
 from nnunet_semicl.dataset_conversion.protocols import ACDC, ACDC_FRAMES, Protocol
 
 DEFAULT_ID = 27

@@ -24,21 +24,16 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from nnunet_semicl.cli_support import exit_2_on
-
-if TYPE_CHECKING:  # protocols imports this module (ConversionError)
-    from nnunet_semicl.dataset_conversion.protocols import Protocol
+from nnunet_semicl.dataset_conversion.protocols import Protocol, make_folds, make_settings
+from nnunet_semicl.errors import ConversionError
 
 #: Tolerances for "same geometry" between an image and its label (mm, relative, direction cosines).
 SPACING_RTOL = 1e-3
 ORIGIN_ATOL = 1e-2
 DIRECTION_ATOL = 1e-3
-
-
-class ConversionError(ValueError):
-    """The input cannot be converted; the message names the file/case and the fix."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -511,7 +506,7 @@ def assumed_spacing(spacing: Optional[Sequence[float]], spec: DatasetSpec) -> Tu
     return spacing
 
 
-def compare_input_lists(root: str, protocol: "Protocol", spec: DatasetSpec, verbose: bool) -> List[str]:
+def compare_input_lists(root: str, protocol: Protocol, spec: DatasetSpec, verbose: bool) -> List[str]:
     """Warn when the input's own ``*.list`` files disagree with the built-in protocol (which is used)."""
     notes = []
     for fname, roles in spec.list_files:
@@ -529,7 +524,7 @@ def compare_input_lists(root: str, protocol: "Protocol", spec: DatasetSpec, verb
     return notes
 
 
-def check_missing(missing: List[str], protocol: "Protocol", spec: DatasetSpec, input_dir: str, allow_missing: bool,
+def check_missing(missing: List[str], protocol: Protocol, spec: DatasetSpec, input_dir: str, allow_missing: bool,
                   verbose: bool) -> None:
     """Protocol cases absent from the input: an error, or with ``--allow-missing`` a warning."""
     unit = spec.unit
@@ -546,7 +541,7 @@ def check_missing(missing: List[str], protocol: "Protocol", spec: DatasetSpec, i
             f"{short_list(missing)}", verbose)
 
 
-def default_setting_record(protocol: "Protocol", settings: List[dict], created_by: str, verbose: bool
+def default_setting_record(protocol: Protocol, settings: List[dict], created_by: str, verbose: bool
                            ) -> Optional[dict]:
     """``semicl_default_setting.json`` for the protocol's default setting (5pct), if this conversion makes it."""
     from nnunet_semicl.data.splits import default_setting_content
@@ -558,7 +553,7 @@ def default_setting_record(protocol: "Protocol", settings: List[dict], created_b
     return None
 
 
-def convert_dataset(spec: DatasetSpec, protocol: "Protocol", input_dir: str, raw: Optional[str],
+def convert_dataset(spec: DatasetSpec, protocol: Protocol, input_dir: str, raw: Optional[str],
                     preprocessed: Optional[str], dataset_id: int, name: str, layout: str,
                     spacing: Optional[Sequence[float]], cv_folds: Optional[int], allow_missing: bool,
                     num_processes: int, overwrite: bool, verbose: bool, created_by: str) -> dict:
@@ -567,8 +562,6 @@ def convert_dataset(spec: DatasetSpec, protocol: "Protocol", input_dir: str, raw
     Every check that can fail on the input runs before anything is written, and the raw dataset is
     staged, so a failed conversion leaves the output roots as they were.
     """
-    from nnunet_semicl.dataset_conversion.protocols import make_folds, make_settings
-
     timer = Timer()
     protocol.check()
     raw_root, prep_root = output_roots(raw, preprocessed)

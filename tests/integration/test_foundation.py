@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nnunet_semicl import ext_trainer_path
-from nnunet_semicl.data.splits import SplitError
+from nnunet_semicl.errors import SplitError
 from tests.conftest import TRAIN_ENV, run_cmd
 from tests.integration.nnunet_helpers import env, make_trainer, output_folder, stock_train
 

@@ -3,8 +3,9 @@ import os
 
 import pytest
 
-from nnunet_semicl.data.splits import (PLANS_BLOCK, UNLABELED_KEY, SplitError, choose_labeled, default_folds,
-                                       make_setting, resolve_case_sets, validate_fold_sets, write_setting)
+from nnunet_semicl.data.splits import (PLANS_BLOCK, UNLABELED_KEY, choose_labeled, default_folds, make_setting,
+                                       resolve_case_sets, validate_fold_sets, write_setting)
+from nnunet_semicl.errors import SplitError
 
 CASES = [f"patient{p:03d}_frame{f:02d}" for p in range(1, 11) for f in (1, 2)]
 GROUP = r"patient\d+"
