@@ -45,9 +45,10 @@ def _cmd_split(args):
     from nnunet_semicl.data.splits import (check_default_setting_writable, check_folds_against_unlabeled,
                                            check_folds_keep_groups, check_setting_writable, default_setting_content,
                                            write_default_setting, check_trainer_overrides, compile_group_regex,
-                                           default_folds, load_json, make_setting, read_folds, save_json,
-                                           truly_unlabeled_cases, with_unlabeled_images, write_setting)
+                                           default_folds, make_setting, read_folds, truly_unlabeled_cases,
+                                           with_unlabeled_images, write_setting)
     from nnunet_semicl.errors import InputError
+    from nnunet_semicl.files import load_json, save_json
 
     # everything is checked before anything is written: a refused command leaves the folder as it was
     overrides = {k: v for k, v in (("num_epochs", args.epochs), ("num_iterations_per_epoch", args.iterations),

@@ -36,7 +36,7 @@ from nnunet_semicl.cpu_env import cpu_training_env
 from nnunet_semicl.benchmarking.common import (fmt, format_machine, machine_info, markdown_table, repo_docs_path,
                                                update_doc_section)
 from nnunet_semicl.cli_support import run_command
-from nnunet_semicl.data.splits import load_json, save_json
+from nnunet_semicl.files import load_json, save_json
 
 DATASET_ID = 27
 DATASET = "Dataset027_ACDC"

@@ -32,7 +32,7 @@ from typing import Dict, List, Optional
 
 from nnunet_semicl.benchmarking.common import fmt, markdown_table
 from nnunet_semicl.benchmarking.step import COMPILED
-from nnunet_semicl.data.splits import load_json, save_json
+from nnunet_semicl.files import load_json, save_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLANS_DIR = os.path.join(REPO, "benchmarks", "gpu", "plans")

@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Sequence
 from nnunet_semicl.benchmarking.common import (MB, fmt, fmt_pct, format_machine, machine_info, markdown_table,
                                                median, ratio, repo_docs_path, update_doc_section)
 from nnunet_semicl.cli_support import run_command
-from nnunet_semicl.data.splits import load_json, save_json
+from nnunet_semicl.files import load_json, save_json
 
 STOCK = "nnUNetTrainer"
 MEAN_TEACHER = "nnUNetTrainerMeanTeacher"

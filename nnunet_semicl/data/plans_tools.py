@@ -15,8 +15,9 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from nnunet_semicl.data.splits import PLANS_BLOCK, load_json, plans_variant, save_json, write_plans_variant
+from nnunet_semicl.data.splits import PLANS_BLOCK, plans_variant, write_plans_variant
 from nnunet_semicl.errors import InputError
+from nnunet_semicl.files import load_json, save_json
 
 
 def _resolved_configuration(plans: dict, name: str) -> dict:

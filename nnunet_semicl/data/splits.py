@@ -22,7 +22,6 @@ never validation cases, and always join the unlabeled stream.
 This module has no torch or nnU-Net import: it is plain bookkeeping with precise errors.
 """
 import copy
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -30,7 +29,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from nnunet_semicl.errors import InputError, SplitError
+from nnunet_semicl.errors import SplitError
+from nnunet_semicl.files import load_json, save_json
 
 SPLIT_FILE_TEMPLATE = "splits_semicl_{setting}.json"
 PLANS_BLOCK = "semicl"
@@ -301,35 +301,6 @@ def validate_fold_sets(sets: dict, train_cases: Sequence[str], fold_name: str,
         raise SplitError(f"{source}, fold {fold_name}: zero unlabeled cases, so there is nothing for "
                          f"semi-supervised training. Label fewer cases, or add unlabeled images with "
                          f"`nnunet_semicl add-unlabeled`.")
-
-
-# ------------------------------------------------------------------------------------------------
-# files
-# ------------------------------------------------------------------------------------------------
-def load_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path} is not valid JSON ({e}). Fix or delete it.") from e
-
-
-def save_json(obj, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=_numpy_to_python)
-    os.replace(tmp, path)  # never leave a half-written file behind
-    return path
-
-
-def _numpy_to_python(o):
-    """JSON for numpy scalars and arrays (benchmark and conversion records hold them)."""
-    if type(o).__module__ == "numpy":
-        return o.tolist() if hasattr(o, "tolist") else o.item()
-    raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
 #: trainer attributes a setting may override through ``"semicl": {"trainer": {...}}`` (written by

@@ -24,9 +24,9 @@ from typing import Dict, List
 
 import numpy as np
 
-from nnunet_semicl.data.files import incomplete_file_problem, partial_folder, remove_stale_partials
-from nnunet_semicl.data.splits import UNLABELED_KEY, load_json, save_json
+from nnunet_semicl.data.splits import UNLABELED_KEY
 from nnunet_semicl.errors import InputError
+from nnunet_semicl.files import incomplete_file_problem, load_json, partial_folder, remove_stale_partials, save_json
 
 
 #: a ``--prefix``: plain case-id characters only (no path separators, no '..', no spaces)

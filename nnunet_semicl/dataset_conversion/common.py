@@ -18,7 +18,6 @@ Heavy imports (numpy, SimpleITK, h5py, tqdm) happen inside functions: the comman
 fast.
 """
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -29,6 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from nnunet_semicl.cli_support import exit_2_on
 from nnunet_semicl.dataset_conversion.protocols import Protocol, make_folds, make_settings
 from nnunet_semicl.errors import ConversionError
+from nnunet_semicl.files import incomplete_file_problem, load_json, partial_folder, remove_stale_partials, save_json
 
 #: Tolerances for "same geometry" between an image and its label (mm, relative, direction cosines).
 SPACING_RTOL = 1e-3
@@ -100,19 +100,15 @@ class Staging:
     """Write into ``<root>/.semicl_partial_<name>_<pid>``; move to ``<root>/<name>`` on success.
 
     A run killed with SIGKILL cannot remove its staging folder; the next run removes the ones whose
-    process no longer exists (:func:`nnunet_semicl.data.files.remove_stale_partials`).
+    process no longer exists (:func:`nnunet_semicl.files.remove_stale_partials`).
     """
 
     def __init__(self, root: str, name: str, overwrite: bool, verbose: bool = True):
-        from nnunet_semicl.data.files import partial_folder
-
         self.root, self.name, self.overwrite, self.verbose = root, name, overwrite, verbose
         self.final = os.path.join(root, name)
         self.path = partial_folder(root, name)
 
     def __enter__(self) -> str:
-        from nnunet_semicl.data.files import remove_stale_partials
-
         if os.path.exists(self.final) and not self.overwrite:
             raise FileExistsError(f"{self.final} already exists. Pass --overwrite to replace it (its preprocessed "
                                   f"data then need `nnUNetv2_plan_and_preprocess` again), or choose another --id.")
@@ -134,20 +130,11 @@ class Staging:
         return False
 
 
-def write_json(obj, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------------------
 # reading and checking
 # ------------------------------------------------------------------------------------------------
 def read_sitk(path: str, what: str):
     import SimpleITK as sitk
-
-    from nnunet_semicl.data.files import incomplete_file_problem
 
     if not os.path.isfile(path):
         raise ConversionError(f"Missing {what}: {path}")
@@ -383,11 +370,10 @@ def plan_split_files(prep_base: str, folds: List[dict], settings: List[dict], ov
     ``skipped``: settings of the protocol that this conversion does not write; an existing file of one
     of them is stale (it would describe other cases) and is in the way too.
     """
-    from nnunet_semicl.data.splits import load_json, split_file_name
+    from nnunet_semicl.data.splits import DEFAULT_SETTING_FILE, split_file_name
 
     if overwrite:
         return
-    from nnunet_semicl.data.splits import DEFAULT_SETTING_FILE
 
     wanted = {"splits_final.json": folds}
     wanted.update({split_file_name(s["setting"]): s for s in settings})
@@ -408,7 +394,7 @@ def plan_split_files(prep_base: str, folds: List[dict], settings: List[dict], ov
 
 def write_split_files(prep_base: str, folds: List[dict], settings: List[dict], overwrite: bool,
                       skipped: Sequence[str] = (), default: Optional[dict] = None) -> List[str]:
-    from nnunet_semicl.data.splits import (DEFAULT_SETTING_FILE, save_json, split_file_name, write_default_setting,
+    from nnunet_semicl.data.splits import (DEFAULT_SETTING_FILE, split_file_name, write_default_setting,
                                            write_split_file)
 
     os.makedirs(prep_base, exist_ok=True)
@@ -608,7 +594,7 @@ def convert_dataset(spec: DatasetSpec, protocol: Protocol, input_dir: str, raw: 
         results = run_tasks(tasks, num_processes, spec.title, verbose)
         dataset_json = {"channel_names": {"0": spec.channel_name}, "labels": spec.labels, "numTraining": n_train,
                         "file_ending": ".nii.gz", "name": name, **spec.dataset_text(layout)}
-        write_json(dataset_json, os.path.join(stage, "dataset.json"))
+        save_json(dataset_json, os.path.join(stage, "dataset.json"))
         by_case = {r["case"]: r for r in results}
         info = {
             "converter": spec.module,
@@ -625,7 +611,7 @@ def convert_dataset(spec: DatasetSpec, protocol: Protocol, input_dir: str, raw: 
             "cases": {c: {"role": roles[c], **{k: found[c][k] for k in spec.case_info_keys if k in found[c]},
                           "shape_zyx": by_case[c]["shape"], "source": by_case[c]["source"]} for c in present},
         }
-        write_json(info, os.path.join(stage, "conversion_info.json"))
+        save_json(info, os.path.join(stage, "conversion_info.json"))
     split_paths = write_split_files(prep_base, folds, settings, overwrite, skipped=skipped_names, default=default)
     note_stale_preprocessing(prep_base, overwrite, verbose)
     summary = {"dataset_name": dataset_name, "dataset_dir": dataset_dir,

@@ -181,8 +181,8 @@ def test_resumed_runs_accept_only_added_images_without_annotation():
 
 
 def test_default_setting_is_used_only_without_a_plans_setting_and_without_unlabeled_images(tmp_path):
-    from nnunet_semicl.data.splits import (default_setting_content, save_json, setting_block, split_file_name,
-                                           write_default_setting)
+    from nnunet_semicl.data.splits import default_setting_content, setting_block, split_file_name, write_default_setting
+    from nnunet_semicl.files import save_json
 
     base = str(tmp_path)
     f = folds()
