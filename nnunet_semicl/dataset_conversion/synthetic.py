@@ -26,6 +26,10 @@ import numpy as np
 
 from nnunet_semicl.files import save_json
 
+#: the built-in dataset's id and name (the demo, the tests and the step benchmark use it)
+DATASET_ID = 990
+DATASET_NAME = "SemiCLPhantom"
+DATASET = f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
 LABELS = {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}
 
 
@@ -163,7 +167,7 @@ def write_phantom_images(folder: str, patients: List[int], spec: PhantomSpec, se
     return names
 
 
-def generate_dataset(raw_root: str, dataset_id: int = 990, name: str = "SemiCLPhantom", n_patients: int = 20,
+def generate_dataset(raw_root: str, dataset_id: int = DATASET_ID, name: str = DATASET_NAME, n_patients: int = 20,
                      n_test_patients: int = 5, dim: int = 3, shape: Optional[Tuple[int, ...]] = None,
                      spacing: Optional[Tuple[float, ...]] = None, seed: int = 0, overwrite: bool = False,
                      verbose: bool = True) -> str:
@@ -212,8 +216,8 @@ def generate_dataset(raw_root: str, dataset_id: int = 990, name: str = "SemiCLPh
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--id", type=int, default=990, help="dataset id (default 990)")
-    p.add_argument("--name", default="SemiCLPhantom")
+    p.add_argument("--id", type=int, default=DATASET_ID, help=f"dataset id (default {DATASET_ID})")
+    p.add_argument("--name", default=DATASET_NAME)
     p.add_argument("--patients", type=int, default=20, help="training patients (2 frames each)")
     p.add_argument("--test-patients", type=int, default=5, help="held-out patients for imagesTs/labelsTs")
     p.add_argument("--dim", type=int, default=3, choices=(2, 3))
