@@ -41,7 +41,7 @@ def _cmd_ext_path(args):
 
 
 def _cmd_split(args):
-    from nnunet_semicl.data.datasets import resolve_dataset_name
+    from nnunet_semicl.data.dataset_lookup import resolve_dataset_name
     from nnunet_semicl.data.splits import (check_default_setting_writable, check_folds_against_unlabeled,
                                            check_folds_keep_groups, check_setting_writable, default_setting_content,
                                            write_default_setting, check_trainer_overrides, compile_group_regex,
@@ -114,7 +114,7 @@ def _cmd_add_unlabeled(args):
 
 
 def _cmd_tiny_config(args):
-    from nnunet_semicl.data.datasets import resolve_dataset_name
+    from nnunet_semicl.data.dataset_lookup import resolve_dataset_name
     from nnunet_semicl.data.plans_tools import add_tiny_configuration
 
     name = resolve_dataset_name(args.dataset, need_preprocessed=True)
@@ -132,7 +132,7 @@ def _cmd_tiny_config(args):
 
 
 def _cmd_sync_plans(args):
-    from nnunet_semicl.data.datasets import resolve_dataset_name
+    from nnunet_semicl.data.dataset_lookup import resolve_dataset_name
     from nnunet_semicl.data.plans_tools import sync_setting_variants
 
     name = resolve_dataset_name(args.dataset, need_preprocessed=True)

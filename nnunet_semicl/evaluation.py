@@ -427,7 +427,7 @@ def run(args) -> None:
     ref, dataset_json = args.ref, args.dataset_json
     with exit_2_on("evaluate", InputError):
         if args.dataset is not None:
-            from nnunet_semicl.data.datasets import resolve_dataset_name
+            from nnunet_semicl.data.dataset_lookup import resolve_dataset_name
 
             name = resolve_dataset_name(args.dataset, need_raw=True)
             base = os.path.join(os.environ["nnUNet_raw"], name)

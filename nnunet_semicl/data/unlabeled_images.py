@@ -137,7 +137,7 @@ def add_unlabeled_images(dataset_name_or_id, input_folder: str, prefix: str = ""
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 
-    from nnunet_semicl.data.datasets import resolve_dataset_name
+    from nnunet_semicl.data.dataset_lookup import resolve_dataset_name
 
     check_prefix(prefix)
     dataset_name = resolve_dataset_name(dataset_name_or_id, need_raw=True)
