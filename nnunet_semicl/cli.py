@@ -42,11 +42,11 @@ def _cmd_ext_path(args):
 
 def _cmd_split(args):
     from nnunet_semicl.data.dataset_lookup import resolve_dataset_name
-    from nnunet_semicl.data.splits import (check_default_setting_writable, check_folds_against_unlabeled,
-                                           check_folds_keep_groups, check_setting_writable, default_setting_content,
-                                           write_default_setting, check_trainer_overrides, compile_group_regex,
-                                           default_folds, make_setting, read_folds, truly_unlabeled_cases,
-                                           with_unlabeled_images, write_setting)
+    from nnunet_semicl.data.setting_files import (check_default_setting_writable, check_setting_writable,
+                                                  default_setting_content, write_default_setting, write_setting)
+    from nnunet_semicl.data.splits import (check_folds_against_unlabeled, check_folds_keep_groups,
+                                           check_trainer_overrides, compile_group_regex, default_folds, make_setting,
+                                           read_folds, truly_unlabeled_cases, with_unlabeled_images)
     from nnunet_semicl.errors import InputError
     from nnunet_semicl.files import load_json, save_json
 

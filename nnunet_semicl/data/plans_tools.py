@@ -15,7 +15,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from nnunet_semicl.data.splits import PLANS_BLOCK, plans_variant, write_plans_variant
+from nnunet_semicl.data.setting_files import plans_variant, write_plans_variant
+from nnunet_semicl.data.splits import PLANS_BLOCK
 from nnunet_semicl.errors import InputError
 from nnunet_semicl.files import load_json, save_json
 

@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from nnunet_semicl.dataset_conversion.cases import convert_case, read_id_list, short_list
 from nnunet_semicl.dataset_conversion.protocols import Protocol, make_folds, make_settings
 from nnunet_semicl.errors import ConversionError
-from nnunet_semicl.files import load_json, partial_folder, remove_stale_partials, save_json
+from nnunet_semicl.files import partial_folder, remove_stale_partials, save_json
 
 
 def log(msg: str, verbose: bool = True) -> None:
@@ -153,19 +153,18 @@ def plan_split_files(prep_base: str, folds: List[dict], settings: List[dict], ov
     ``skipped``: settings of the protocol that this conversion does not write; an existing file of one
     of them is stale (it would describe other cases) and is in the way too.
     """
+    from nnunet_semicl.data.setting_files import differs_from_file
     from nnunet_semicl.data.splits import DEFAULT_SETTING_FILE, split_file_name
 
     if overwrite:
         return
-
     wanted = {"splits_final.json": folds}
     wanted.update({split_file_name(s["setting"]): s for s in settings})
     if default is not None:
         wanted[DEFAULT_SETTING_FILE] = default
-    strip = lambda d: {k: v for k, v in d.items() if k != "created_by"} if isinstance(d, dict) else d
     for fname, content in wanted.items():
         path = os.path.join(prep_base, fname)
-        if os.path.isfile(path) and strip(load_json(path)) != strip(content):
+        if differs_from_file(path, content):
             raise FileExistsError(f"{path} already exists with different content (another split or protocol). "
                                   f"Pass --overwrite to replace the split files, or choose another --id.")
     for name in skipped:
@@ -177,8 +176,8 @@ def plan_split_files(prep_base: str, folds: List[dict], settings: List[dict], ov
 
 def write_split_files(prep_base: str, folds: List[dict], settings: List[dict], overwrite: bool,
                       skipped: Sequence[str] = (), default: Optional[dict] = None) -> List[str]:
-    from nnunet_semicl.data.splits import (DEFAULT_SETTING_FILE, split_file_name, write_default_setting,
-                                           write_split_file)
+    from nnunet_semicl.data.setting_files import write_default_setting, write_split_file
+    from nnunet_semicl.data.splits import DEFAULT_SETTING_FILE, split_file_name
 
     os.makedirs(prep_base, exist_ok=True)
     for name in skipped:  # stale files of settings this conversion cannot make (only with --overwrite)
@@ -313,7 +312,7 @@ def check_missing(missing: List[str], protocol: Protocol, spec: DatasetSpec, inp
 def default_setting_record(protocol: Protocol, settings: List[dict], created_by: str, verbose: bool
                            ) -> Optional[dict]:
     """``semicl_default_setting.json`` for the protocol's default setting (5pct), if this conversion makes it."""
-    from nnunet_semicl.data.splits import default_setting_content
+    from nnunet_semicl.data.setting_files import default_setting_content
 
     if protocol.default_setting in [s["setting"] for s in settings]:
         return default_setting_content(protocol.default_setting, created_by=created_by)

@@ -183,7 +183,7 @@ def nan_plans(phantom):
     import numpy as np
     from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
-    from nnunet_semicl.data.splits import write_plans_variant
+    from nnunet_semicl.data.setting_files import write_plans_variant
     from nnunet_semicl.files import save_json
 
     plans = json.load(open(os.path.join(phantom.pre, "nnUNetPlans.json")))

@@ -6,7 +6,8 @@ import pytest
 
 from nnunet_semicl.data.plans_tools import (add_tiny_configuration, make_tiny_configuration,
                                             sync_setting_variants)
-from nnunet_semicl.data.splits import make_setting, write_split_file, write_setting
+from nnunet_semicl.data.setting_files import write_split_file, write_setting
+from nnunet_semicl.data.splits import make_setting
 from nnunet_semicl.errors import InputError
 
 ARCH3D = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
