@@ -41,13 +41,14 @@ def _cmd_ext_path(args):
 
 
 def _cmd_split(args):
-    from nnunet_semicl.data.datasets import resolve_dataset_name
-    from nnunet_semicl.data.splits import (check_default_setting_writable, check_folds_against_unlabeled,
-                                           check_folds_keep_groups, check_setting_writable, default_setting_content,
-                                           write_default_setting, check_trainer_overrides, compile_group_regex,
-                                           default_folds, load_json, make_setting, read_folds, save_json,
-                                           SplitError, truly_unlabeled_cases, with_unlabeled_images,
-                                           write_setting)
+    from nnunet_semicl.data.dataset_lookup import resolve_dataset_name
+    from nnunet_semicl.data.setting_files import (check_default_setting_writable, check_setting_writable,
+                                                  default_setting_content, write_default_setting, write_setting)
+    from nnunet_semicl.data.splits import (check_folds_against_unlabeled, check_folds_keep_groups,
+                                           check_trainer_overrides, compile_group_regex, default_folds, make_setting,
+                                           read_folds, truly_unlabeled_cases, with_unlabeled_images)
+    from nnunet_semicl.errors import InputError
+    from nnunet_semicl.files import load_json, save_json
 
     # everything is checked before anything is written: a refused command leaves the folder as it was
     overrides = {k: v for k, v in (("num_epochs", args.epochs), ("num_iterations_per_epoch", args.iterations),
@@ -68,7 +69,7 @@ def _cmd_split(args):
     new_folds = folds is None
     if new_folds:
         if not ids:
-            raise SplitError(f"No preprocessed cases in {gt}; run nnUNetv2_plan_and_preprocess first.")
+            raise InputError(f"No preprocessed cases in {gt}; run nnUNetv2_plan_and_preprocess first.")
         folds = default_folds(ids, unlabeled_only, group_regex=args.group)
     else:
         check_folds_keep_groups(folds, args.group, splits_path)
@@ -113,7 +114,7 @@ def _cmd_add_unlabeled(args):
 
 
 def _cmd_tiny_config(args):
-    from nnunet_semicl.data.datasets import resolve_dataset_name
+    from nnunet_semicl.data.dataset_lookup import resolve_dataset_name
     from nnunet_semicl.data.plans_tools import add_tiny_configuration
 
     name = resolve_dataset_name(args.dataset, need_preprocessed=True)
@@ -131,7 +132,7 @@ def _cmd_tiny_config(args):
 
 
 def _cmd_sync_plans(args):
-    from nnunet_semicl.data.datasets import resolve_dataset_name
+    from nnunet_semicl.data.dataset_lookup import resolve_dataset_name
     from nnunet_semicl.data.plans_tools import sync_setting_variants
 
     name = resolve_dataset_name(args.dataset, need_preprocessed=True)
@@ -219,7 +220,7 @@ def _missing(module):
 
 
 def main(argv=None):
-    from nnunet_semicl.data.splits import SplitError
+    from nnunet_semicl.errors import InputError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["synthetic"]:  # its own parser (see python -m nnunet_semicl.dataset_conversion.synthetic -h)
@@ -230,7 +231,7 @@ def main(argv=None):
     try:
         args.func(args)
         return 0
-    except (SplitError, FileExistsError, FileNotFoundError) as e:
+    except (InputError, FileExistsError, FileNotFoundError) as e:
         cli_error(args.command, e)
 
 

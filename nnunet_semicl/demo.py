@@ -20,9 +20,7 @@ import time
 
 from nnunet_semicl.cli_support import run_command
 from nnunet_semicl.cpu_env import cpu_training_env
-
-DATASET_ID = 990
-DATASET = f"Dataset{DATASET_ID:03d}_SemiCLPhantom"
+from nnunet_semicl.dataset_conversion.synthetic import DATASET, DATASET_ID
 LABELS = ("RV", "MLV", "LVC")
 
 

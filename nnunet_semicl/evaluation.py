@@ -30,12 +30,13 @@ the papers' table layout (``| Avg | RV | Myo | LV |`` cells ``DSC/ASD``), a tabl
 per-case table. "Avg" is the mean over classes of the per-class means.
 """
 import argparse
-import json
 import os
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from nnunet_semicl.cli_support import exit_2_on, module_main  # CLI shape shared with convert-*
+from nnunet_semicl.errors import EvaluationError, InputError
+from nnunet_semicl.files import incomplete_file_problem, load_json, save_json
 
 METRICS = ("dice", "jaccard", "hd95_mm", "asd_mm", "hd95_voxel", "asd_voxel")
 CONVENTIONS = ("nan", "ssl4mis")
@@ -49,10 +50,6 @@ METRIC_DEFINITIONS = {
     "units": "_mm: with the reference image's voxel spacing; _voxel: spacing 1 (the papers' 'ASD [voxel]')",
     "surface": "surface voxels = mask minus its erosion with connectivity 1 (medpy's default)",
 }
-
-
-class EvaluationError(ValueError):
-    """Inputs that cannot be evaluated; the message names the file/case and the fix."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -116,8 +113,6 @@ def binary_metrics(pred, ref, spacing: Optional[Sequence[float]] = None, convent
 # ------------------------------------------------------------------------------------------------
 def _read(path: str):
     import SimpleITK as sitk
-
-    from nnunet_semicl.data.files import incomplete_file_problem
 
     problem = incomplete_file_problem(path)
     if problem:
@@ -207,8 +202,7 @@ def aggregate(per_case: Dict[str, Dict[str, dict]], labels: Sequence[int]) -> Tu
 # folders
 # ------------------------------------------------------------------------------------------------
 def _labels_from_dataset_json(path: str) -> Dict[int, str]:
-    with open(path) as f:
-        dj = json.load(f)
+    dj = load_json(path)
     out = {}
     for name, value in dj.get("labels", {}).items():
         if isinstance(value, (list, tuple)):
@@ -241,7 +235,7 @@ def evaluate_folders(pred_dir: str, ref_dir: str, labels: Optional[Sequence[int]
             raise EvaluationError(f"The {what} folder {d} does not exist.")
     dj_path = _find_dataset_json([dataset_json, os.path.join(os.path.dirname(os.path.abspath(ref_dir)), "dataset.json"),
                                   os.path.join(pred_dir, "dataset.json")])
-    dj = json.load(open(dj_path)) if dj_path else {}
+    dj = load_json(dj_path) if dj_path else {}
     file_ending = file_ending or dj.get("file_ending", ".nii.gz")
     refs = sorted(f[:-len(file_ending)] for f in os.listdir(ref_dir) if f.endswith(file_ending))
     if not refs:
@@ -305,9 +299,7 @@ def evaluate_folders(pred_dir: str, ref_dir: str, labels: Optional[Sequence[int]
     }
     if output is None:
         output = os.path.join(pred_dir, "summary_semicl.json")
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "w") as f:
-        json.dump(_nan_to_none(result), f, indent=2)
+    save_json(_nan_to_none(result), output)
     md_path = os.path.splitext(output)[0] + ".md"
     with open(md_path, "w") as f:
         f.write(markdown_report(result))
@@ -433,15 +425,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> None:
     ref, dataset_json = args.ref, args.dataset_json
-    with exit_2_on("evaluate", EvaluationError):
+    with exit_2_on("evaluate", InputError):
         if args.dataset is not None:
-            from nnunet_semicl.data.datasets import resolve_dataset_name
-            from nnunet_semicl.data.splits import SplitError
+            from nnunet_semicl.data.dataset_lookup import resolve_dataset_name
 
-            try:
-                name = resolve_dataset_name(args.dataset, need_raw=True)
-            except SplitError as e:
-                raise EvaluationError(str(e)) from None
+            name = resolve_dataset_name(args.dataset, need_raw=True)
             base = os.path.join(os.environ["nnUNet_raw"], name)
             ref = ref or os.path.join(base, "labelsTs")
             dataset_json = dataset_json or os.path.join(base, "dataset.json")

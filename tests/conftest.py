@@ -20,6 +20,8 @@ from types import SimpleNamespace
 
 import pytest  # noqa: E402
 
+from nnunet_semicl.dataset_conversion.synthetic import DATASET, DATASET_ID, generate_dataset  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
 
@@ -27,8 +29,6 @@ SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
 CPU_ENV = {"nnUNet_def_n_proc": "1", "nnUNet_compile": "f", "OMP_NUM_THREADS": "2"}
 TRAIN_ENV = {"nnUNet_n_proc_DA": "0"}  # planning crashes with 0 in nnU-Net 2.8.1: only set it for training
 
-DATASET_ID = 990
-DATASET = f"Dataset{DATASET_ID}_SemiCLPhantom"
 SETTING = "20pct"
 PLANS = f"nnUNetPlans_{SETTING}"
 PHASES_PLANS = "nnUNetPlans_phases"  # same labeled cases, 4 epochs x 2 iterations: every method phase runs
@@ -65,8 +65,6 @@ def nnunet_dirs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def phantom(nnunet_dirs):
     """The synthetic 3D phantom dataset, planned (2d, 3d_fullres + tiny variants) with a 20% setting."""
-    from nnunet_semicl.dataset_conversion.synthetic import generate_dataset
-
     raw = generate_dataset(nnunet_dirs.raw, DATASET_ID, n_patients=10, n_test_patients=2, verbose=False)
     run_cmd(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d", "3d_fullres", "-npfp", "2",
              "-np", "2", "2", "--verify_dataset_integrity"])

@@ -36,7 +36,7 @@ from nnunet_semicl.cpu_env import cpu_training_env
 from nnunet_semicl.benchmarking.common import (fmt, format_machine, machine_info, markdown_table, repo_docs_path,
                                                update_doc_section)
 from nnunet_semicl.cli_support import run_command
-from nnunet_semicl.data.splits import load_json, save_json
+from nnunet_semicl.files import load_json, save_json
 
 DATASET_ID = 27
 DATASET = "Dataset027_ACDC"
@@ -201,7 +201,7 @@ def _env(dirs: Dict[str, str], training: bool, device: str, extra: Optional[Dict
 
 def prepare(work: str, dirs: Dict[str, str], opts: dict, source: str, log: str) -> dict:
     """Convert, plan, add and preprocess the reduced configuration, write the settings' schedule (idempotent)."""
-    from nnunet_semicl.data.splits import write_plans_variant
+    from nnunet_semicl.data.setting_files import write_plans_variant
 
     env = _env(dirs, training=False, device=opts["device"])
     cli = [sys.executable, "-m", "nnunet_semicl.cli"]
@@ -266,7 +266,7 @@ def run_setting(setting: str, run: int) -> str:
 
 def copy_setting(pre: str, setting: str, name: str, overrides: dict, purpose: str) -> None:
     """A copy of a setting's split file under another name (same labeled cases), with its plans variant."""
-    from nnunet_semicl.data.splits import write_plans_variant
+    from nnunet_semicl.data.setting_files import write_plans_variant
 
     content = load_json(os.path.join(pre, f"splits_semicl_{setting}.json"))
     content.update(setting=name, created_by=f"nnunet_semicl benchmark accuracy: copy of setting {setting} for {purpose}")

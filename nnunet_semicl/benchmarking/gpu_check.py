@@ -32,7 +32,7 @@ from typing import Dict, List, Optional
 
 from nnunet_semicl.benchmarking.common import fmt, markdown_table
 from nnunet_semicl.benchmarking.step import COMPILED
-from nnunet_semicl.data.splits import load_json, save_json
+from nnunet_semicl.files import load_json, save_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLANS_DIR = os.path.join(REPO, "benchmarks", "gpu", "plans")
@@ -103,7 +103,8 @@ def build_synthetic_dataset(spec: dict, preprocessed: str, dataset_id: int, n_ca
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunet_semicl.data.plans_tools import make_tiny_configuration
-    from nnunet_semicl.data.splits import default_folds, make_setting, write_setting
+    from nnunet_semicl.data.setting_files import write_setting
+    from nnunet_semicl.data.splits import default_folds, make_setting
 
     name = f"Dataset{dataset_id:03d}_Synthetic"
     base = os.path.join(preprocessed, name)

@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from nnunet_semicl.benchmarking.common import (fmt, format_machine, machine_info, markdown_table, repo_docs_path,
                                                update_doc_section)
-from nnunet_semicl.data.splits import save_json
+from nnunet_semicl.files import save_json
 
 SAMPLERS = ("uniform", "sg", "sag")
 DEFAULT_SIZES = (1e4, 1e5, 1e6, 1e7)

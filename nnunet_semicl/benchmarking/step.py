@@ -33,7 +33,8 @@ from typing import Dict, List, Optional, Sequence
 from nnunet_semicl.benchmarking.common import (MB, fmt, fmt_pct, format_machine, machine_info, markdown_table,
                                                median, ratio, repo_docs_path, update_doc_section)
 from nnunet_semicl.cli_support import run_command
-from nnunet_semicl.data.splits import load_json, save_json
+from nnunet_semicl.dataset_conversion.synthetic import DATASET, DATASET_ID
+from nnunet_semicl.files import load_json, save_json
 
 STOCK = "nnUNetTrainer"
 MEAN_TEACHER = "nnUNetTrainerMeanTeacher"
@@ -52,8 +53,6 @@ COMPILED = "+compile"
 TARGET_TIME = 0.10    # contrastive machinery: at most +10% of the mean-teacher step time
 TARGET_MEMORY = 0.15  # ... and at most +15% of its peak memory
 
-DATASET_ID = 990
-DATASET = f"Dataset{DATASET_ID:03d}_SemiCLPhantom"
 SETTING = "bench"
 
 

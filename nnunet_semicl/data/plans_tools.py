@@ -15,15 +15,17 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from nnunet_semicl.data.splits import (PLANS_BLOCK, SplitError, load_json, plans_variant, save_json,
-                                       write_plans_variant)
+from nnunet_semicl.data.setting_files import plans_variant, write_plans_variant
+from nnunet_semicl.data.splits import PLANS_BLOCK
+from nnunet_semicl.errors import InputError
+from nnunet_semicl.files import load_json, save_json
 
 
 def _resolved_configuration(plans: dict, name: str) -> dict:
     """A configuration with its ``inherits_from`` chain applied (shallow, like nnU-Net's PlansManager)."""
     cfgs = plans["configurations"]
     if name not in cfgs:
-        raise SplitError(f"Configuration '{name}' is not in the plans (available: {sorted(cfgs)}).")
+        raise InputError(f"Configuration '{name}' is not in the plans (available: {sorted(cfgs)}).")
     cfg = cfgs[name]
     if "inherits_from" in cfg:
         parent = _resolved_configuration(plans, cfg["inherits_from"])
@@ -53,10 +55,10 @@ def make_tiny_configuration(plans: dict, parent: str, patch_size: Optional[Seque
         patch_size = [max(int(t), (min(int(p), cap) // int(t)) * int(t)) for p, t in zip(cfg["patch_size"], total)]
     patch_size = [int(p) for p in patch_size]
     if len(patch_size) != dim:
-        raise SplitError(f"patch size {patch_size} has {len(patch_size)} axes, configuration '{parent}' has {dim}.")
+        raise InputError(f"patch size {patch_size} has {len(patch_size)} axes, configuration '{parent}' has {dim}.")
     bad = [(p, int(t)) for p, t in zip(patch_size, total) if p % int(t) != 0]
     if bad:
-        raise SplitError(f"tiny patch {patch_size} is not divisible by the network's total stride {list(map(int, total))}.")
+        raise InputError(f"tiny patch {patch_size} is not divisible by the network's total stride {list(map(int, total))}.")
     kw["n_stages"] = n
     kw["features_per_stage"] = [max(4, min(max_features, int(f) // feature_divisor)) for f in kw["features_per_stage"][:n]]
     kw["strides"] = strides
@@ -81,7 +83,7 @@ def add_tiny_configuration(preprocessed_base: str, parent: str, name: Optional[s
     for ident in plans_identifiers:
         path = os.path.join(preprocessed_base, ident + ".json")
         if not os.path.isfile(path):
-            raise SplitError(f"{path} does not exist. Run nnUNetv2_plan_and_preprocess first.")
+            raise InputError(f"{path} does not exist. Run nnUNetv2_plan_and_preprocess first.")
         targets.append(path)
         targets += [p for p in setting_variants(preprocessed_base, ident)]
     written = []
@@ -90,7 +92,7 @@ def add_tiny_configuration(preprocessed_base: str, parent: str, name: Optional[s
         tiny = make_tiny_configuration(plans, parent, **kwargs)
         existing = plans["configurations"].get(name)
         if existing is not None and existing != tiny and not overwrite:
-            raise SplitError(f"{path} already has a different configuration '{name}'; pass --overwrite or "
+            raise InputError(f"{path} already has a different configuration '{name}'; pass --overwrite or "
                              f"choose another --name.")
         plans["configurations"][name] = tiny
         save_json(plans, path)
@@ -120,7 +122,7 @@ def sync_setting_variants(preprocessed_base: str, base_identifier: str = "nnUNet
     """
     base_path = os.path.join(preprocessed_base, base_identifier + ".json")
     if not os.path.isfile(base_path):
-        raise SplitError(f"{base_path} does not exist. Run nnUNetv2_plan_and_preprocess first.")
+        raise InputError(f"{base_path} does not exist. Run nnUNetv2_plan_and_preprocess first.")
     base = load_json(base_path)
     updated = []
     existing = {load_json(p)[PLANS_BLOCK]["setting"]: p for p in setting_variants(preprocessed_base, base_identifier)}

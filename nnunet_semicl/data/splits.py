@@ -19,10 +19,9 @@ Truly unlabeled images (added with ``nnunet_semicl add-unlabeled``) are listed i
 under :data:`UNLABELED_KEY`; their label maps are all nnU-Net ignore label. They are never labeled,
 never validation cases, and always join the unlabeled stream.
 
-This module has no torch or nnU-Net import: it is plain bookkeeping with precise errors.
+The files are written by :mod:`nnunet_semicl.data.setting_files`; this module makes, reads and
+checks their content. It has no torch or nnU-Net import: it is plain bookkeeping with precise errors.
 """
-import copy
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -30,17 +29,15 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from nnunet_semicl.errors import SplitError
+from nnunet_semicl.files import load_json
+
 SPLIT_FILE_TEMPLATE = "splits_semicl_{setting}.json"
 PLANS_BLOCK = "semicl"
 UNLABELED_KEY = "semicl_unlabeled_cases"
 #: the dataset's default setting, used by our trainers when no setting is selected with -p
 DEFAULT_SETTING_FILE = "semicl_default_setting.json"
 SETTING_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-class SplitError(ValueError):
-    """A labeled/unlabeled split that cannot be used; the message says what is wrong and how to fix it."""
-
 
 @dataclass(frozen=True)
 class CaseSets:
@@ -304,36 +301,6 @@ def validate_fold_sets(sets: dict, train_cases: Sequence[str], fold_name: str,
                          f"semi-supervised training. Label fewer cases, or add unlabeled images with "
                          f"`nnunet_semicl add-unlabeled`.")
 
-
-# ------------------------------------------------------------------------------------------------
-# files
-# ------------------------------------------------------------------------------------------------
-def load_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise
-    except json.JSONDecodeError as e:
-        raise SplitError(f"{path} is not valid JSON ({e}). Fix or delete it.") from e
-
-
-def save_json(obj, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=_numpy_to_python)
-    os.replace(tmp, path)  # never leave a half-written file behind
-    return path
-
-
-def _numpy_to_python(o):
-    """JSON for numpy scalars and arrays (benchmark and conversion records hold them)."""
-    if type(o).__module__ == "numpy":
-        return o.tolist() if hasattr(o, "tolist") else o.item()
-    raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
 #: trainer attributes a setting may override through ``"semicl": {"trainer": {...}}`` (written by
 #: ``nnunet_semicl split --epochs/--iterations/--val-iterations/--save-every``), with the option that sets each
 OVERRIDABLE = {"num_epochs": "--epochs", "num_iterations_per_epoch": "--iterations",
@@ -368,105 +335,6 @@ def default_save_every(num_epochs: int) -> int:
     so a killed run could not be continued with ``--c``.
     """
     return max(1, min(NNUNET_SAVE_EVERY, int(num_epochs) // 10))
-
-
-def plans_variant(base_plans: dict, base_identifier: str, setting: str,
-                  trainer_overrides: Optional[dict] = None) -> dict:
-    plans = copy.deepcopy(base_plans)
-    plans["plans_name"] = f"{base_identifier}_{setting}"
-    plans[PLANS_BLOCK] = {"setting": setting, "split_file": split_file_name(setting),
-                          "base_plans": base_identifier}
-    if trainer_overrides:
-        plans[PLANS_BLOCK]["trainer"] = dict(trainer_overrides)
-    return plans
-
-
-def _check_replace(path: str, content: dict, overwrite: bool) -> None:
-    if os.path.isfile(path) and not overwrite:
-        old = load_json(path)
-        strip = lambda d: {k: v for k, v in d.items() if k != "created_by"} if isinstance(d, dict) else d
-        if strip(old) != strip(content):
-            raise SplitError(f"{path} already exists with different content. Choose another --name, or pass "
-                             f"--overwrite to replace it (results of earlier runs stay in their own results "
-                             f"folders).")
-
-
-def write_split_file(preprocessed_base: str, setting_content: dict, overwrite: bool = False) -> str:
-    """Write ``splits_semicl_<setting>.json`` (dataset converters call this before planning)."""
-    os.makedirs(preprocessed_base, exist_ok=True)
-    path = os.path.join(preprocessed_base, split_file_name(setting_content["setting"]))
-    _check_replace(path, setting_content, overwrite)
-    save_json(setting_content, path)
-    return path
-
-
-def load_base_plans(preprocessed_base: str, plans_identifier: str) -> dict:
-    """The base plans a setting derives from; refused when missing or when they are a setting themselves."""
-    base_plans_path = os.path.join(preprocessed_base, plans_identifier + ".json")
-    if not os.path.isfile(base_plans_path):
-        raise SplitError(f"{base_plans_path} does not exist. Run nnUNetv2_plan_and_preprocess first (or pass the "
-                         f"plans identifier you planned with, e.g. --plans nnUNetResEncUNetMPlans).")
-    base = load_json(base_plans_path)
-    if PLANS_BLOCK in base:
-        raise SplitError(f"{base_plans_path} is itself a semi-supervised setting; pass its base plans "
-                         f"('{base[PLANS_BLOCK].get('base_plans')}') instead.")
-    return base
-
-
-def write_plans_variant(preprocessed_base: str, setting: str, plans_identifier: str = "nnUNetPlans",
-                        overwrite: bool = False, trainer_overrides: Optional[dict] = None) -> str:
-    """Write ``<plans>_<setting>.json``: the base plans plus a semicl block naming the split file.
-
-    ``trainer_overrides`` (e.g. ``{"num_epochs": 10}``) go into the block and are applied by our
-    trainers (short schedules for CPU runs, the demo and the tests).
-    """
-    base_plans = load_base_plans(preprocessed_base, plans_identifier)
-    path = os.path.join(preprocessed_base, f"{plans_identifier}_{setting}.json")
-    content = plans_variant(base_plans, plans_identifier, setting, trainer_overrides)
-    _check_replace(path, content, overwrite)
-    save_json(content, path)
-    return path
-
-
-def check_setting_writable(preprocessed_base: str, setting_content: dict, plans_identifier: str = "nnUNetPlans",
-                           overwrite: bool = False, trainer_overrides: Optional[dict] = None) -> None:
-    """Every check :func:`write_setting` makes, without writing: the base plans exist and are not a
-    setting, and neither file of the setting exists with different content (unless ``overwrite``)."""
-    setting = setting_content["setting"]
-    base = load_base_plans(preprocessed_base, plans_identifier)
-    _check_replace(os.path.join(preprocessed_base, split_file_name(setting)), setting_content, overwrite)
-    _check_replace(os.path.join(preprocessed_base, f"{plans_identifier}_{setting}.json"),
-                   plans_variant(base, plans_identifier, setting, trainer_overrides), overwrite)
-
-
-def write_setting(preprocessed_base: str, setting_content: dict, plans_identifier: str = "nnUNetPlans",
-                  overwrite: bool = False, trainer_overrides: Optional[dict] = None) -> Tuple[str, str]:
-    """Write the split file and its plans variant; refuse to replace different existing files."""
-    check_setting_writable(preprocessed_base, setting_content, plans_identifier, overwrite, trainer_overrides)
-    plans_path = write_plans_variant(preprocessed_base, setting_content["setting"], plans_identifier, overwrite,
-                                     trainer_overrides)
-    split_path = write_split_file(preprocessed_base, setting_content, overwrite)
-    return split_path, plans_path
-
-
-def default_setting_content(setting: str, trainer_overrides: Optional[dict] = None, created_by: str = "") -> dict:
-    """``semicl_default_setting.json``: the setting our trainers use without ``-p`` (same keys as a plans block)."""
-    check_setting_name(setting)
-    out = {"setting": setting, "split_file": split_file_name(setting), "created_by": created_by}
-    if trainer_overrides:
-        out["trainer"] = dict(trainer_overrides)
-    return out
-
-
-def check_default_setting_writable(preprocessed_base: str, content: dict, overwrite: bool = False) -> None:
-    _check_replace(os.path.join(preprocessed_base, DEFAULT_SETTING_FILE), content, overwrite)
-
-
-def write_default_setting(preprocessed_base: str, content: dict, overwrite: bool = False) -> str:
-    path = os.path.join(preprocessed_base, DEFAULT_SETTING_FILE)
-    check_default_setting_writable(preprocessed_base, content, overwrite)
-    save_json(content, path)
-    return path
 
 
 def read_default_setting(preprocessed_base: str) -> Optional[dict]:

@@ -24,8 +24,9 @@ from typing import Dict, List
 
 import numpy as np
 
-from nnunet_semicl.data.files import incomplete_file_problem, partial_folder, remove_stale_partials
-from nnunet_semicl.data.splits import UNLABELED_KEY, SplitError, load_json, save_json
+from nnunet_semicl.data.splits import UNLABELED_KEY
+from nnunet_semicl.errors import InputError
+from nnunet_semicl.files import incomplete_file_problem, load_json, partial_folder, remove_stale_partials, save_json
 
 
 #: a ``--prefix``: plain case-id characters only (no path separators, no '..', no spaces)
@@ -37,16 +38,16 @@ STAGING_NAME = "add_unlabeled"
 
 def check_prefix(prefix: str) -> None:
     if not PREFIX_RE.match(prefix or ""):
-        raise SplitError(f"--prefix '{prefix}' may only contain letters, digits, '_' and '-' (it starts the new "
+        raise InputError(f"--prefix '{prefix}' may only contain letters, digits, '_' and '-' (it starts the new "
                          f"case ids, which name files inside imagesTr/labelsTr), e.g. --prefix unl_.")
 
 
 def _case_files(folder: str, file_ending: str, n_channels: int) -> Dict[str, List[str]]:
     if not os.path.isdir(folder):
-        raise SplitError(f"Input folder {folder} does not exist.")
+        raise InputError(f"Input folder {folder} does not exist.")
     files = sorted(f for f in os.listdir(folder) if not f.startswith("."))
     if not files:
-        raise SplitError(f"Input folder {folder} is empty: there are no unlabeled images to add.")
+        raise InputError(f"Input folder {folder} is empty: there are no unlabeled images to add.")
     pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(file_ending) + r"$")
     cases: Dict[str, Dict[int, str]] = {}
     bad = []
@@ -57,7 +58,7 @@ def _case_files(folder: str, file_ending: str, n_channels: int) -> Dict[str, Lis
             continue
         cases.setdefault(m.group(1), {})[int(m.group(2))] = os.path.join(folder, f)
     if bad:
-        raise SplitError(f"{folder}: files not named CASE_XXXX{file_ending} (nnU-Net's image naming, XXXX = "
+        raise InputError(f"{folder}: files not named CASE_XXXX{file_ending} (nnU-Net's image naming, XXXX = "
                          f"channel; CASE of letters, digits, '_', '-', '.'): {bad[:5]}{' ...' if len(bad) > 5 else ''}."
                          f" Rename or remove them.")
     out = {}
@@ -65,7 +66,7 @@ def _case_files(folder: str, file_ending: str, n_channels: int) -> Dict[str, Lis
         missing = [c for c in range(n_channels) if c not in ch]
         extra = [c for c in ch if c >= n_channels]
         if missing or extra:
-            raise SplitError(f"{folder}: case '{case}' has channels {sorted(ch)}, the dataset expects "
+            raise InputError(f"{folder}: case '{case}' has channels {sorted(ch)}, the dataset expects "
                              f"0..{n_channels - 1}. Missing {missing}, unexpected {extra}.")
         out[case] = [ch[c] for c in range(n_channels)]
     return out
@@ -80,19 +81,19 @@ def read_checked(rw, files: List[str]):
     for f in files:
         problem = incomplete_file_problem(f)
         if problem:
-            raise SplitError(f"{f}: {problem}. The file is truncated or damaged; copy it again.")
+            raise InputError(f"{f}: {problem}. The file is truncated or damaged; copy it again.")
     try:
         data, props = rw.read_images(files)
     except Exception as e:  # nnU-Net's readers raise RuntimeError/AssertionError with details on stdout
-        raise SplitError(f"{files}: nnU-Net's {type(rw).__name__} cannot read this case ({type(e).__name__}: "
+        raise InputError(f"{files}: nnU-Net's {type(rw).__name__} cannot read this case ({type(e).__name__}: "
                          f"{str(e).strip() or 'channels differ in shape or spacing'}). Each file must be one "
                          f"channel of the case, all with the same grid.") from None
     if data.shape[0] != len(files):
-        raise SplitError(f"{files}: the file(s) hold {data.shape[0]} channel(s) (a 4D or multi-component image?) "
+        raise InputError(f"{files}: the file(s) hold {data.shape[0]} channel(s) (a 4D or multi-component image?) "
                          f"where nnU-Net expects {len(files)}: one channel per file (CASE_0000, CASE_0001, ...). "
                          f"Split the channels into separate files.")
     if not np.isfinite(data).all():
-        raise SplitError(f"{files}: the image contains NaN or Inf values; fix it before adding it.")
+        raise InputError(f"{files}: the image contains NaN or Inf values; fix it before adding it.")
     return data, props
 
 
@@ -111,7 +112,7 @@ def _check_like_nnunet(image_files: List[str], label_file: str, n_channels: int,
             ok, _ = False, out.write(f"{type(e).__name__}: {e}")
     if not ok:
         text = " ".join(out.getvalue().split())
-        raise SplitError(f"nnU-Net's dataset check would reject {image_files}: {text[:600]}")
+        raise InputError(f"nnU-Net's dataset check would reject {image_files}: {text[:600]}")
 
 
 def labeled_only_fingerprint(dataset_name: str, unlabeled: List[str], num_processes: int = 2) -> dict:
@@ -121,7 +122,7 @@ def labeled_only_fingerprint(dataset_name: str, unlabeled: List[str], num_proces
     fpe = DatasetFingerprintExtractor(dataset_name, num_processes=num_processes, verbose=False)
     fpe.dataset = {k: v for k, v in fpe.dataset.items() if k not in set(unlabeled)}
     if not fpe.dataset:
-        raise SplitError(f"{dataset_name} has no annotated training case: nothing to plan from.")
+        raise InputError(f"{dataset_name} has no annotated training case: nothing to plan from.")
     return fpe.run(overwrite_existing=True)
 
 
@@ -136,7 +137,7 @@ def add_unlabeled_images(dataset_name_or_id, input_folder: str, prefix: str = ""
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 
-    from nnunet_semicl.data.datasets import resolve_dataset_name
+    from nnunet_semicl.data.dataset_lookup import resolve_dataset_name
 
     check_prefix(prefix)
     dataset_name = resolve_dataset_name(dataset_name_or_id, need_raw=True)
@@ -152,7 +153,7 @@ def add_unlabeled_images(dataset_name_or_id, input_folder: str, prefix: str = ""
     new_ids = {case: f"{prefix}{case}" for case in cases}
     clash = sorted(i for i in new_ids.values() if i in existing)
     if clash:
-        raise SplitError(f"{dataset_name} already has training cases named {clash[:5]}: pass --prefix (e.g. "
+        raise InputError(f"{dataset_name} already has training cases named {clash[:5]}: pass --prefix (e.g. "
                          f"--prefix unl_) to give the unlabeled images distinct ids.")
 
     labels = dict(dataset_json["labels"])
@@ -162,7 +163,7 @@ def add_unlabeled_images(dataset_name_or_id, input_folder: str, prefix: str = ""
     ignore = int(labels["ignore"])
     highest = max(v if isinstance(v, int) else max(v) for k, v in labels.items() if k != "ignore")
     if ignore <= highest:
-        raise SplitError(f"{ds_path}: the ignore label ({ignore}) must be the highest label value (nnU-Net rule).")
+        raise InputError(f"{ds_path}: the ignore label ({ignore}) must be the highest label value (nnU-Net rule).")
 
     rw = determine_reader_writer_from_dataset_json(dataset_json, next(iter(cases.values()))[0])()
     # 1. read and check everything before writing anything

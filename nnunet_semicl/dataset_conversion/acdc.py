@@ -27,17 +27,16 @@ Protocol (``protocols.ACDC``): 70 training and 10 validation patients -> ``image
 5-fold cross-validation over the 80 non-test patients instead. The official ``testing/`` patients
 (101-150) are not part of the protocol and are not converted.
 """
-import argparse
 import glob
 import os
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from nnunet_semicl.cli_support import module_main
-from nnunet_semicl.dataset_conversion.common import (ConversionError, DatasetSpec, add_converter_arguments,
-                                                     convert_dataset, raise_if_problems, read_id_list,
-                                                     run_converter, short_list)
+from nnunet_semicl.dataset_conversion.cases import raise_if_problems, read_id_list, short_list
+from nnunet_semicl.dataset_conversion.converter_cli import ConverterCommand
+from nnunet_semicl.dataset_conversion.pipeline import DatasetSpec, convert_dataset
 from nnunet_semicl.dataset_conversion.protocols import ACDC, ACDC_FRAMES, Protocol
+from nnunet_semicl.errors import ConversionError
 
 DEFAULT_ID = 27
 DEFAULT_NAME = "ACDC"
@@ -229,21 +228,14 @@ def convert_acdc(input_dir: str, raw: Optional[str] = None, preprocessed: Option
 # ------------------------------------------------------------------------------------------------
 # command line
 # ------------------------------------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_converter_arguments(
-        p, SPEC, __doc__,
-        input_help="official ACDC folder (with training/) or SSL4MIS copy (with data/ and the *.list files)",
-        spacing_help="voxel spacing in mm assumed for the SSL4MIS HDF5 files (default 10 1.5 1.5)",
-        cv_help="nnU-Net-style K-fold cross-validation (default K=5) over the 80 non-test patients instead of the "
-                "benchmark's single train/val split; settings are made per fold")
-
-
-def run(args) -> None:
-    run_converter("convert-acdc", convert_acdc, args)
-
-
-def main(argv=None):
-    module_main("python -m nnunet_semicl.dataset_conversion.acdc", add_arguments, run, argv)
+COMMAND = ConverterCommand(
+    name="convert-acdc", spec=SPEC, convert=convert_acdc, description=__doc__,
+    input_help="official ACDC folder (with training/) or SSL4MIS copy (with data/ and the *.list files)",
+    spacing_help="voxel spacing in mm assumed for the SSL4MIS HDF5 files (default 10 1.5 1.5)",
+    cv_help="nnU-Net-style K-fold cross-validation (default K=5) over the 80 non-test patients instead of the "
+            "benchmark's single train/val split; settings are made per fold")
+# the functions every nnunet_semicl sub-command module has (cli.EXTERNAL_COMMANDS), and python -m
+add_arguments, run, main = COMMAND.add_arguments, COMMAND.run, COMMAND.main
 
 
 if __name__ == "__main__":

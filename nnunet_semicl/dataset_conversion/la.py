@@ -24,15 +24,15 @@ test set is not allowed), so ``splits_final.json`` fold 0 validates on 8 of the 
 the papers' training set. ``splits_semicl_{1pct,5pct,10pct}.json`` label 1 / 4 / 8 volumes.
 ``--cv`` makes a 5-fold cross-validation over the 80 training volumes instead.
 """
-import argparse
 import os
 from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from nnunet_semicl.cli_support import module_main
-from nnunet_semicl.dataset_conversion.common import (ConversionError, DatasetSpec, add_converter_arguments,
-                                                     convert_dataset, raise_if_problems, run_converter)
+from nnunet_semicl.dataset_conversion.cases import raise_if_problems
+from nnunet_semicl.dataset_conversion.converter_cli import ConverterCommand
+from nnunet_semicl.dataset_conversion.pipeline import DatasetSpec, convert_dataset
 from nnunet_semicl.dataset_conversion.protocols import LA, Protocol
+from nnunet_semicl.errors import ConversionError
 
 DEFAULT_ID = 28
 DEFAULT_NAME = "LA"
@@ -140,21 +140,14 @@ def convert_la(input_dir: str, raw: Optional[str] = None, preprocessed: Optional
                            allow_missing, num_processes, overwrite, verbose, created_by)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_converter_arguments(
-        p, SPEC, __doc__,
-        input_help="folder with the <ID>/ case folders (or one level above)",
-        spacing_help="spacing in mm assumed for mri_norm2.h5: one value (isotropic) or Z Y X (default 0.625)",
-        cv_help="nnU-Net-style K-fold cross-validation (default K=5) over the 80 training volumes instead of fold 0 "
-                "= 72 train / 8 validation; settings are made per fold")
-
-
-def run(args) -> None:
-    run_converter("convert-la", convert_la, args)
-
-
-def main(argv=None):
-    module_main("python -m nnunet_semicl.dataset_conversion.la", add_arguments, run, argv)
+COMMAND = ConverterCommand(
+    name="convert-la", spec=SPEC, convert=convert_la, description=__doc__,
+    input_help="folder with the <ID>/ case folders (or one level above)",
+    spacing_help="spacing in mm assumed for mri_norm2.h5: one value (isotropic) or Z Y X (default 0.625)",
+    cv_help="nnU-Net-style K-fold cross-validation (default K=5) over the 80 training volumes instead of fold 0 "
+            "= 72 train / 8 validation; settings are made per fold")
+# the functions every nnunet_semicl sub-command module has (cli.EXTERNAL_COMMANDS), and python -m
+add_arguments, run, main = COMMAND.add_arguments, COMMAND.run, COMMAND.main
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from nnunet_semicl.dataset_conversion.common import ConversionError
+from nnunet_semicl.errors import ConversionError, SplitError
 
 # ------------------------------------------------------------------------------------------------
 # ACDC (methods.md 7.1): patients in the order of the SSL4MIS lists
@@ -187,7 +187,7 @@ def make_folds(protocol: Protocol, present_cases: Sequence[str], cv_folds: Optio
             raise ConversionError(f"{protocol.name}: none of the protocol's validation cases are in the input, so "
                                   f"fold 0 would have no validation case. Provide them, or use --cv.")
         return [{"train": train, "val": val}]
-    from nnunet_semicl.data.splits import SplitError, default_folds
+    from nnunet_semicl.data.splits import default_folds
 
     if cv_folds < 2:
         raise ConversionError(f"--cv needs at least 2 folds, got {cv_folds}.")
@@ -211,7 +211,7 @@ def make_settings(protocol: Protocol, folds: List[dict], cv: bool = False, creat
     A setting whose labeled ids are not all among the converted cases (``--allow-missing``) is skipped
     with its reason: it would not be the protocol's setting.
     """
-    from nnunet_semicl.data.splits import SplitError, make_setting
+    from nnunet_semicl.data.splits import make_setting
 
     all_cases = sorted({c for f in folds for c in f["train"] + f["val"]})
     present_groups = {protocol.group_of(c) for c in all_cases}

@@ -15,9 +15,9 @@ from torch._dynamo import OptimizedModule
 
 from nnunet_semicl.data.splits import (PLANS_BLOCK, UNLABELED_KEY, CaseSets, SplitError,
                                        check_folds_against_unlabeled, check_resumed_case_sets,
-                                       check_trainer_overrides, default_folds, default_save_every, load_json,
-                                       read_folds, resolve_case_sets, save_json, setting_block,
-                                       truly_unlabeled_cases)
+                                       check_trainer_overrides, default_folds, default_save_every, read_folds,
+                                       resolve_case_sets, setting_block, truly_unlabeled_cases)
+from nnunet_semicl.files import load_json, save_json
 
 #: written into the run's fold folder: which cases were labeled and unlabeled, and from which setting
 CASE_SETS_FILE = "semicl_case_sets.json"

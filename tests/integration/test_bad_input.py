@@ -158,18 +158,18 @@ def test_refused_add_unlabeled_leaves_the_dataset_as_it_was(small_raw, nnunet_di
 
 def test_add_unlabeled_rolls_back_when_committing_fails(small_raw, nnunet_dirs, tmp_path, monkeypatch):
     from nnunet_semicl.data import unlabeled_images
-    from nnunet_semicl.data.splits import SplitError
+    from nnunet_semicl.errors import InputError
 
     folder = str(tmp_path / "in")
     _phantom_image(folder, "u001_0000.nii.gz")
     _phantom_image(folder, "u002_0000.nii.gz")
 
     def broken_fingerprint(*a, **k):  # the last step of the commit fails (after files and dataset.json)
-        raise SplitError("fingerprint failed")
+        raise InputError("fingerprint failed")
 
     monkeypatch.setattr(unlabeled_images, "labeled_only_fingerprint", broken_fingerprint)
     before = tree_digest(small_raw, nnunet_dirs.preprocessed)
-    with pytest.raises(SplitError, match="fingerprint failed"):
+    with pytest.raises(InputError, match="fingerprint failed"):
         unlabeled_images.add_unlabeled_images(UNL_ID, folder, prefix="unl_", verbose=False)
     assert tree_digest(small_raw, nnunet_dirs.preprocessed) == before
 
@@ -183,7 +183,8 @@ def nan_plans(phantom):
     import numpy as np
     from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
-    from nnunet_semicl.data.splits import save_json, write_plans_variant
+    from nnunet_semicl.data.setting_files import write_plans_variant
+    from nnunet_semicl.files import save_json
 
     plans = json.load(open(os.path.join(phantom.pre, "nnUNetPlans.json")))
     plans["plans_name"] = "nanPlans"

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 
 from nnunet_semicl.dataset_conversion import protocols
 from nnunet_semicl.dataset_conversion.acdc import convert_acdc, parse_info_cfg
-from nnunet_semicl.dataset_conversion.common import ConversionError
+from nnunet_semicl.errors import ConversionError
 from nnunet_semicl.dataset_conversion.la import convert_la
 from nnunet_semicl.data.splits import resolve_case_sets
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nnunet_semicl import ext_trainer_path
-from nnunet_semicl.data.splits import SplitError
+from nnunet_semicl.errors import SplitError
 from tests.conftest import TRAIN_ENV, run_cmd
 from tests.integration.nnunet_helpers import env, make_trainer, output_folder, stock_train
 
@@ -174,7 +174,8 @@ def test_broken_split_file_is_reported_with_its_path(phantom):
     f0 = split["folds"][0]
     f0["unlabeled"].append(f0["labeled"][0])  # overlap
     bad = dict(split, setting="broken")
-    from nnunet_semicl.data.splits import save_json, write_plans_variant
+    from nnunet_semicl.data.setting_files import write_plans_variant
+    from nnunet_semicl.files import save_json
     save_json(bad, os.path.join(phantom.pre, "splits_semicl_broken.json"))
     write_plans_variant(phantom.pre, "broken")
     with env(**TRAIN_ENV):

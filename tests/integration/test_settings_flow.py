@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from nnunet_semicl.data.splits import DEFAULT_SETTING_FILE, SplitError
+from nnunet_semicl.data.splits import DEFAULT_SETTING_FILE
+from nnunet_semicl.errors import SplitError
 from tests.conftest import TRAIN_ENV, run_cmd
 from tests.integration.nnunet_helpers import env, make_trainer, output_folder, stock_train
 

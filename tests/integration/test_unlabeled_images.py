@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_semicl.data.splits import UNLABELED_KEY, SplitError
+from nnunet_semicl.data.splits import UNLABELED_KEY
+from nnunet_semicl.errors import InputError
 from nnunet_semicl.data.unlabeled_images import add_unlabeled_images, labeled_only_fingerprint, read_checked
 from nnunet_semicl.dataset_conversion.synthetic import PhantomSpec, generate_dataset, write_phantom_images
 from tests.conftest import TRAIN_ENV, run_cmd
@@ -35,24 +36,24 @@ def test_add_unlabeled_images_keeps_fingerprint_and_feeds_the_unlabeled_stream(n
     # bad input: clear errors, nothing written
     listing = _listing(raw)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SplitError, match="empty"):
+    with pytest.raises(InputError, match="empty"):
         add_unlabeled_images(991, str(tmp_path / "empty"))
     bad = tmp_path / "badname"
     bad.mkdir()
     (bad / "scan.nii.gz").write_bytes(b"")
-    with pytest.raises(SplitError, match="scan.nii.gz"):
+    with pytest.raises(InputError, match="scan.nii.gz"):
         add_unlabeled_images(991, str(bad))
     clash = tmp_path / "clash"
     clash.mkdir()
     os.link(os.path.join(raw, "imagesTr", "phantom000_frame01_0000.nii.gz"), clash / "phantom000_frame01_0000.nii.gz")
-    with pytest.raises(SplitError, match="--prefix"):
+    with pytest.raises(InputError, match="--prefix"):
         add_unlabeled_images(991, str(clash))
     missing_channel = tmp_path / "channels"
     missing_channel.mkdir()
     os.link(os.path.join(raw, "imagesTr", "phantom000_frame01_0000.nii.gz"), missing_channel / "a_0001.nii.gz")
-    with pytest.raises(SplitError, match="Missing \\[0\\]"):
+    with pytest.raises(InputError, match="Missing \\[0\\]"):
         add_unlabeled_images(991, str(missing_channel))
-    with pytest.raises(SplitError, match="No dataset with id 996"):
+    with pytest.raises(InputError, match="No dataset with id 996"):
         add_unlabeled_images(996, str(unl))
     assert _listing(raw) == listing
 
@@ -98,5 +99,5 @@ def test_nan_images_are_refused_with_their_file_name(tmp_path):
     arr[0, 0, 0] = np.nan
     path = str(tmp_path / "scan_0000.nrrd")  # NRRD keeps NaN (SimpleITK's NIfTI reader zeroes them)
     sitk.WriteImage(sitk.GetImageFromArray(arr), path)
-    with pytest.raises(SplitError, match="scan_0000.nrrd.*NaN"):
+    with pytest.raises(InputError, match="scan_0000.nrrd.*NaN"):
         read_checked(SimpleITKIO(), [path])

@@ -366,7 +366,7 @@ def test_run_command_streams_logs_and_exits_with_the_tail(tmp_path, capsys):
 def test_save_json_writes_numpy_values_and_folders(tmp_path):
     import numpy as np
 
-    from nnunet_semicl.data.splits import load_json, save_json
+    from nnunet_semicl.files import load_json, save_json
 
     path = tmp_path / "new" / "x.json"
     save_json({"a": np.float32(1.5), "b": np.arange(3), "c": np.int64(2)}, str(path))

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_semicl.evaluation import (EvaluationError, aggregate, binary_metrics, crop_to_union, evaluate_folders,
-                                      paper_table)
+from nnunet_semicl.errors import EvaluationError
+from nnunet_semicl.evaluation import aggregate, binary_metrics, crop_to_union, evaluate_folders, paper_table
 
 
 def _square(shape, rows, cols):

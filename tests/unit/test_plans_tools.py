@@ -6,7 +6,9 @@ import pytest
 
 from nnunet_semicl.data.plans_tools import (add_tiny_configuration, make_tiny_configuration,
                                             sync_setting_variants)
-from nnunet_semicl.data.splits import SplitError, make_setting, write_split_file, write_setting
+from nnunet_semicl.data.setting_files import write_split_file, write_setting
+from nnunet_semicl.data.splits import make_setting
+from nnunet_semicl.errors import InputError
 
 ARCH3D = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
           "arch_kwargs": {"n_stages": 6, "features_per_stage": [32, 64, 128, 256, 320, 320],
@@ -30,7 +32,7 @@ def test_tiny_configuration_is_consistent():
     assert all(p % t == 0 for p, t in zip(tiny["patch_size"], total))
     assert max(tiny["patch_size"]) <= 32
     assert PLANS["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["n_stages"] == 6  # not modified
-    with pytest.raises(SplitError, match="divisible"):
+    with pytest.raises(InputError, match="divisible"):
         make_tiny_configuration(PLANS, "3d_fullres", patch_size=[10, 30, 30])
 
 

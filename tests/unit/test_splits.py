@@ -3,8 +3,10 @@ import os
 
 import pytest
 
-from nnunet_semicl.data.splits import (PLANS_BLOCK, UNLABELED_KEY, SplitError, choose_labeled, default_folds,
-                                       make_setting, resolve_case_sets, validate_fold_sets, write_setting)
+from nnunet_semicl.data.setting_files import write_setting
+from nnunet_semicl.data.splits import (PLANS_BLOCK, UNLABELED_KEY, choose_labeled, default_folds, make_setting,
+                                       resolve_case_sets, validate_fold_sets)
+from nnunet_semicl.errors import SplitError
 
 CASES = [f"patient{p:03d}_frame{f:02d}" for p in range(1, 11) for f in (1, 2)]
 GROUP = r"patient\d+"
@@ -180,8 +182,9 @@ def test_resumed_runs_accept_only_added_images_without_annotation():
 
 
 def test_default_setting_is_used_only_without_a_plans_setting_and_without_unlabeled_images(tmp_path):
-    from nnunet_semicl.data.splits import (default_setting_content, save_json, setting_block, split_file_name,
-                                           write_default_setting)
+    from nnunet_semicl.data.setting_files import default_setting_content, write_default_setting
+    from nnunet_semicl.data.splits import setting_block, split_file_name
+    from nnunet_semicl.files import save_json
 
     base = str(tmp_path)
     f = folds()
@@ -196,3 +199,18 @@ def test_default_setting_is_used_only_without_a_plans_setting_and_without_unlabe
     assert setting_block({**plans, PLANS_BLOCK: {"setting": "x"}}, {}, base) == {"setting": "x"}  # -p wins
     with pytest.raises(SplitError, match="already exists with different content"):
         write_default_setting(base, default_setting_content("10pct"))
+
+
+def test_differs_from_file_ignores_only_created_by(tmp_path):
+    from nnunet_semicl.data.setting_files import differs_from_file
+    from nnunet_semicl.files import save_json
+
+    path = str(tmp_path / "s.json")
+    content = {"setting": "5pct", "created_by": "a", "folds": [{"labeled": ["x"], "unlabeled": ["y"]}]}
+    assert not differs_from_file(path, content)  # no file: nothing in the way
+    save_json(content, path)
+    assert not differs_from_file(path, dict(content, created_by="another command line"))
+    assert differs_from_file(path, dict(content, folds=[{"labeled": ["y"], "unlabeled": ["x"]}]))
+    save_json([{"train": ["a"], "val": ["b"]}], path)  # splits_final.json is a list
+    assert not differs_from_file(path, [{"train": ["a"], "val": ["b"]}])
+    assert differs_from_file(path, [{"train": ["b"], "val": ["a"]}])

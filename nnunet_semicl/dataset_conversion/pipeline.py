@@ -1,70 +1,28 @@
-"""Shared machinery of the ACDC and LA converters.
+"""The conversion pipeline shared by the ACDC and LA converters.
 
-* :class:`ConversionError`: every problem with the input, with a message that names the file or case
-  and says how to fix it.
-* :func:`convert_case`: the per-case worker (reads, checks and writes one image/label pair); the
-  converters only build task dicts, so that the same checks apply to every input layout.
-* :func:`run_tasks`: runs the workers in a ``spawn`` pool (``-np``) with a tqdm progress bar.
+* :class:`DatasetSpec`: what differs between the converters (layouts and their locate functions,
+  labels, texts); :func:`convert_dataset` does the rest: checks, folds and settings, staging, the
+  worker pool, ``dataset.json``, ``conversion_info.json`` and the split files.
+* :func:`run_tasks`: runs :func:`~nnunet_semicl.dataset_conversion.cases.convert_case` in a ``spawn``
+  pool (``-np``) with a tqdm progress bar.
 * :class:`Staging`: the dataset is written into a hidden folder beside the target and moved into
   place only when every case converted, so a failed conversion leaves nothing half-written.
 * output folders, the ``--overwrite`` rule, dataset-id clashes, ``splits_final.json`` and the
   labeled-setting files (through :mod:`nnunet_semicl.data.splits`).
-* :class:`DatasetSpec` and :func:`convert_dataset`: the one conversion pipeline; a converter module
-  describes its dataset in a ``DatasetSpec`` (layouts and their locate functions, labels, texts).
-* :func:`add_converter_arguments`, :func:`run_converter`, :func:`exit_2_on`, :func:`module_main`: the
-  command lines (``nnunet_semicl convert-*`` and ``python -m``; ``evaluate`` shares the last two).
 
-Heavy imports (numpy, SimpleITK, h5py, tqdm) happen inside functions: the command-line help must stay
-fast.
+Heavy imports (tqdm, multiprocessing) happen inside functions: the command-line help must stay fast.
 """
-import argparse
-import json
 import os
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from nnunet_semicl.cli_support import exit_2_on
-
-if TYPE_CHECKING:  # protocols imports this module (ConversionError)
-    from nnunet_semicl.dataset_conversion.protocols import Protocol
-
-#: Tolerances for "same geometry" between an image and its label (mm, relative, direction cosines).
-SPACING_RTOL = 1e-3
-ORIGIN_ATOL = 1e-2
-DIRECTION_ATOL = 1e-3
-
-
-class ConversionError(ValueError):
-    """The input cannot be converted; the message names the file/case and the fix."""
-
-
-# ------------------------------------------------------------------------------------------------
-# small helpers
-# ------------------------------------------------------------------------------------------------
-def default_num_processes() -> int:
-    env = os.environ.get("nnUNet_def_n_proc")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            pass
-    return max(1, min(8, os.cpu_count() or 1))
-
-
-def short_list(items: Sequence[str], n: int = 8) -> str:
-    items = list(items)
-    more = f" ... (+{len(items) - n} more)" if len(items) > n else ""
-    return ", ".join(str(i) for i in items[:n]) + more
-
-
-def raise_if_problems(root: str, problems: Sequence[str]) -> None:
-    """Report every problem a locate function found in ``root`` at once (the first 8), not one per run."""
-    if problems:
-        raise ConversionError(f"{len(problems)} problem(s) in {root}: " + " | ".join(problems[:8])
-                              + (f" | ... (+{len(problems) - 8} more)" if len(problems) > 8 else ""))
+from nnunet_semicl.dataset_conversion.cases import convert_case, read_id_list, short_list
+from nnunet_semicl.dataset_conversion.protocols import Protocol, make_folds, make_settings
+from nnunet_semicl.errors import ConversionError
+from nnunet_semicl.files import partial_folder, remove_stale_partials, save_json
 
 
 def log(msg: str, verbose: bool = True) -> None:
@@ -97,27 +55,19 @@ def check_dataset_id_free(dataset_name: str, roots: Sequence[Optional[str]]) -> 
                               f"needs ids to be unique: pass another --id, or remove that dataset.")
 
 
-def find_existing(paths: Sequence[str]) -> List[str]:
-    return [p for p in paths if os.path.exists(p)]
-
-
 class Staging:
     """Write into ``<root>/.semicl_partial_<name>_<pid>``; move to ``<root>/<name>`` on success.
 
     A run killed with SIGKILL cannot remove its staging folder; the next run removes the ones whose
-    process no longer exists (:func:`nnunet_semicl.data.files.remove_stale_partials`).
+    process no longer exists (:func:`nnunet_semicl.files.remove_stale_partials`).
     """
 
     def __init__(self, root: str, name: str, overwrite: bool, verbose: bool = True):
-        from nnunet_semicl.data.files import partial_folder
-
         self.root, self.name, self.overwrite, self.verbose = root, name, overwrite, verbose
         self.final = os.path.join(root, name)
         self.path = partial_folder(root, name)
 
     def __enter__(self) -> str:
-        from nnunet_semicl.data.files import remove_stale_partials
-
         if os.path.exists(self.final) and not self.overwrite:
             raise FileExistsError(f"{self.final} already exists. Pass --overwrite to replace it (its preprocessed "
                                   f"data then need `nnUNetv2_plan_and_preprocess` again), or choose another --id.")
@@ -139,194 +89,9 @@ class Staging:
         return False
 
 
-def write_json(obj, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------------------
-# reading and checking
+# the worker pool
 # ------------------------------------------------------------------------------------------------
-def read_sitk(path: str, what: str):
-    import SimpleITK as sitk
-
-    from nnunet_semicl.data.files import incomplete_file_problem
-
-    if not os.path.isfile(path):
-        raise ConversionError(f"Missing {what}: {path}")
-    problem = incomplete_file_problem(path)
-    if problem:
-        raise ConversionError(f"{what} {path}: {problem}. The file is truncated or damaged; download it again.")
-    try:
-        img = sitk.ReadImage(path)
-    except RuntimeError as e:
-        raise ConversionError(f"Cannot read {what} {path} ({str(e).strip().splitlines()[-1]}). The file is damaged "
-                              f"or not an image; download it again.") from None
-    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
-        raise ConversionError(f"{what} {path} must be a single-channel 3D image, got {img.GetDimension()}D with "
-                              f"{img.GetNumberOfComponentsPerPixel()} component(s).")
-    return img
-
-
-def check_same_geometry(image, label, image_path: str, label_path: str) -> None:
-    """Size, spacing, origin and direction of ``label`` must equal those of ``image`` (within tolerance)."""
-    import numpy as np
-
-    problems = []
-    if image.GetSize() != label.GetSize():
-        problems.append(f"size {label.GetSize()} vs image {image.GetSize()}")
-    if not np.allclose(label.GetSpacing(), image.GetSpacing(), rtol=SPACING_RTOL, atol=0):
-        problems.append(f"spacing {label.GetSpacing()} vs image {image.GetSpacing()}")
-    if not np.allclose(label.GetOrigin(), image.GetOrigin(), rtol=0, atol=ORIGIN_ATOL):
-        problems.append(f"origin {label.GetOrigin()} vs image {image.GetOrigin()}")
-    if not np.allclose(label.GetDirection(), image.GetDirection(), rtol=0, atol=DIRECTION_ATOL):
-        problems.append(f"direction {label.GetDirection()} vs image {image.GetDirection()}")
-    if problems:
-        raise ConversionError(f"Label {label_path} does not match its image {image_path}: {'; '.join(problems)}. "
-                              f"The label must lie on the image's voxel grid; check that the two files belong "
-                              f"together (re-download them), or resample the label onto the image.")
-
-
-def check_label_values(arr, allowed: Sequence[int], path: str, hint: str = "") -> None:
-    import numpy as np
-
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
-            raise ConversionError(f"Label {path} has non-integer values; a label map must hold integer class ids "
-                                  f"{list(allowed)}. {hint}".rstrip())
-    values = np.unique(arr)
-    bad = [v.item() for v in values if v not in set(allowed)]
-    if bad:
-        shown = str(bad[:8]) + (f" (+{len(bad) - 8} more)" if len(bad) > 8 else "")
-        raise ConversionError(f"Label {path} has unexpected values {shown} (allowed: {list(allowed)}). "
-                              f"{hint}".rstrip())
-
-
-def check_image_values(arr, path: str) -> None:
-    import numpy as np
-
-    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-        raise ConversionError(f"Image {path} contains NaN or infinite values; the file is damaged.")
-
-
-def read_id_list(path: str, drop: str = "") -> List[str]:
-    """The ids of a ``*.list`` file (one a line), with ``drop`` removed: SSL4MIS lists name files (``x.h5``)."""
-    with open(path) as f:
-        ids = [line.strip() for line in f if line.strip()]
-    return [i.replace(drop, "") for i in ids] if drop else ids
-
-
-def read_h5_pair(path: str, ndim: int):
-    """``image`` and ``label`` arrays of an SSL4MIS / UA-MT HDF5 file, checked for presence, rank and shape."""
-    import h5py
-
-    if not os.path.isfile(path):
-        raise ConversionError(f"Missing file: {path}")
-    try:
-        with h5py.File(path, "r") as f:
-            keys = sorted(f.keys())
-            if "image" not in f or "label" not in f:
-                raise ConversionError(f"{path} must contain the datasets 'image' and 'label', found {keys}. Only "
-                                      f"labeled SSL4MIS / UA-MT files can be converted.")
-            image, label = f["image"][()], f["label"][()]
-    except OSError as e:
-        raise ConversionError(f"Cannot read {path} as HDF5 ({e}); the file is damaged, download it again.") from None
-    if image.ndim != ndim or label.ndim != ndim:
-        raise ConversionError(f"{path}: expected {ndim}D 'image' and 'label', got shapes {image.shape} and "
-                              f"{label.shape}.")
-    if image.shape != label.shape:
-        raise ConversionError(f"{path}: image shape {image.shape} and label shape {label.shape} differ; the file "
-                              f"is inconsistent (re-create or re-download it).")
-    return image, label
-
-
-# ------------------------------------------------------------------------------------------------
-# the per-case worker
-# ------------------------------------------------------------------------------------------------
-def _map_labels(label, label_map: Optional[Dict[int, int]]):
-    import numpy as np
-
-    out = label.astype(np.uint8) if label.dtype != np.uint8 else label
-    if label_map:
-        out = out.copy()
-        for src, dst in label_map.items():
-            out[label == src] = dst
-    return out
-
-
-def _from_array(arr, spacing_zyx):
-    import numpy as np
-    import SimpleITK as sitk
-
-    img = sitk.GetImageFromArray(np.ascontiguousarray(arr))
-    img.SetSpacing(tuple(float(s) for s in spacing_zyx[::-1]))
-    return img
-
-
-def convert_case(task: dict) -> dict:
-    """Read, check and write one case. ``task['kind']`` is one of
-
-    * ``"sitk"``: ``image`` and ``label`` files with geometry (NIfTI, NRRD); the label is written on the
-      image's grid after the geometry check.
-    * ``"h5"``: one HDF5 file with 3D ``image``/``label``; ``axes`` is ``"zyx"`` (SSL4MIS) or ``"xyz"``
-      (UA-MT); ``spacing`` is (z, y, x) mm.
-    * ``"h5_slices"``: ordered 2D HDF5 slices stacked along z.
-
-    Common keys: ``case``, ``out_image``, ``out_label``, ``allowed`` (label values), ``label_map``
-    (``{source: target}``), ``hint`` (appended to label-value errors).
-    """
-    import numpy as np
-    import SimpleITK as sitk
-
-    kind = task["kind"]
-    allowed, hint = task["allowed"], task.get("hint", "")
-    label_map = {int(k): int(v) for k, v in (task.get("label_map") or {}).items()}
-    if kind == "sitk":
-        img = read_sitk(task["image"], "image")
-        lab = read_sitk(task["label"], "ground truth")
-        check_same_geometry(img, lab, task["image"], task["label"])
-        arr_lab = sitk.GetArrayFromImage(lab)
-        check_label_values(arr_lab, allowed, task["label"], hint)
-        check_image_values(sitk.GetArrayViewFromImage(img), task["image"])
-        out_lab = sitk.GetImageFromArray(_map_labels(arr_lab, label_map))
-        out_lab.CopyInformation(img)
-        out_img = img
-        shape, source = arr_lab.shape, [task["image"], task["label"]]
-    elif kind in ("h5", "h5_slices"):
-        if kind == "h5":
-            image, label = read_h5_pair(task["file"], 3)
-            source = [task["file"]]
-            if task.get("axes", "zyx") == "xyz":
-                image, label = image.transpose(2, 1, 0), label.transpose(2, 1, 0)
-        else:
-            images, labels = [], []
-            for p in task["files"]:
-                im, lb = read_h5_pair(p, 2)
-                if images and im.shape != images[0].shape:
-                    raise ConversionError(f"{p}: slice shape {im.shape} differs from {images[0].shape} of "
-                                          f"{task['files'][0]}; the slices of one frame must have one shape.")
-                images.append(im)
-                labels.append(lb)
-            image, label = np.stack(images), np.stack(labels)
-            source = [f"{task['files'][0]} .. ({len(task['files'])} slices)"]
-        where = source[0]
-        check_label_values(label, allowed, where, hint)
-        check_image_values(image, where)
-        if image.dtype == np.float64:
-            image = image.astype(np.float32)
-        out_img = _from_array(image, task["spacing"])
-        out_lab = _from_array(_map_labels(label, label_map), task["spacing"])
-        shape = image.shape
-    else:
-        raise ValueError(f"unknown task kind {kind}")
-    sitk.WriteImage(out_img, task["out_image"], useCompression=True)
-    sitk.WriteImage(out_lab, task["out_label"], useCompression=True)
-    return {"case": task["case"], "shape": [int(s) for s in shape],
-            "spacing": [float(s) for s in out_img.GetSpacing()[::-1]], "source": source}
-
-
 def _safe_convert(task: dict):
     """Pool wrapper: return the error instead of raising, so the parent reports the case cleanly."""
     try:
@@ -388,20 +153,18 @@ def plan_split_files(prep_base: str, folds: List[dict], settings: List[dict], ov
     ``skipped``: settings of the protocol that this conversion does not write; an existing file of one
     of them is stale (it would describe other cases) and is in the way too.
     """
-    from nnunet_semicl.data.splits import load_json, split_file_name
+    from nnunet_semicl.data.setting_files import differs_from_file
+    from nnunet_semicl.data.splits import DEFAULT_SETTING_FILE, split_file_name
 
     if overwrite:
         return
-    from nnunet_semicl.data.splits import DEFAULT_SETTING_FILE
-
     wanted = {"splits_final.json": folds}
     wanted.update({split_file_name(s["setting"]): s for s in settings})
     if default is not None:
         wanted[DEFAULT_SETTING_FILE] = default
-    strip = lambda d: {k: v for k, v in d.items() if k != "created_by"} if isinstance(d, dict) else d
     for fname, content in wanted.items():
         path = os.path.join(prep_base, fname)
-        if os.path.isfile(path) and strip(load_json(path)) != strip(content):
+        if differs_from_file(path, content):
             raise FileExistsError(f"{path} already exists with different content (another split or protocol). "
                                   f"Pass --overwrite to replace the split files, or choose another --id.")
     for name in skipped:
@@ -413,8 +176,8 @@ def plan_split_files(prep_base: str, folds: List[dict], settings: List[dict], ov
 
 def write_split_files(prep_base: str, folds: List[dict], settings: List[dict], overwrite: bool,
                       skipped: Sequence[str] = (), default: Optional[dict] = None) -> List[str]:
-    from nnunet_semicl.data.splits import (DEFAULT_SETTING_FILE, save_json, split_file_name, write_default_setting,
-                                           write_split_file)
+    from nnunet_semicl.data.setting_files import write_default_setting, write_split_file
+    from nnunet_semicl.data.splits import DEFAULT_SETTING_FILE, split_file_name
 
     os.makedirs(prep_base, exist_ok=True)
     for name in skipped:  # stale files of settings this conversion cannot make (only with --overwrite)
@@ -464,7 +227,7 @@ class Timer:
 
 
 # ------------------------------------------------------------------------------------------------
-# the conversion pipeline, shared by the ACDC and LA converters
+# the pipeline
 # ------------------------------------------------------------------------------------------------
 #: ``locate(input folder, case ids)`` -> ({case id: worker-task keys of its source files}, absent case ids)
 Locate = Callable[[str, Sequence[str]], Tuple[Dict[str, dict], List[str]]]
@@ -511,7 +274,7 @@ def assumed_spacing(spacing: Optional[Sequence[float]], spec: DatasetSpec) -> Tu
     return spacing
 
 
-def compare_input_lists(root: str, protocol: "Protocol", spec: DatasetSpec, verbose: bool) -> List[str]:
+def compare_input_lists(root: str, protocol: Protocol, spec: DatasetSpec, verbose: bool) -> List[str]:
     """Warn when the input's own ``*.list`` files disagree with the built-in protocol (which is used)."""
     notes = []
     for fname, roles in spec.list_files:
@@ -529,7 +292,7 @@ def compare_input_lists(root: str, protocol: "Protocol", spec: DatasetSpec, verb
     return notes
 
 
-def check_missing(missing: List[str], protocol: "Protocol", spec: DatasetSpec, input_dir: str, allow_missing: bool,
+def check_missing(missing: List[str], protocol: Protocol, spec: DatasetSpec, input_dir: str, allow_missing: bool,
                   verbose: bool) -> None:
     """Protocol cases absent from the input: an error, or with ``--allow-missing`` a warning."""
     unit = spec.unit
@@ -546,10 +309,10 @@ def check_missing(missing: List[str], protocol: "Protocol", spec: DatasetSpec, i
             f"{short_list(missing)}", verbose)
 
 
-def default_setting_record(protocol: "Protocol", settings: List[dict], created_by: str, verbose: bool
+def default_setting_record(protocol: Protocol, settings: List[dict], created_by: str, verbose: bool
                            ) -> Optional[dict]:
     """``semicl_default_setting.json`` for the protocol's default setting (5pct), if this conversion makes it."""
-    from nnunet_semicl.data.splits import default_setting_content
+    from nnunet_semicl.data.setting_files import default_setting_content
 
     if protocol.default_setting in [s["setting"] for s in settings]:
         return default_setting_content(protocol.default_setting, created_by=created_by)
@@ -558,7 +321,7 @@ def default_setting_record(protocol: "Protocol", settings: List[dict], created_b
     return None
 
 
-def convert_dataset(spec: DatasetSpec, protocol: "Protocol", input_dir: str, raw: Optional[str],
+def convert_dataset(spec: DatasetSpec, protocol: Protocol, input_dir: str, raw: Optional[str],
                     preprocessed: Optional[str], dataset_id: int, name: str, layout: str,
                     spacing: Optional[Sequence[float]], cv_folds: Optional[int], allow_missing: bool,
                     num_processes: int, overwrite: bool, verbose: bool, created_by: str) -> dict:
@@ -567,8 +330,6 @@ def convert_dataset(spec: DatasetSpec, protocol: "Protocol", input_dir: str, raw
     Every check that can fail on the input runs before anything is written, and the raw dataset is
     staged, so a failed conversion leaves the output roots as they were.
     """
-    from nnunet_semicl.dataset_conversion.protocols import make_folds, make_settings
-
     timer = Timer()
     protocol.check()
     raw_root, prep_root = output_roots(raw, preprocessed)
@@ -615,7 +376,7 @@ def convert_dataset(spec: DatasetSpec, protocol: "Protocol", input_dir: str, raw
         results = run_tasks(tasks, num_processes, spec.title, verbose)
         dataset_json = {"channel_names": {"0": spec.channel_name}, "labels": spec.labels, "numTraining": n_train,
                         "file_ending": ".nii.gz", "name": name, **spec.dataset_text(layout)}
-        write_json(dataset_json, os.path.join(stage, "dataset.json"))
+        save_json(dataset_json, os.path.join(stage, "dataset.json"))
         by_case = {r["case"]: r for r in results}
         info = {
             "converter": spec.module,
@@ -632,7 +393,7 @@ def convert_dataset(spec: DatasetSpec, protocol: "Protocol", input_dir: str, raw
             "cases": {c: {"role": roles[c], **{k: found[c][k] for k in spec.case_info_keys if k in found[c]},
                           "shape_zyx": by_case[c]["shape"], "source": by_case[c]["source"]} for c in present},
         }
-        write_json(info, os.path.join(stage, "conversion_info.json"))
+        save_json(info, os.path.join(stage, "conversion_info.json"))
     split_paths = write_split_files(prep_base, folds, settings, overwrite, skipped=skipped_names, default=default)
     note_stale_preprocessing(prep_base, overwrite, verbose)
     summary = {"dataset_name": dataset_name, "dataset_dir": dataset_dir,
@@ -647,45 +408,3 @@ def convert_dataset(spec: DatasetSpec, protocol: "Protocol", input_dir: str, raw
     log(next_steps(int(dataset_id), dataset_name, spec.next_steps_configs, summary["settings"],
                    summary["default_setting"]), verbose)
     return summary
-
-
-# ------------------------------------------------------------------------------------------------
-# command line (the converters; evaluate shares exit_2_on and module_main)
-# ------------------------------------------------------------------------------------------------
-def command_line() -> str:
-    """The command as typed (recorded in the split files and conversion_info.json)."""
-    import shlex
-
-    return " ".join([os.path.basename(sys.argv[0])] + [shlex.quote(a) for a in sys.argv[1:]])
-
-
-def add_converter_arguments(p: argparse.ArgumentParser, spec: DatasetSpec, description: str, input_help: str,
-                            spacing_help: str, cv_help: str) -> None:
-    """The arguments of ``nnunet_semicl convert-*`` (the parameters of :func:`convert_dataset`)."""
-    p.description = description
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("-i", "--input", required=True, help=input_help)
-    p.add_argument("--id", type=int, default=spec.default_id, help=f"dataset id (default {spec.default_id})")
-    p.add_argument("--name", default=spec.default_name, help=f"dataset name (default {spec.default_name})")
-    p.add_argument("--layout", choices=("auto",) + tuple(spec.locate), default="auto")
-    if spec.isotropic_spacing:
-        p.add_argument("--spacing", type=float, nargs="+", default=None, metavar="MM", help=spacing_help)
-    else:
-        p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"), help=spacing_help)
-    p.add_argument("--cv", type=int, nargs="?", const=5, default=None, metavar="K", help=cv_help)
-    p.add_argument("--allow-missing", action="store_true",
-                   help=f"convert the protocol {spec.unit}s that are present and leave out absent ones (default: "
-                        f"error)")
-    p.add_argument("-np", type=int, default=default_num_processes(), help="worker processes (default %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset and its split files")
-    p.add_argument("--raw", default=None, help="raw root (default $nnUNet_raw)")
-    p.add_argument("--preprocessed", default=None, help="preprocessed root for the split files "
-                                                        "(default $nnUNet_preprocessed)")
-    p.add_argument("-q", "--quiet", action="store_true")
-
-
-def run_converter(command: str, convert: Callable[..., dict], args: argparse.Namespace) -> None:
-    """``nnunet_semicl <command>``: ``convert`` (``convert_acdc`` / ``convert_la``) with the parsed arguments."""
-    with exit_2_on(command, ConversionError, FileExistsError):
-        convert(args.input, args.raw, args.preprocessed, args.id, args.name, args.layout, args.spacing, args.cv,
-                args.allow_missing, args.np, args.overwrite, not args.quiet, created_by=command_line())

@@ -1,7 +1,7 @@
 """Finding an nnU-Net dataset by id or name, with errors that say what to do."""
 import os
 
-from nnunet_semicl.data.splits import SplitError
+from nnunet_semicl.errors import InputError
 
 _PATH_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
@@ -9,7 +9,7 @@ _PATH_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 def require_paths(*names: str) -> None:
     missing = [n for n in names if not os.environ.get(n)]
     if missing:
-        raise SplitError(f"Environment variable(s) {missing} not set. nnU-Net needs nnUNet_raw, nnUNet_preprocessed "
+        raise InputError(f"Environment variable(s) {missing} not set. nnU-Net needs nnUNet_raw, nnUNet_preprocessed "
                          f"and nnUNet_results, e.g. `export nnUNet_raw=/data/nnUNet_raw` (see nnU-Net's "
                          f"documentation/setting_up_paths.md).")
 
@@ -27,16 +27,16 @@ def resolve_dataset_name(dataset_name_or_id, need_raw: bool = False, need_prepro
         try:
             did = int(s)
         except ValueError:
-            raise SplitError(f"'{s}' is neither a dataset id (e.g. 27) nor a name like Dataset027_ACDC.") from None
+            raise InputError(f"'{s}' is neither a dataset id (e.g. 27) nor a name like Dataset027_ACDC.") from None
         try:
             name = convert_id_to_dataset_name(did)
         except RuntimeError:
             where = {v: os.environ.get(v) for v in _PATH_VARS}
-            raise SplitError(f"No dataset with id {did} (Dataset{did:03d}_*) in {where}. Check the id, or create/"
+            raise InputError(f"No dataset with id {did} (Dataset{did:03d}_*) in {where}. Check the id, or create/"
                              f"convert the dataset first.") from None
     for var, need in (("nnUNet_raw", need_raw), ("nnUNet_preprocessed", need_preprocessed)):
         if need and not os.path.isdir(os.path.join(os.environ[var], name)):
             hint = ("run nnUNetv2_plan_and_preprocess first" if var == "nnUNet_preprocessed"
                     else "convert or create the dataset first")
-            raise SplitError(f"{os.path.join(os.environ[var], name)} does not exist: {hint}.")
+            raise InputError(f"{os.path.join(os.environ[var], name)} does not exist: {hint}.")
     return name

@@ -1,5 +1,9 @@
-"""File hygiene shared by the commands that write datasets: complete image files, stale staging folders.
+"""Reading and writing files safely: atomic JSON, complete image files, stale staging folders.
 
+* :func:`save_json` / :func:`load_json`: every JSON file the package writes (split files, plans
+  variants, dataset.json, conversion and evaluation records, benchmark reports) goes through
+  :func:`save_json`, which replaces the file atomically, so an interrupted command never leaves a
+  half-written file; :func:`load_json` says which file is not valid JSON.
 * :func:`incomplete_file_problem`: a truncated ``.nii.gz``/``.nii`` is read by SimpleITK without any
   error (the missing voxels come back as zeros), so every image we take in is checked first: gzip
   files are decompressed to the end, NIfTI files must hold the bytes their header promises.
@@ -10,6 +14,7 @@
 No torch or nnU-Net import.
 """
 import gzip
+import json
 import os
 import re
 import shutil
@@ -17,8 +22,50 @@ import struct
 import zlib
 from typing import List, Optional
 
+from nnunet_semicl.errors import InputError
+
 PARTIAL_PREFIX = ".semicl_partial_"
 _CHUNK = 1 << 20
+
+
+def _numpy_to_python(o):
+    """JSON for numpy scalars and arrays (benchmark and conversion records hold them)."""
+    if type(o).__module__ == "numpy":
+        return o.tolist() if hasattr(o, "tolist") else o.item()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def save_json(obj, path: str) -> str:
+    """Write ``obj`` to ``path`` as JSON, atomically: readers see the old file or the new one, never a part.
+
+    The text is made first (an object JSON cannot hold raises before anything is touched), then
+    written to a temporary file in the same folder (so the rename stays on one file system), flushed
+    to disk and renamed over ``path``. Creates the folder; returns ``path``.
+    """
+    text = json.dumps(obj, indent=2, default=_numpy_to_python)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def load_json(path: str):
+    """The content of the JSON file ``path``; an :class:`InputError` naming the file if it is not valid JSON."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path} is not valid JSON ({e}). Fix or delete it.") from e
 
 
 def _nifti_expected_size(header: bytes) -> Optional[int]:
