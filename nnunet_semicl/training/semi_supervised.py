@@ -112,6 +112,8 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
     alignment_momentum = 0.99
     alignment_max_ratio = 4.0
     alignment_max_cases = 20          # labeled cases read for the labeled class distribution
+    alignment_statistic = "argmax"    # running share of the teacher's argmax ("probability": ReMixMatch's mean)
+    alignment_boost_only = True       # only raise under-predicted foreground classes (modules/distribution_alignment.py)
     collapse_warning_ratio = 0.1      # warn when a class's confident pseudo-label share < this x its labeled share
     grad_clip_norm = 12.0             # nnU-Net's value, applied to network + heads together
     uses_features = False             # tap decoder features of student and teacher
@@ -155,7 +157,9 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerLabeledOnly):
             return {}
         return {"alignment": DistributionAlignment(self.label_manager.num_segmentation_heads,
                                                    momentum=self.alignment_momentum,
-                                                   max_ratio=self.alignment_max_ratio)}
+                                                   max_ratio=self.alignment_max_ratio,
+                                                   statistic=self.alignment_statistic,
+                                                   boost_only=self.alignment_boost_only)}
 
     def tap_channels(self) -> List[int]:
         return unet_tap_channels(self.network)

@@ -58,12 +58,33 @@ def test_vanished_class_regains_its_pseudo_label_share():
 
 def test_alignment_leaves_a_matching_teacher_unchanged_and_bounds_the_ratio():
     probs = torch.softmax(torch.randn(2, 4, 8, 8), 1)
-    da = DistributionAlignment(4, class_mean(probs).tolist(), momentum=0.0)
+    remix = dict(statistic="probability", boost_only=False)      # ReMixMatch's form
+    da = DistributionAlignment(4, class_mean(probs).tolist(), momentum=0.0, **remix)
     da.update(probs)
     assert torch.allclose(da(probs), probs, atol=1e-5)
-    da = DistributionAlignment(3, [0.1, 0.1, 0.8], momentum=0.0, max_ratio=2.0)
+    da = DistributionAlignment(3, [0.1, 0.1, 0.8], momentum=0.0, max_ratio=2.0, **remix)
     da.update(torch.tensor([0.45, 0.45, 0.1]).view(1, 3, 1))
     assert torch.allclose(da.ratios(), torch.tensor([0.5, 0.5, 2.0]))
+    boost = DistributionAlignment(3, [0.1, 0.1, 0.8], momentum=0.0, max_ratio=2.0)   # default: raise only
+    boost.update(torch.tensor([0.45, 0.45, 0.1]).view(1, 3, 1))                     # argmax: class 0 only
+    assert torch.allclose(boost.ratios(), torch.tensor([1.0, 2.0, 2.0]))
+
+
+def test_default_alignment_never_lowers_a_confident_foreground_pixel():
+    """A young teacher's soft probabilities over-state the foreground (boundaries) while its argmax matches
+    the labeled shares: the default guard changes nothing, ReMixMatch's form pushes the rarest-confidence
+    class below a 0.97 threshold (the failure seen on ACDC)."""
+    probs = torch.zeros(1, 3, 100)
+    probs[0, :, :85] = torch.tensor([0.9, 0.05, 0.05])[:, None]      # background, but fuzzy
+    probs[0, :, 85:95] = torch.tensor([0.014, 0.972, 0.014])[:, None]  # confident class 1 (10 % of pixels)
+    probs[0, :, 95:] = torch.tensor([0.02, 0.03, 0.95])[:, None]     # class 2 (5 %)
+    target = [0.85, 0.10, 0.05]                                      # = the teacher's argmax shares
+    default = DistributionAlignment(3, target, momentum=0.0)
+    default.update(probs)
+    assert torch.allclose(default(probs), probs)
+    remix = DistributionAlignment(3, target, momentum=0.0, statistic="probability", boost_only=False)
+    remix.update(probs)
+    assert float(remix(probs)[0, 1, 90]) < 0.97 < float(probs[0, 1, 90])
 
 
 def test_alignment_before_any_update_is_identity_and_running_mean_is_an_ema():
@@ -84,7 +105,8 @@ def test_label_shares_skip_masked_and_ignore_labels():
 
 
 @pytest.mark.parametrize("kwargs", [dict(num_classes=1), dict(num_classes=3, momentum=1.0),
-                                    dict(num_classes=3, max_ratio=0.5), dict(num_classes=3, target=[1, 2])])
+                                    dict(num_classes=3, max_ratio=0.5), dict(num_classes=3, target=[1, 2]),
+                                    dict(num_classes=3, statistic="median")])
 def test_alignment_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError):
         DistributionAlignment(**kwargs)
