@@ -150,9 +150,9 @@ def reduced_configuration(plans: dict, opts: dict) -> dict:
     """The inherited configuration added to the plans (pure): the protocol's ``2d_cpu`` on the parent's data,
     or with ``spacing`` a lower-resolution one with its own ``data_identifier``."""
     import numpy as np
-    from nnunet_semicl.data.plans_tools import _resolved_configuration, make_tiny_configuration
+    from nnunet_semicl.data.plans_tools import resolved_configuration, make_tiny_configuration
 
-    parent = _resolved_configuration(plans, "2d")
+    parent = resolved_configuration(plans, "2d")
     n = min(int(opts["stages"]), int(parent["architecture"]["arch_kwargs"]["n_stages"]))
     kwargs = dict(feature_divisor=opts["feature_divisor"], max_features=opts["max_features"], max_stages=n,
                   batch_size=opts["batch_size"])
@@ -243,8 +243,8 @@ def prepare(work: str, dirs: Dict[str, str], opts: dict, source: str, log: str) 
         run_command(["nnUNetv2_preprocess", "-d", DATASET_ID, "-c", cname, "-plans_name", "nnUNetPlans", "-np", "2"],
                     env, log)
         save_json({"configuration": cfg}, marker)
-    from nnunet_semicl.data.plans_tools import _resolved_configuration
-    resolved = _resolved_configuration(load_json(plans_path), cname)
+    from nnunet_semicl.data.plans_tools import resolved_configuration
+    resolved = resolved_configuration(load_json(plans_path), cname)
     run_command(cli + ["sync-plans", DATASET_ID], env, log, echo=False)
     for setting in opts["settings"]:
         if not os.path.isfile(os.path.join(pre, f"splits_semicl_{setting}.json")):
