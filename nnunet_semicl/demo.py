@@ -18,8 +18,7 @@ import shutil
 import sys
 import time
 
-from nnunet_semicl.cli_support import run_command
-from nnunet_semicl.cpu_env import cpu_training_env
+from nnunet_semicl.launch import module_main, nnunet_env, run_command
 
 DATASET_ID = 990
 DATASET = f"Dataset{DATASET_ID:03d}_SemiCLPhantom"
@@ -78,15 +77,9 @@ def run(args):
     dirs = {k: os.path.join(work, k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
     for d in dirs.values():
         os.makedirs(d, exist_ok=True)
-    env = dict(os.environ, **dirs, nnUNet_def_n_proc="2", PYTHONUNBUFFERED="1")
-    # torch's OpenMP threads spin while waiting; on a busy 2-core machine that makes CPU training
-    # 10x slower. Passive waiting costs nothing when the machine is idle (docs/small_compute.md).
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env.pop("nnUNet_n_proc_DA", None)  # nnU-Net 2.8.1 planning crashes with 0
-    train_env = dict(env, nnUNet_n_proc_DA="0" if not cuda else env.get("nnUNet_n_proc_DA", "4"))
-    if not cuda:
-        train_env["nnUNet_compile"] = "f"
-        train_env = cpu_training_env(train_env)
+    env = nnunet_env(device, training=False, dirs=dirs)
+    # on CUDA, 4 augmentation workers (on CPU the training settings run augmentation in-process)
+    train_env = nnunet_env(device, training=True, dirs=dirs, overrides={"nnUNet_n_proc_DA": "4"} if cuda else None)
     py = [sys.executable, "-m", "nnunet_semicl.cli"]
     t0 = time.time()
     print(f"nnunet_semicl demo on {device}: {args.trainers} on {configuration}, {epochs} epochs x {iterations} "
@@ -141,8 +134,6 @@ def format_table(results) -> str:
 
 
 def main(argv=None):
-    from nnunet_semicl.cli_support import module_main
-
     module_main("nnunet_semicl demo", add_arguments, run, argv)
 
 

@@ -32,11 +32,10 @@ import sys
 import time
 from typing import Dict, Optional
 
-from nnunet_semicl.cpu_env import cpu_training_env
 from nnunet_semicl.benchmarking.common import (fmt, format_machine, machine_info, markdown_table, repo_docs_path,
                                                update_doc_section)
-from nnunet_semicl.cli_support import run_command
 from nnunet_semicl.data.splits import load_json, save_json
+from nnunet_semicl.launch import nnunet_env, run_command
 
 DATASET_ID = 27
 DATASET = "Dataset027_ACDC"
@@ -150,7 +149,7 @@ def reduced_configuration(plans: dict, opts: dict) -> dict:
     """The inherited configuration added to the plans (pure): the protocol's ``2d_cpu`` on the parent's data,
     or with ``spacing`` a lower-resolution one with its own ``data_identifier``."""
     import numpy as np
-    from nnunet_semicl.data.plans_tools import resolved_configuration, make_tiny_configuration
+    from nnunet_semicl.data.plans_tools import make_tiny_configuration, resolved_configuration
 
     parent = resolved_configuration(plans, "2d")
     n = min(int(opts["stages"]), int(parent["architecture"]["arch_kwargs"]["n_stages"]))
@@ -185,25 +184,11 @@ def progress_line(line: str) -> bool:
     return any(k in line for k in keys)
 
 
-def _env(dirs: Dict[str, str], training: bool, device: str, extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-    env = dict(os.environ, **dirs)
-    env.update(extra or {})
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env["nnUNet_def_n_proc"] = env.get("nnUNet_def_n_proc", "2")
-    env["PYTHONUNBUFFERED"] = "1"
-    env.pop("nnUNet_n_proc_DA", None)   # nnU-Net 2.8.1 planning crashes with 0
-    if training and device == "cpu":
-        env["nnUNet_n_proc_DA"] = "0"
-        env["nnUNet_compile"] = "f"
-        env = cpu_training_env(env)
-    return env
-
-
 def prepare(work: str, dirs: Dict[str, str], opts: dict, source: str, log: str) -> dict:
     """Convert, plan, add and preprocess the reduced configuration, write the settings' schedule (idempotent)."""
     from nnunet_semicl.data.splits import write_plans_variant
 
-    env = _env(dirs, training=False, device=opts["device"])
+    env = nnunet_env(opts["device"], training=False, dirs=dirs)
     cli = [sys.executable, "-m", "nnunet_semicl.cli"]
     raw = os.path.join(dirs["nnUNet_raw"], DATASET)
     pre = os.path.join(dirs["nnUNet_preprocessed"], DATASET)
@@ -357,7 +342,7 @@ def train_one(dirs, opts, trainer: str, setting: str, log: str, redo: bool, over
             env_extra = {"NNUNET_SEMICL_WARM_START": pretrained, "nnUNet_extTrainer": os.pathsep.join(ext)}
         t = time.time()
         run_command(["nnUNetv2_train", DATASET_ID, cname, "0", "-tr", trainer, "-p", f"nnUNetPlans_{setting}",
-                     "-device", device] + extra, _env(dirs, training=True, device=device, extra=env_extra), log,
+                     "-device", device] + extra, nnunet_env(device, training=True, dirs=dirs, overrides=env_extra), log,
                     show=progress_line, indent="    ")
         prev = load_json(record_file).get("wall_s", 0.0) if os.path.isfile(record_file) else 0.0
         save_json({"wall_s": prev + time.time() - t, "pretrained": pretrained}, record_file)

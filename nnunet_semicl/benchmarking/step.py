@@ -32,8 +32,8 @@ from typing import Dict, List, Optional, Sequence
 
 from nnunet_semicl.benchmarking.common import (MB, fmt, fmt_pct, format_machine, machine_info, markdown_table,
                                                median, ratio, repo_docs_path, update_doc_section)
-from nnunet_semicl.cli_support import run_command
 from nnunet_semicl.data.splits import load_json, save_json
+from nnunet_semicl.launch import nnunet_env, run_command
 
 STOCK = "nnUNetTrainer"
 MEAN_TEACHER = "nnUNetTrainerMeanTeacher"
@@ -142,20 +142,14 @@ def interleaved_orders(entries: Sequence[str], reps: int, seed: int = 0) -> List
 # driver (parent process: no torch / nnU-Net import)
 # ------------------------------------------------------------------------------------------------
 def _env(work: str, opts: dict, for_training: bool) -> Dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env["nnUNet_def_n_proc"] = env.get("nnUNet_def_n_proc", "2")
-    env["PYTHONUNBUFFERED"] = "1"
-    if opts["dataset"] is None:
-        env.update({k: os.path.join(work, k) for k in ("nnUNet_raw", "nnUNet_preprocessed")})
-    env["nnUNet_results"] = os.path.join(work, "nnUNet_results")  # trainer logs never go to the user's results
+    dirs = {k: os.path.join(work, k) for k in ("nnUNet_raw", "nnUNet_preprocessed")} if opts["dataset"] is None else {}
+    dirs["nnUNet_results"] = os.path.join(work, "nnUNet_results")  # trainer logs never go to the user's results
+    overrides = {}
     if for_training:
-        env["nnUNet_n_proc_DA"] = "0"
+        overrides["nnUNet_n_proc_DA"] = "0"  # on every device: data loading is timed apart from the step
         if not opts["compile"]:
-            env["nnUNet_compile"] = "f"
-    else:
-        env.pop("nnUNet_n_proc_DA", None)  # nnU-Net 2.8.1 planning crashes with 0
-    return env
+            overrides["nnUNet_compile"] = "f"
+    return nnunet_env(opts["device"], for_training, dirs, overrides)
 
 
 def prepare_phantoms(work: str, opts: dict) -> str:

@@ -33,7 +33,7 @@ import os
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from nnunet_semicl.cli_support import module_main
+from nnunet_semicl.launch import module_main
 from nnunet_semicl.dataset_conversion.common import (ConversionError, DatasetSpec, add_converter_arguments,
                                                      convert_dataset, raise_if_problems, read_id_list,
                                                      run_converter, short_list)

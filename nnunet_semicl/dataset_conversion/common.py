@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
-from nnunet_semicl.cli_support import exit_2_on
+from nnunet_semicl.launch import exit_2_on
 
 if TYPE_CHECKING:  # protocols imports this module (ConversionError)
     from nnunet_semicl.dataset_conversion.protocols import Protocol

@@ -29,7 +29,7 @@ import os
 from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from nnunet_semicl.cli_support import module_main
+from nnunet_semicl.launch import module_main
 from nnunet_semicl.dataset_conversion.common import (ConversionError, DatasetSpec, add_converter_arguments,
                                                      convert_dataset, raise_if_problems, run_converter)
 from nnunet_semicl.dataset_conversion.protocols import LA, Protocol

@@ -351,7 +351,7 @@ def test_run_command_streams_logs_and_exits_with_the_tail(tmp_path, capsys):
     import os
     import sys
 
-    from nnunet_semicl.cli_support import run_command
+    from nnunet_semicl.launch import run_command
 
     log = tmp_path / "cmd.log"
     code = "import sys; print('keep me'); print('drop me'); sys.exit(0)"
@@ -375,12 +375,27 @@ def test_save_json_writes_numpy_values_and_folders(tmp_path):
         save_json({"a": object()}, str(tmp_path / "y.json"))
 
 
-def test_cpu_training_env_keeps_the_users_choice():
-    from nnunet_semicl.cpu_env import CPU_MALLOC_ENV, cpu_training_env
+def test_nnunet_env_applies_the_cpu_training_settings_only_to_cpu_training():
+    from nnunet_semicl.launch import CPU_MALLOC_ENV, nnunet_env
 
-    env = cpu_training_env({"MALLOC_TRIM_THRESHOLD_": "0", "PATH": "/bin"})
-    assert env["MALLOC_TRIM_THRESHOLD_"] == "0" and env["PATH"] == "/bin"
-    assert env["MALLOC_MMAP_THRESHOLD_"] == CPU_MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]
+    user = {"PATH": "/bin", "MALLOC_TRIM_THRESHOLD_": "0", "nnUNet_n_proc_DA": "6", "nnUNet_def_n_proc": "3",
+            "nnUNet_compile": "t"}
+    dirs = {"nnUNet_raw": "/w/raw"}
+    cpu = nnunet_env("cpu", training=True, dirs=dirs, base=user)
+    # the CPU training settings; the user's malloc value and the other variables are kept
+    assert cpu["nnUNet_n_proc_DA"] == "0" and cpu["nnUNet_compile"] == "f"
+    assert cpu["MALLOC_TRIM_THRESHOLD_"] == "0"
+    assert cpu["MALLOC_MMAP_THRESHOLD_"] == CPU_MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]
+    assert cpu["PATH"] == "/bin" and cpu["nnUNet_def_n_proc"] == "3" and cpu["nnUNet_raw"] == "/w/raw"
+    assert cpu["OMP_WAIT_POLICY"] == "PASSIVE" and cpu["PYTHONUNBUFFERED"] == "1"
+    # CUDA training and CPU planning: none of them; no inherited nnUNet_n_proc_DA (planning crashes with 0)
+    for env in (nnunet_env("cuda", training=True, base=user), nnunet_env("cpu", training=False, base=user)):
+        assert "MALLOC_MMAP_THRESHOLD_" not in env
+        assert env["nnUNet_compile"] == "t" and "nnUNet_n_proc_DA" not in env
+    assert nnunet_env("cpu", training=False, base={})["nnUNet_def_n_proc"] == "2"
+    # a command's overrides come last
+    assert nnunet_env("cpu", True, base=user, overrides={"nnUNet_compile": "t"})["nnUNet_compile"] == "t"
+    assert user["nnUNet_n_proc_DA"] == "6"  # the caller's mapping is not changed
 
 
 def test_sampler_comparison_with_an_official_copy(tmp_path):
