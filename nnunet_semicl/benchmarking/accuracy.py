@@ -18,7 +18,7 @@ only re-runs its validation when its final checkpoint exists):
    setting and run, from scratch; nnU-Net's final validation writes ``fold_0/validation/summary.json``
    (the 20 validation frames at their original resolution);
 5. a table of per-class Dice, mean, seconds per iteration and wall time (JSON + markdown; the
-   ``accuracy`` section of a docs file given with ``--docs``).
+   ``accuracy`` section of a docs file given with ``--update-docs``).
 
 ``--warm-epochs N`` keeps the older protocol: a shared supervised warm start per setting
 (``nnUNetTrainerLabeledOnly`` on ``nnUNetPlans_<setting>_warm``), then every trainer as
@@ -32,8 +32,8 @@ import sys
 import time
 from typing import Dict, Optional
 
-from nnunet_semicl.benchmarking.common import (fmt, format_machine, machine_info, markdown_table, repo_docs_path,
-                                               update_doc_section)
+from nnunet_semicl.benchmarking.common import (add_update_docs_argument, fmt, format_machine, machine_info,
+                                               markdown_table, update_docs_if_asked)
 from nnunet_semicl.data.splits import load_json, save_json
 from nnunet_semicl.launch import nnunet_env, run_command
 
@@ -99,9 +99,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redo", action="store_true", help="train again even when a run has finished")
     p.add_argument("--smoke", action="store_true", help="pipeline check: nnUNetTrainerLabeledOnly, 5pct, 1 epoch x 2 "
                                                         "iterations (other values with --trainers ...), default workdir "
-                                                        "./nnunet_semicl_accuracy_smoke; no docs update")
-    p.add_argument("--docs", default="auto", help="'auto' (the checkout's docs/performance.md, not with --smoke), "
-                                                  "'none', or a path")
+                                                        "./nnunet_semicl_accuracy_smoke")
+    add_update_docs_argument(p, "accuracy")
 
 
 def resolve_options(args) -> dict:
@@ -415,11 +414,7 @@ def run(args) -> dict:
     with open(os.path.join(work, "accuracy.md"), "w") as f:
         f.write(md + "\n")
     print("\n" + md, flush=True)
-    docs = None if args.docs == "none" else ((None if opts["smoke"] else repo_docs_path()) if args.docs == "auto"
-                                             else args.docs)
-    if docs:
-        update_doc_section(docs, "accuracy", md)
-        print(f"\nUpdated the accuracy section of {docs}", flush=True)
+    update_docs_if_asked(args.update_docs, "accuracy", md)
     print(f"\nResults: {os.path.join(work, 'accuracy.json')} and accuracy.md ({(time.time() - t0) / 60:.1f} min)",
           flush=True)
     return report

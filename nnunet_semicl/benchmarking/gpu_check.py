@@ -285,7 +285,7 @@ def _step_part(key: str, ds: dict, work: str, trainers, reps: int, steps: int, w
     from nnunet_semicl.benchmarking import step as step_mod
     cmd = [sys.executable, "-m", "nnunet_semicl.cli", "benchmark", "step", "--workdir", work, "--dataset",
            str(ds["dataset_id"]), "--plans", ds["plans"], "-c", ds["configuration"], "--device", device,
-           "--reps", str(reps), "--steps", str(steps), "--warmup", str(warmup), "--docs", "none",
+           "--reps", str(reps), "--steps", str(steps), "--warmup", str(warmup),
            "--timeout", str(int(max(timeout, 30))), "--trainers", *trainers]
     t0 = time.time()
     try:

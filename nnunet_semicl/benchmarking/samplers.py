@@ -19,8 +19,8 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
-from nnunet_semicl.benchmarking.common import (fmt, format_machine, machine_info, markdown_table, repo_docs_path,
-                                               update_doc_section)
+from nnunet_semicl.benchmarking.common import (add_update_docs_argument, fmt, format_machine, machine_info,
+                                               markdown_table, update_docs_if_asked)
 from nnunet_semicl.data.splits import save_json
 
 SAMPLERS = ("uniform", "sg", "sag")
@@ -47,9 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "adds grid_monte_carlo_sample / grid_as_monte_carlo_sample to the side-by-side table "
                         "(imported from there at run time, never copied)")
     p.add_argument("--out", default="nnunet_semicl_benchmark", help="folder for samplers.json / samplers.md")
-    p.add_argument("--smoke", action="store_true", help="tiny check: sizes 1e4 1e5, 50 draws, phantoms; no docs update")
-    p.add_argument("--docs", default="auto", help="'auto' (the checkout's docs/performance.md, not with --smoke), "
-                                                  "'none', or a path")
+    p.add_argument("--smoke", action="store_true", help="tiny check: sizes 1e4 1e5, 50 draws, phantoms")
+    add_update_docs_argument(p, "samplers")
 
 
 def make_sampler(name: str):
@@ -457,9 +456,6 @@ def run(args) -> dict:
     with open(os.path.join(out, "samplers.md"), "w") as f:
         f.write(md + "\n")
     print("\n" + md, flush=True)
-    docs = None if args.docs == "none" else ((None if smoke else repo_docs_path()) if args.docs == "auto" else args.docs)
-    if docs:
-        update_doc_section(docs, "samplers", md)
-        print(f"\nUpdated the sampler section of {docs}", flush=True)
+    update_docs_if_asked(args.update_docs, "samplers", md)
     print(f"\nResults: {os.path.join(out, 'samplers.json')} and samplers.md ({time.time() - t0:.0f} s)", flush=True)
     return report

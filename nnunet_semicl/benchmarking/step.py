@@ -30,8 +30,8 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-from nnunet_semicl.benchmarking.common import (MB, fmt, fmt_pct, format_machine, machine_info, markdown_table,
-                                               median, ratio, repo_docs_path, update_doc_section)
+from nnunet_semicl.benchmarking.common import (MB, add_update_docs_argument, fmt, fmt_pct, format_machine,
+                                               machine_info, markdown_table, median, ratio, update_docs_if_asked)
 from nnunet_semicl.data.splits import load_json, save_json
 from nnunet_semicl.launch import nnunet_env, run_command
 
@@ -85,10 +85,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="let nnU-Net torch.compile the stock trainer on CUDA "
                                                            "(default off for every trainer: nnUNet_compile=f)")
     p.add_argument("--smoke", action="store_true",
-                   help=f"tiny check: 2d_tiny, 6 patients, {' '.join(SMOKE_TRAINERS)}, 1 rep x 2 steps (1 warm-up); "
-                        "no docs update")
-    p.add_argument("--docs", default="auto", help="markdown file whose step-cost section is replaced: 'auto' (the "
-                                                  "checkout's docs/performance.md, not with --smoke), 'none', or a path")
+                   help=f"tiny check: 2d_tiny, 6 patients, {' '.join(SMOKE_TRAINERS)}, 1 rep x 2 steps (1 warm-up)")
+    add_update_docs_argument(p, "step")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per measurement subprocess")
 
 
@@ -270,20 +268,9 @@ def run(args) -> dict:
     with open(os.path.join(work, "step_cost.md"), "w") as f:
         f.write(md + "\n")
     print("\n" + md, flush=True)
-    docs = _docs_target(args.docs, opts["smoke"])
-    if docs:
-        update_doc_section(docs, "step", md)
-        print(f"\nUpdated the step-cost section of {docs}", flush=True)
+    update_docs_if_asked(args.update_docs, "step", md)
     print(f"\nResults: {os.path.join(work, 'step_cost.json')} and step_cost.md ({time.time() - t0:.0f} s)", flush=True)
     return report
-
-
-def _docs_target(docs: str, smoke: bool) -> Optional[str]:
-    if docs == "none":
-        return None
-    if docs == "auto":
-        return None if smoke else repo_docs_path()
-    return docs
 
 
 # ------------------------------------------------------------------------------------------------

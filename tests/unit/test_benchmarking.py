@@ -222,6 +222,18 @@ def test_cli_parses_benchmark_commands():
     assert acc["configuration"] == "2d_cpu"
     args = build_parser().parse_args(["benchmark", "samplers", "--smoke"])
     assert args.smoke and args.draws == 1000
+    # docs are written only to a file named on the command line
+    for name in ("step", "samplers", "accuracy"):
+        assert build_parser().parse_args(["benchmark", name]).update_docs is None
+        assert build_parser().parse_args(["benchmark", name, "--update-docs", "x.md"]).update_docs == "x.md"
+
+
+def test_update_docs_if_asked_writes_only_the_named_file(tmp_path, capsys):
+    common.update_docs_if_asked(None, "step", "table")
+    assert not list(tmp_path.iterdir()) and capsys.readouterr().out == ""
+    path = tmp_path / "perf.md"
+    common.update_docs_if_asked(str(path), "step", "table")
+    assert common.read_section(path.read_text(), "step") == "table" and str(path) in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------------
