@@ -517,7 +517,9 @@ def choose_epoch(trainer, phase: Optional[str]) -> int:
 
 def fill_state_buffers(trainer) -> int:
     """Fill every ring buffer of the trainer's state (queues, memory banks, NN pool) to capacity with random unit
-    vectors (and random class labels): the steady state of a long run. Returns the bytes of state buffers."""
+    vectors (and random class labels): the steady state of a long run. Returns the bytes of state buffers.
+
+    Only RingBuffer's public interface: ``reset()`` (empty, next write at position 0), then ``push`` in chunks."""
     import torch
     import torch.nn.functional as F
     from nnunet_semicl.modules.queues import RingBuffer
@@ -531,15 +533,12 @@ def fill_state_buffers(trainer) -> int:
         for m in state.modules():
             if not isinstance(m, RingBuffer):
                 continue
+            m.reset()
             for start in range(0, m.size, 4096):  # chunks: no temporary copy of a whole bank
-                stop = min(m.size, start + 4096)
-                x = torch.randn((stop - start, *m.item_shape), generator=g)
-                x = F.normalize(x, dim=-1)
-                m.items[start:stop] = x.to(device=m.items.device, dtype=m.items.dtype)
-                if m.with_labels:
-                    m.labels[start:stop] = torch.randint(0, k, (stop - start,), generator=g).to(m.labels.device)
-            m.ptr.zero_()
-            m.count.fill_(m.size)
+                n = min(m.size, start + 4096) - start
+                x = F.normalize(torch.randn((n, *m.item_shape), generator=g), dim=-1).to(m.items.device)
+                labels = torch.randint(0, k, (n,), generator=g).to(m.labels.device) if m.with_labels else None
+                m.push(x, labels)
     return sum(b.numel() * b.element_size() for b in state.buffers())
 
 
