@@ -33,7 +33,7 @@ import time
 from typing import Dict, Optional
 
 from nnunet_semicl.benchmarking.common import (add_update_docs_argument, fmt, format_machine, machine_info,
-                                               markdown_table, update_docs_if_asked)
+                                               markdown_table, shared_acdc_folder, update_docs_if_asked)
 from nnunet_semicl.data.splits import load_json, save_json
 from nnunet_semicl.launch import nnunet_env, run_command
 
@@ -171,12 +171,6 @@ def reduced_configuration(plans: dict, opts: dict) -> dict:
 # ------------------------------------------------------------------------------------------------
 # pipeline
 # ------------------------------------------------------------------------------------------------
-def _default_input() -> Optional[str]:
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
-    path = os.path.join(os.path.dirname(root), "shared", "data", "ACDC_ssl4mis")
-    return path if os.path.isdir(path) else None
-
-
 def progress_line(line: str) -> bool:
     """nnU-Net output lines worth echoing while a run trains (the rest goes to the log)."""
     keys = ("Epoch ", "Pseudo dice", "loss terms", "Mean Validation Dice", "Traceback", "Error")
@@ -359,7 +353,7 @@ def run(args) -> dict:
     opts = resolve_options(args)
     work = os.path.abspath(args.workdir + ("_smoke" if opts["smoke"] and args.workdir == "nnunet_semicl_accuracy"
                                            else ""))
-    source = args.input or _default_input()
+    source = args.input or shared_acdc_folder()
     if not source or not os.path.isdir(source):
         raise SystemExit("Pass -i /path/to/ACDC_ssl4mis (the SSL4MIS copy of ACDC: data/*.h5 and the *.list files).")
     if opts["device"] == "auto":

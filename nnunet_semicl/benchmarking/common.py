@@ -1,4 +1,4 @@
-"""Pure helpers shared by the benchmarks: machine description, statistics, markdown tables, and the
+"""Pure helpers shared by the benchmarks: machine description, the shared ACDC folder, statistics, markdown tables, and the
 writer that replaces one generated section of a markdown file such as ``docs/performance.md`` (and
 nothing else; only when a command is given the file with ``--update-docs PATH``).
 
@@ -20,7 +20,7 @@ MB = 1024.0 ** 2
 
 
 # ------------------------------------------------------------------------------------------------
-# machine
+# machine and data folders
 # ------------------------------------------------------------------------------------------------
 def _cpu_model() -> str:
     try:
@@ -50,6 +50,14 @@ def _version(dist: str) -> Optional[str]:
         return version(dist)
     except Exception:
         return None
+
+
+def shared_acdc_folder() -> Optional[str]:
+    """``../shared/data/ACDC_ssl4mis`` beside the source checkout this package runs from, when it holds the
+    SSL4MIS data (``data/``): the development default of ``--acdc`` / ``-i`` (an installed wheel has none)."""
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.path.join(os.path.dirname(checkout), "shared", "data", "ACDC_ssl4mis")
+    return path if os.path.isdir(os.path.join(path, "data")) else None
 
 
 def machine_info(device: str = "cpu", threads: Optional[int] = None) -> dict:

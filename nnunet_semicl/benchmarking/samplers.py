@@ -20,7 +20,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 from nnunet_semicl.benchmarking.common import (add_update_docs_argument, fmt, format_machine, machine_info,
-                                               markdown_table, update_docs_if_asked)
+                                               markdown_table, shared_acdc_folder, update_docs_if_asked)
 from nnunet_semicl.data.splits import save_json
 
 SAMPLERS = ("uniform", "sg", "sag")
@@ -217,12 +217,6 @@ def format_comparison_markdown(rows: List[dict]) -> str:
 # ------------------------------------------------------------------------------------------------
 # variance
 # ------------------------------------------------------------------------------------------------
-def default_acdc() -> Optional[str]:
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
-    path = os.path.join(os.path.dirname(root), "shared", "data", "ACDC_ssl4mis")
-    return path if os.path.isdir(os.path.join(path, "data")) else None
-
-
 def load_acdc_slices(folder: str, n: int = 8):
     """``n`` mid-ventricular training slices (all four classes present) of different patients, centre-cropped to a
     common size: (images [n, H, W] float32, labels [n, H, W] int64, description)."""
@@ -433,7 +427,7 @@ def run(args) -> dict:
           flush=True)
     comparison = comparison_benchmark(args.official, COMPARISON_CASES[:2] if smoke else COMPARISON_CASES,
                                       min_time=0.05 if smoke else 1.0, min_reps=3 if smoke else 7)
-    acdc = args.acdc or default_acdc()
+    acdc = args.acdc or shared_acdc_folder()
     source = args.source if args.source != "auto" else ("acdc" if acdc and not smoke else "phantom")
     if source == "acdc":
         if not acdc:
