@@ -1,6 +1,6 @@
-"""Pure helpers shared by the benchmarks: machine description, the shared ACDC folder, statistics, markdown tables, and the
-writer that replaces one generated section of a markdown file such as ``docs/performance.md`` (and
-nothing else; only when a command is given the file with ``--update-docs PATH``).
+"""Pure helpers shared by the benchmarks: machine description, the shared ACDC folder, statistics, markdown
+tables, and the writer that replaces one generated section of a markdown file such as
+``docs/performance.md`` (and nothing else; only when a command is given the file with ``--update-docs PATH``).
 
 Nothing here imports torch or nnU-Net at module level (``nnunet_semicl benchmark -h`` stays fast).
 """
