@@ -18,7 +18,7 @@ import shutil
 import sys
 import time
 
-from nnunet_semicl.launch import module_main, nnunet_env, run_command
+from nnunet_semicl.launch import module_main, nnunet_env, run_command, training_progress
 
 DATASET_ID = 990
 DATASET = f"Dataset{DATASET_ID:03d}_SemiCLPhantom"
@@ -45,13 +45,7 @@ def _step(msg):
 
 def _run(args, env, quiet=False):
     """Run a command, streaming its output (progress stays visible); raise with its tail on failure."""
-    run_command(args, env, show=_interesting if quiet else (lambda line: True))
-
-
-def _interesting(line: str) -> bool:
-    keys = ("Epoch ", "train_loss", "loss terms", "Pseudo dice", "Epoch time", "Mean Validation Dice", "Error",
-            "error", "Traceback")
-    return any(k in line for k in keys)
+    run_command(args, env, show=training_progress if quiet else (lambda line: True))
 
 
 def run(args):

@@ -51,6 +51,14 @@ def nnunet_env(device: str, training: bool, dirs: Optional[Mapping[str, str]] = 
     return env
 
 
+def training_progress(line: str) -> bool:
+    """nnU-Net output lines worth echoing while a command trains (``run_command(show=...)``; the rest goes to
+    the log)."""
+    keys = ("Epoch ", "train_loss", "loss terms", "Pseudo dice", "Mean Validation Dice", "Error", "error",
+            "Traceback")
+    return any(k in line for k in keys)
+
+
 def run_command(args: Sequence, env: Dict[str, str], log_path: Optional[str] = None, echo: bool = True,
                 show: Optional[Callable[[str], bool]] = None, indent: str = "") -> None:
     """Run a command, streaming its output: every line to ``log_path`` (if given), the lines ``show``

@@ -32,10 +32,11 @@ import sys
 import time
 from typing import Dict, Optional
 
-from nnunet_semicl.benchmarking.common import (add_update_docs_argument, fmt, format_machine, machine_info,
-                                               markdown_table, shared_acdc_folder, update_docs_if_asked)
+from nnunet_semicl.benchmarking.common import (add_update_docs_argument, command_line, fmt, format_machine,
+                                               machine_info, markdown_table, shared_acdc_folder,
+                                               update_docs_if_asked)
 from nnunet_semicl.data.splits import load_json, save_json
-from nnunet_semicl.launch import nnunet_env, run_command
+from nnunet_semicl.launch import nnunet_env, run_command, training_progress
 
 DATASET_ID = 27
 DATASET = "Dataset027_ACDC"
@@ -171,12 +172,6 @@ def reduced_configuration(plans: dict, opts: dict) -> dict:
 # ------------------------------------------------------------------------------------------------
 # pipeline
 # ------------------------------------------------------------------------------------------------
-def progress_line(line: str) -> bool:
-    """nnU-Net output lines worth echoing while a run trains (the rest goes to the log)."""
-    keys = ("Epoch ", "Pseudo dice", "loss terms", "Mean Validation Dice", "Traceback", "Error")
-    return any(k in line for k in keys)
-
-
 def prepare(work: str, dirs: Dict[str, str], opts: dict, source: str, log: str) -> dict:
     """Convert, plan, add and preprocess the reduced configuration, write the settings' schedule (idempotent)."""
     from nnunet_semicl.data.splits import write_plans_variant
@@ -336,7 +331,7 @@ def train_one(dirs, opts, trainer: str, setting: str, log: str, redo: bool, over
         t = time.time()
         run_command(["nnUNetv2_train", DATASET_ID, cname, "0", "-tr", trainer, "-p", f"nnUNetPlans_{setting}",
                      "-device", device] + extra, nnunet_env(device, training=True, dirs=dirs, overrides=env_extra), log,
-                    show=progress_line, indent="    ")
+                    show=training_progress, indent="    ")
         prev = load_json(record_file).get("wall_s", 0.0) if os.path.isfile(record_file) else 0.0
         save_json({"wall_s": prev + time.time() - t, "pretrained": pretrained}, record_file)
         row = {"status": "trained" + (f" ({extra[0]})" if extra and extra[0] in ("--val", "--c") else "")}
@@ -398,8 +393,7 @@ def run(args) -> dict:
               f"mean {fmt(row['mean'])}, {fmt(row.get('s_per_it'), 2)} s/it", flush=True)
     results = {t: {s: average_runs(rows) for s, rows in per.items()} for t, per in per_run.items()}
     report = {"machine": machine_info(opts["device"], os.cpu_count()), "options": opts,
-              "command": "nnunet_semicl benchmark accuracy " + " ".join(sys.argv[3:] if sys.argv[1:2] == ["benchmark"]
-                                                                       else sys.argv[1:]),
+              "command": command_line("accuracy"),
               "configuration": {k: cfg.get(k) for k in ("patch_size", "batch_size", "spacing", "data_identifier")},
               "architecture": cfg["architecture"]["arch_kwargs"]["features_per_stage"],
               "results": results, "wall_s": round(time.time() - t0, 1)}

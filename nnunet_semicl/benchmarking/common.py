@@ -8,6 +8,7 @@ import datetime
 import os
 import platform
 import statistics
+import sys
 import tempfile
 from typing import Iterable, Optional, Sequence
 
@@ -89,6 +90,12 @@ def machine_info(device: str = "cpu", threads: Optional[int] = None) -> dict:
         except Exception:
             info["gpu"] = "unknown"
     return info
+
+
+def command_line(benchmark: str) -> str:
+    """The command this process runs, as ``nnunet_semicl benchmark <benchmark> ...`` (for the report)."""
+    args = sys.argv[3:] if sys.argv[1:2] == ["benchmark"] else sys.argv[1:]
+    return " ".join([f"nnunet_semicl benchmark {benchmark}"] + args)
 
 
 def format_machine(info: dict) -> str:

@@ -22,13 +22,12 @@ first parts); each stage gets what is left of ``--budget`` seconds, in fixed sha
    own ``validation_step`` pseudo-Dice on held-out synthetic cases at the start and the end.
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
 import time
 import traceback
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from nnunet_semicl.benchmarking.common import fmt, markdown_table
 from nnunet_semicl.benchmarking.step_trainers import COMPILED

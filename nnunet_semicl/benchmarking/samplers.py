@@ -15,12 +15,12 @@
 import argparse
 import math
 import os
-import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
-from nnunet_semicl.benchmarking.common import (add_update_docs_argument, fmt, format_machine, machine_info,
-                                               markdown_table, shared_acdc_folder, update_docs_if_asked)
+from nnunet_semicl.benchmarking.common import (add_update_docs_argument, command_line, fmt, format_machine,
+                                               machine_info, markdown_table, shared_acdc_folder,
+                                               update_docs_if_asked)
 from nnunet_semicl.data.splits import save_json
 
 SAMPLERS = ("uniform", "sg", "sag")
@@ -438,8 +438,7 @@ def run(args) -> dict:
     print(f"Sampler variance ({desc}; {draws} draws)", flush=True)
     variance = variance_benchmark(images, labels, args.strides, args.anchors, draws)
     report = {"machine": machine_info("cpu", threads),
-              "command": "nnunet_semicl benchmark samplers " + " ".join(sys.argv[3:] if sys.argv[1:2] == ["benchmark"]
-                                                                      else sys.argv[1:]),
+              "command": command_line("samplers"),
               "options": {"sizes": sizes, "images": args.images, "draws": draws, "anchors": args.anchors,
                           "strides": args.strides, "source": source, "smoke": smoke,
                           "official": bool(args.official)},

@@ -30,7 +30,8 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-from nnunet_semicl.benchmarking.common import add_update_docs_argument, machine_info, update_docs_if_asked
+from nnunet_semicl.benchmarking.common import (add_update_docs_argument, command_line, machine_info,
+                                               update_docs_if_asked)
 from nnunet_semicl.benchmarking.step_report import format_step_markdown, summarize
 from nnunet_semicl.benchmarking.step_trainers import (COMPILED, DEFAULT_TRAINERS, PRETRAIN_ENTRIES, SMOKE_TRAINERS,
                                                       parse_entry)
@@ -240,8 +241,7 @@ def run(args) -> dict:
     machine = machine_info(opts["device"], opts["threads"])
     summary = summarize(results, opts["device"])
     report = {"machine": machine, "options": opts, "batch": batch_info, "orders": orders,
-              "command": "nnunet_semicl benchmark step " + " ".join(sys.argv[3:] if sys.argv[1:2] == ["benchmark"]
-                                                                  else sys.argv[1:]),
+              "command": command_line("step"),
               "summary": summary, "results": results, "failures": failures, "wall_s": round(time.time() - t0, 1)}
     md = format_step_markdown(report)
     save_json(report, os.path.join(work, "step_cost.json"))

@@ -230,6 +230,13 @@ def test_cli_parses_benchmark_commands():
         assert build_parser().parse_args(["benchmark", name, "--update-docs", "x.md"]).update_docs == "x.md"
 
 
+def test_command_line_of_a_report(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["nnunet_semicl", "benchmark", "step", "--smoke"])
+    assert common.command_line("step") == "nnunet_semicl benchmark step --smoke"
+    monkeypatch.setattr("sys.argv", ["python -m nnunet_semicl.benchmarking.step", "--reps", "2"])
+    assert common.command_line("step") == "nnunet_semicl benchmark step --reps 2"
+
+
 def test_update_docs_if_asked_writes_only_the_named_file(tmp_path, capsys):
     common.update_docs_if_asked(None, "step", "table")
     assert not list(tmp_path.iterdir()) and capsys.readouterr().out == ""
@@ -387,6 +394,13 @@ def test_save_json_writes_numpy_values_and_folders(tmp_path):
     assert load_json(str(path)) == {"a": 1.5, "b": [0, 1, 2], "c": 2}
     with pytest.raises(TypeError, match="not JSON serialisable"):
         save_json({"a": object()}, str(tmp_path / "y.json"))
+
+
+def test_training_progress_keeps_epochs_and_errors_only():
+    from nnunet_semicl.launch import training_progress
+
+    assert training_progress("2026-01-01 Epoch 3\n") and training_progress("Traceback (most recent call last):")
+    assert training_progress("Mean Validation Dice:  0.8") and not training_progress("Using torch.compile...")
 
 
 def test_nnunet_env_applies_the_cpu_training_settings_only_to_cpu_training():
