@@ -328,10 +328,10 @@ def train_one(dirs, opts, trainer: str, setting: str, log: str, redo: bool, over
                 raise SystemExit(f"the warm-start checkpoint {pretrained} does not exist")
             ext = [shim] + [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p.strip()]
             env_extra = {"NNUNET_SEMICL_WARM_START": pretrained, "nnUNet_extTrainer": os.pathsep.join(ext)}
+        env = nnunet_env(device, training=True, dirs=dirs, overrides=env_extra)
         t = time.time()
         run_command(["nnUNetv2_train", DATASET_ID, cname, "0", "-tr", trainer, "-p", f"nnUNetPlans_{setting}",
-                     "-device", device] + extra, nnunet_env(device, training=True, dirs=dirs, overrides=env_extra), log,
-                    show=training_progress, indent="    ")
+                     "-device", device] + extra, env, log, show=training_progress, indent="    ")
         prev = load_json(record_file).get("wall_s", 0.0) if os.path.isfile(record_file) else 0.0
         save_json({"wall_s": prev + time.time() - t, "pretrained": pretrained}, record_file)
         row = {"status": "trained" + (f" ({extra[0]})" if extra and extra[0] in ("--val", "--c") else "")}
