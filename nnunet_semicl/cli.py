@@ -20,7 +20,7 @@ import shlex
 import sys
 
 from nnunet_semicl import ext_trainer_path
-from nnunet_semicl.cli_support import cli_error
+from nnunet_semicl.launch import cli_error
 
 # sub-commands implemented in other modules: (name, module, help); each module has add_arguments(p) and run(args)
 EXTERNAL_COMMANDS = [

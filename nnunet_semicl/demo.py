@@ -18,9 +18,8 @@ import shutil
 import sys
 import time
 
-from nnunet_semicl.cli_support import run_command
-from nnunet_semicl.cpu_env import cpu_training_env
 from nnunet_semicl.dataset_conversion.synthetic import DATASET, DATASET_ID
+from nnunet_semicl.launch import module_main, nnunet_env, run_command, training_progress
 LABELS = ("RV", "MLV", "LVC")
 
 
@@ -44,13 +43,7 @@ def _step(msg):
 
 def _run(args, env, quiet=False):
     """Run a command, streaming its output (progress stays visible); raise with its tail on failure."""
-    run_command(args, env, show=_interesting if quiet else (lambda line: True))
-
-
-def _interesting(line: str) -> bool:
-    keys = ("Epoch ", "train_loss", "loss terms", "Pseudo dice", "Epoch time", "Mean Validation Dice", "Error",
-            "error", "Traceback")
-    return any(k in line for k in keys)
+    run_command(args, env, show=training_progress if quiet else (lambda line: True))
 
 
 def run(args):
@@ -76,15 +69,9 @@ def run(args):
     dirs = {k: os.path.join(work, k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
     for d in dirs.values():
         os.makedirs(d, exist_ok=True)
-    env = dict(os.environ, **dirs, nnUNet_def_n_proc="2", PYTHONUNBUFFERED="1")
-    # torch's OpenMP threads spin while waiting; on a busy 2-core machine that makes CPU training
-    # 10x slower. Passive waiting costs nothing when the machine is idle (docs/small_compute.md).
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env.pop("nnUNet_n_proc_DA", None)  # nnU-Net 2.8.1 planning crashes with 0
-    train_env = dict(env, nnUNet_n_proc_DA="0" if not cuda else env.get("nnUNet_n_proc_DA", "4"))
-    if not cuda:
-        train_env["nnUNet_compile"] = "f"
-        train_env = cpu_training_env(train_env)
+    env = nnunet_env(device, training=False, dirs=dirs)
+    # on CUDA, 4 augmentation workers (on CPU the training settings run augmentation in-process)
+    train_env = nnunet_env(device, training=True, dirs=dirs, overrides={"nnUNet_n_proc_DA": "4"} if cuda else None)
     py = [sys.executable, "-m", "nnunet_semicl.cli"]
     t0 = time.time()
     print(f"nnunet_semicl demo on {device}: {args.trainers} on {configuration}, {epochs} epochs x {iterations} "
@@ -139,8 +126,6 @@ def format_table(results) -> str:
 
 
 def main(argv=None):
-    from nnunet_semicl.cli_support import module_main
-
     module_main("nnunet_semicl demo", add_arguments, run, argv)
 
 

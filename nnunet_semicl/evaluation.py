@@ -34,9 +34,9 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from nnunet_semicl.cli_support import exit_2_on, module_main  # CLI shape shared with convert-*
 from nnunet_semicl.errors import EvaluationError, InputError
 from nnunet_semicl.files import incomplete_file_problem, load_json, save_json
+from nnunet_semicl.launch import exit_2_on, module_main  # CLI shape shared with convert-*
 
 METRICS = ("dice", "jaccard", "hd95_mm", "asd_mm", "hd95_voxel", "asd_voxel")
 CONVENTIONS = ("nan", "ssl4mis")

@@ -10,9 +10,10 @@ import os
 # slower whenever another process competes for the 2 cores (docs/small_compute.md)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # ... and for the training subprocesses, glibc settings that stop page-faulting freed tensors back in
-from nnunet_semicl.cpu_env import cpu_training_env  # noqa: E402
+from nnunet_semicl.launch import CPU_MALLOC_ENV  # noqa: E402
 
-os.environ.update(cpu_training_env(dict(os.environ)))
+for _k, _v in CPU_MALLOC_ENV.items():
+    os.environ.setdefault(_k, _v)
 
 import subprocess  # noqa: E402
 import sys

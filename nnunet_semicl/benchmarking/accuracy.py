@@ -18,7 +18,7 @@ only re-runs its validation when its final checkpoint exists):
    setting and run, from scratch; nnU-Net's final validation writes ``fold_0/validation/summary.json``
    (the 20 validation frames at their original resolution);
 5. a table of per-class Dice, mean, seconds per iteration and wall time (JSON + markdown; the
-   ``accuracy`` section of a docs file given with ``--docs``).
+   ``accuracy`` section of a docs file given with ``--update-docs``).
 
 ``--warm-epochs N`` keeps the older protocol: a shared supervised warm start per setting
 (``nnUNetTrainerLabeledOnly`` on ``nnUNetPlans_<setting>_warm``), then every trainer as
@@ -32,11 +32,11 @@ import sys
 import time
 from typing import Dict, Optional
 
-from nnunet_semicl.cpu_env import cpu_training_env
-from nnunet_semicl.benchmarking.common import (fmt, format_machine, machine_info, markdown_table, repo_docs_path,
-                                               update_doc_section)
-from nnunet_semicl.cli_support import run_command
+from nnunet_semicl.benchmarking.common import (add_update_docs_argument, command_line, fmt, format_machine,
+                                               machine_info, markdown_table, shared_acdc_folder,
+                                               update_docs_if_asked)
 from nnunet_semicl.files import load_json, save_json
+from nnunet_semicl.launch import nnunet_env, run_command, training_progress
 
 DATASET_ID = 27
 DATASET = "Dataset027_ACDC"
@@ -100,9 +100,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redo", action="store_true", help="train again even when a run has finished")
     p.add_argument("--smoke", action="store_true", help="pipeline check: nnUNetTrainerLabeledOnly, 5pct, 1 epoch x 2 "
                                                         "iterations (other values with --trainers ...), default workdir "
-                                                        "./nnunet_semicl_accuracy_smoke; no docs update")
-    p.add_argument("--docs", default="auto", help="'auto' (the checkout's docs/performance.md, not with --smoke), "
-                                                  "'none', or a path")
+                                                        "./nnunet_semicl_accuracy_smoke")
+    add_update_docs_argument(p, "accuracy")
 
 
 def resolve_options(args) -> dict:
@@ -150,9 +149,9 @@ def reduced_configuration(plans: dict, opts: dict) -> dict:
     """The inherited configuration added to the plans (pure): the protocol's ``2d_cpu`` on the parent's data,
     or with ``spacing`` a lower-resolution one with its own ``data_identifier``."""
     import numpy as np
-    from nnunet_semicl.data.plans_tools import _resolved_configuration, make_tiny_configuration
+    from nnunet_semicl.data.plans_tools import make_tiny_configuration, resolved_configuration
 
-    parent = _resolved_configuration(plans, "2d")
+    parent = resolved_configuration(plans, "2d")
     n = min(int(opts["stages"]), int(parent["architecture"]["arch_kwargs"]["n_stages"]))
     kwargs = dict(feature_divisor=opts["feature_divisor"], max_features=opts["max_features"], max_stages=n,
                   batch_size=opts["batch_size"])
@@ -173,37 +172,11 @@ def reduced_configuration(plans: dict, opts: dict) -> dict:
 # ------------------------------------------------------------------------------------------------
 # pipeline
 # ------------------------------------------------------------------------------------------------
-def _default_input() -> Optional[str]:
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
-    path = os.path.join(os.path.dirname(root), "shared", "data", "ACDC_ssl4mis")
-    return path if os.path.isdir(path) else None
-
-
-def progress_line(line: str) -> bool:
-    """nnU-Net output lines worth echoing while a run trains (the rest goes to the log)."""
-    keys = ("Epoch ", "Pseudo dice", "loss terms", "Mean Validation Dice", "Traceback", "Error")
-    return any(k in line for k in keys)
-
-
-def _env(dirs: Dict[str, str], training: bool, device: str, extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-    env = dict(os.environ, **dirs)
-    env.update(extra or {})
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env["nnUNet_def_n_proc"] = env.get("nnUNet_def_n_proc", "2")
-    env["PYTHONUNBUFFERED"] = "1"
-    env.pop("nnUNet_n_proc_DA", None)   # nnU-Net 2.8.1 planning crashes with 0
-    if training and device == "cpu":
-        env["nnUNet_n_proc_DA"] = "0"
-        env["nnUNet_compile"] = "f"
-        env = cpu_training_env(env)
-    return env
-
-
 def prepare(work: str, dirs: Dict[str, str], opts: dict, source: str, log: str) -> dict:
     """Convert, plan, add and preprocess the reduced configuration, write the settings' schedule (idempotent)."""
     from nnunet_semicl.data.setting_files import write_plans_variant
 
-    env = _env(dirs, training=False, device=opts["device"])
+    env = nnunet_env(opts["device"], training=False, dirs=dirs)
     cli = [sys.executable, "-m", "nnunet_semicl.cli"]
     raw = os.path.join(dirs["nnUNet_raw"], DATASET)
     pre = os.path.join(dirs["nnUNet_preprocessed"], DATASET)
@@ -243,8 +216,8 @@ def prepare(work: str, dirs: Dict[str, str], opts: dict, source: str, log: str) 
         run_command(["nnUNetv2_preprocess", "-d", DATASET_ID, "-c", cname, "-plans_name", "nnUNetPlans", "-np", "2"],
                     env, log)
         save_json({"configuration": cfg}, marker)
-    from nnunet_semicl.data.plans_tools import _resolved_configuration
-    resolved = _resolved_configuration(load_json(plans_path), cname)
+    from nnunet_semicl.data.plans_tools import resolved_configuration
+    resolved = resolved_configuration(load_json(plans_path), cname)
     run_command(cli + ["sync-plans", DATASET_ID], env, log, echo=False)
     for setting in opts["settings"]:
         if not os.path.isfile(os.path.join(pre, f"splits_semicl_{setting}.json")):
@@ -355,10 +328,10 @@ def train_one(dirs, opts, trainer: str, setting: str, log: str, redo: bool, over
                 raise SystemExit(f"the warm-start checkpoint {pretrained} does not exist")
             ext = [shim] + [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p.strip()]
             env_extra = {"NNUNET_SEMICL_WARM_START": pretrained, "nnUNet_extTrainer": os.pathsep.join(ext)}
+        env = nnunet_env(device, training=True, dirs=dirs, overrides=env_extra)
         t = time.time()
         run_command(["nnUNetv2_train", DATASET_ID, cname, "0", "-tr", trainer, "-p", f"nnUNetPlans_{setting}",
-                     "-device", device] + extra, _env(dirs, training=True, device=device, extra=env_extra), log,
-                    show=progress_line, indent="    ")
+                     "-device", device] + extra, env, log, show=training_progress, indent="    ")
         prev = load_json(record_file).get("wall_s", 0.0) if os.path.isfile(record_file) else 0.0
         save_json({"wall_s": prev + time.time() - t, "pretrained": pretrained}, record_file)
         row = {"status": "trained" + (f" ({extra[0]})" if extra and extra[0] in ("--val", "--c") else "")}
@@ -375,7 +348,7 @@ def run(args) -> dict:
     opts = resolve_options(args)
     work = os.path.abspath(args.workdir + ("_smoke" if opts["smoke"] and args.workdir == "nnunet_semicl_accuracy"
                                            else ""))
-    source = args.input or _default_input()
+    source = args.input or shared_acdc_folder()
     if not source or not os.path.isdir(source):
         raise SystemExit("Pass -i /path/to/ACDC_ssl4mis (the SSL4MIS copy of ACDC: data/*.h5 and the *.list files).")
     if opts["device"] == "auto":
@@ -420,8 +393,7 @@ def run(args) -> dict:
               f"mean {fmt(row['mean'])}, {fmt(row.get('s_per_it'), 2)} s/it", flush=True)
     results = {t: {s: average_runs(rows) for s, rows in per.items()} for t, per in per_run.items()}
     report = {"machine": machine_info(opts["device"], os.cpu_count()), "options": opts,
-              "command": "nnunet_semicl benchmark accuracy " + " ".join(sys.argv[3:] if sys.argv[1:2] == ["benchmark"]
-                                                                       else sys.argv[1:]),
+              "command": command_line("accuracy"),
               "configuration": {k: cfg.get(k) for k in ("patch_size", "batch_size", "spacing", "data_identifier")},
               "architecture": cfg["architecture"]["arch_kwargs"]["features_per_stage"],
               "results": results, "wall_s": round(time.time() - t0, 1)}
@@ -430,11 +402,7 @@ def run(args) -> dict:
     with open(os.path.join(work, "accuracy.md"), "w") as f:
         f.write(md + "\n")
     print("\n" + md, flush=True)
-    docs = None if args.docs == "none" else ((None if opts["smoke"] else repo_docs_path()) if args.docs == "auto"
-                                             else args.docs)
-    if docs:
-        update_doc_section(docs, "accuracy", md)
-        print(f"\nUpdated the accuracy section of {docs}", flush=True)
+    update_docs_if_asked(args.update_docs, "accuracy", md)
     print(f"\nResults: {os.path.join(work, 'accuracy.json')} and accuracy.md ({(time.time() - t0) / 60:.1f} min)",
           flush=True)
     return report

@@ -4,9 +4,9 @@
     nnunet_semicl benchmark samplers    time of uniform / SG / SAG sampling, their variance on real images
     nnunet_semicl benchmark accuracy    CPU-scale training of every trainer on ACDC (5pct, 10pct), Dice table
 
-Each writes JSON + markdown and replaces its own section of docs/performance.md (see
-docs/performance.md for the exact commands, their durations and the results). Heavy imports happen
-inside the commands.
+Each writes JSON + markdown into its work folder, and with ``--update-docs PATH`` replaces its own
+section of that file (docs/performance.md gives the exact commands, their durations and the results).
+Heavy imports happen inside the commands.
 """
 import argparse
 

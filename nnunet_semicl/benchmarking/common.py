@@ -1,5 +1,6 @@
-"""Pure helpers shared by the benchmarks: machine description, statistics, markdown tables, and the
-writer that replaces one generated section of ``docs/performance.md`` (and nothing else).
+"""Pure helpers shared by the benchmarks: machine description, the shared ACDC folder, statistics, markdown
+tables, and the writer that replaces one generated section of a markdown file such as
+``docs/performance.md`` (and nothing else; only when a command is given the file with ``--update-docs PATH``).
 
 Nothing here imports torch or nnU-Net at module level (``nnunet_semicl benchmark -h`` stays fast).
 """
@@ -7,6 +8,7 @@ import datetime
 import os
 import platform
 import statistics
+import sys
 import tempfile
 from typing import Iterable, Optional, Sequence
 
@@ -18,15 +20,8 @@ _END = "<!-- nnunet_semicl benchmark {key}: end -->"
 MB = 1024.0 ** 2
 
 
-def repo_docs_path() -> Optional[str]:
-    """``docs/performance.md`` of the source checkout this package runs from (None for an installed wheel)."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    path = os.path.join(root, "docs", "performance.md")
-    return path if os.path.isfile(path) else None
-
-
 # ------------------------------------------------------------------------------------------------
-# machine
+# machine and data folders
 # ------------------------------------------------------------------------------------------------
 def _cpu_model() -> str:
     try:
@@ -58,6 +53,14 @@ def _version(dist: str) -> Optional[str]:
         return None
 
 
+def shared_acdc_folder() -> Optional[str]:
+    """``../shared/data/ACDC_ssl4mis`` beside the source checkout this package runs from, when it holds the
+    SSL4MIS data (``data/``): the development default of ``--acdc`` / ``-i`` (an installed wheel has none)."""
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.path.join(os.path.dirname(checkout), "shared", "data", "ACDC_ssl4mis")
+    return path if os.path.isdir(os.path.join(path, "data")) else None
+
+
 def machine_info(device: str = "cpu", threads: Optional[int] = None) -> dict:
     """What a timing depends on: CPU, cores, RAM, library versions, threads, OMP_WAIT_POLICY, GPU."""
     try:
@@ -87,6 +90,12 @@ def machine_info(device: str = "cpu", threads: Optional[int] = None) -> dict:
         except Exception:
             info["gpu"] = "unknown"
     return info
+
+
+def command_line(benchmark: str) -> str:
+    """The command this process runs, as ``nnunet_semicl benchmark <benchmark> ...`` (for the report)."""
+    args = sys.argv[3:] if sys.argv[1:2] == ["benchmark"] else sys.argv[1:]
+    return " ".join([f"nnunet_semicl benchmark {benchmark}"] + args)
 
 
 def format_machine(info: dict) -> str:
@@ -157,8 +166,21 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence], align: Opti
 
 
 # ------------------------------------------------------------------------------------------------
-# docs/performance.md
+# generated sections of a markdown file (docs/performance.md)
 # ------------------------------------------------------------------------------------------------
+def add_update_docs_argument(p, key: str) -> None:
+    p.add_argument("--update-docs", metavar="PATH", default=None,
+                   help=f"also replace the generated '{key}' section of this markdown file (e.g. a checkout's "
+                        f"docs/performance.md); default: only the JSON and markdown of the work folder")
+
+
+def update_docs_if_asked(path: Optional[str], key: str, body: str) -> None:
+    """:func:`update_doc_section` when the command was given ``--update-docs PATH``."""
+    if path:
+        update_doc_section(path, key, body)
+        print(f"\nUpdated the {key} section of {path}", flush=True)
+
+
 def section_markers(key: str):
     return _BEGIN.format(key=key), _END.format(key=key)
 

@@ -10,7 +10,7 @@ first parts); each stage gets what is left of ``--budget`` seconds, in fixed sha
 2. ``cuda_tests``: ``pytest -m cuda tests/gpu`` (AMP iterations of every trainer on a real-size
    configuration with finite losses and GradScaler steps, fp16 state buffers, the samplers on CUDA
    against their CPU statistics); junit XML summarised.
-3. ``step``: ``nnunet_semicl benchmark step`` (nnunet_semicl/benchmarking/step.py) on the plans
+3. ``step``: ``nnunet_semicl benchmark step`` (nnunet_semicl/benchmarking/step*.py) on the plans
    stock planning gave ACDC ``2d`` and LA ``3d_fullres`` (shipped in benchmarks/gpu/plans/*.json:
    patch, batch, network; no image data), with synthetic phantom-like cases written straight into
    nnU-Net's preprocessed format; every trainer, interleaved repetitions, medians, ratios.
@@ -22,16 +22,15 @@ first parts); each stage gets what is left of ``--budget`` seconds, in fixed sha
    own ``validation_step`` pseudo-Dice on held-out synthetic cases at the start and the end.
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
 import time
 import traceback
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from nnunet_semicl.benchmarking.common import fmt, markdown_table
-from nnunet_semicl.benchmarking.step import COMPILED
+from nnunet_semicl.benchmarking.step_trainers import COMPILED
 from nnunet_semicl.files import load_json, save_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -283,10 +282,10 @@ def stage_cuda_tests(out: str, timeout: float, dry_run: bool) -> dict:
 def _step_part(key: str, ds: dict, work: str, trainers, reps: int, steps: int, warmup: int, device: str,
                timeout: float) -> dict:
     """One ``nnunet_semicl benchmark step`` run in a subprocess; on a timeout, the measurements so far."""
-    from nnunet_semicl.benchmarking import step as step_mod
+    from nnunet_semicl.benchmarking import step_report
     cmd = [sys.executable, "-m", "nnunet_semicl.cli", "benchmark", "step", "--workdir", work, "--dataset",
            str(ds["dataset_id"]), "--plans", ds["plans"], "-c", ds["configuration"], "--device", device,
-           "--reps", str(reps), "--steps", str(steps), "--warmup", str(warmup), "--docs", "none",
+           "--reps", str(reps), "--steps", str(steps), "--warmup", str(warmup),
            "--timeout", str(int(max(timeout, 30))), "--trainers", *trainers]
     t0 = time.time()
     try:
@@ -302,11 +301,11 @@ def _step_part(key: str, ds: dict, work: str, trainers, reps: int, steps: int, w
     if rc == 0 and os.path.isfile(full):
         rep = load_json(full)
         res.update(summary=rep["summary"], failures=rep.get("failures"), batch=rep.get("batch"),
-                   markdown=step_mod.format_step_markdown(rep))
+                   markdown=step_report.format_step_markdown(rep))
     elif os.path.isfile(partial):
         part = load_json(partial)
         if part.get("results"):
-            res["summary"] = step_mod.summarize(part["results"], device)
+            res["summary"] = step_report.summarize(part["results"], device)
             res["failures"] = part.get("failures")
             res["markdown"] = markdown_table(
                 ["trainer", "s/it", "peak MB", "× stock", "× MT"],

@@ -15,12 +15,12 @@
 import argparse
 import math
 import os
-import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
-from nnunet_semicl.benchmarking.common import (fmt, format_machine, machine_info, markdown_table, repo_docs_path,
-                                               update_doc_section)
+from nnunet_semicl.benchmarking.common import (add_update_docs_argument, command_line, fmt, format_machine,
+                                               machine_info, markdown_table, shared_acdc_folder,
+                                               update_docs_if_asked)
 from nnunet_semicl.files import save_json
 
 SAMPLERS = ("uniform", "sg", "sag")
@@ -47,9 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "adds grid_monte_carlo_sample / grid_as_monte_carlo_sample to the side-by-side table "
                         "(imported from there at run time, never copied)")
     p.add_argument("--out", default="nnunet_semicl_benchmark", help="folder for samplers.json / samplers.md")
-    p.add_argument("--smoke", action="store_true", help="tiny check: sizes 1e4 1e5, 50 draws, phantoms; no docs update")
-    p.add_argument("--docs", default="auto", help="'auto' (the checkout's docs/performance.md, not with --smoke), "
-                                                  "'none', or a path")
+    p.add_argument("--smoke", action="store_true", help="tiny check: sizes 1e4 1e5, 50 draws, phantoms")
+    add_update_docs_argument(p, "samplers")
 
 
 def make_sampler(name: str):
@@ -218,12 +217,6 @@ def format_comparison_markdown(rows: List[dict]) -> str:
 # ------------------------------------------------------------------------------------------------
 # variance
 # ------------------------------------------------------------------------------------------------
-def default_acdc() -> Optional[str]:
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
-    path = os.path.join(os.path.dirname(root), "shared", "data", "ACDC_ssl4mis")
-    return path if os.path.isdir(os.path.join(path, "data")) else None
-
-
 def load_acdc_slices(folder: str, n: int = 8):
     """``n`` mid-ventricular training slices (all four classes present) of different patients, centre-cropped to a
     common size: (images [n, H, W] float32, labels [n, H, W] int64, description)."""
@@ -434,7 +427,7 @@ def run(args) -> dict:
           flush=True)
     comparison = comparison_benchmark(args.official, COMPARISON_CASES[:2] if smoke else COMPARISON_CASES,
                                       min_time=0.05 if smoke else 1.0, min_reps=3 if smoke else 7)
-    acdc = args.acdc or default_acdc()
+    acdc = args.acdc or shared_acdc_folder()
     source = args.source if args.source != "auto" else ("acdc" if acdc and not smoke else "phantom")
     if source == "acdc":
         if not acdc:
@@ -445,8 +438,7 @@ def run(args) -> dict:
     print(f"Sampler variance ({desc}; {draws} draws)", flush=True)
     variance = variance_benchmark(images, labels, args.strides, args.anchors, draws)
     report = {"machine": machine_info("cpu", threads),
-              "command": "nnunet_semicl benchmark samplers " + " ".join(sys.argv[3:] if sys.argv[1:2] == ["benchmark"]
-                                                                      else sys.argv[1:]),
+              "command": command_line("samplers"),
               "options": {"sizes": sizes, "images": args.images, "draws": draws, "anchors": args.anchors,
                           "strides": args.strides, "source": source, "smoke": smoke,
                           "official": bool(args.official)},
@@ -457,9 +449,6 @@ def run(args) -> dict:
     with open(os.path.join(out, "samplers.md"), "w") as f:
         f.write(md + "\n")
     print("\n" + md, flush=True)
-    docs = None if args.docs == "none" else ((None if smoke else repo_docs_path()) if args.docs == "auto" else args.docs)
-    if docs:
-        update_doc_section(docs, "samplers", md)
-        print(f"\nUpdated the sampler section of {docs}", flush=True)
+    update_docs_if_asked(args.update_docs, "samplers", md)
     print(f"\nResults: {os.path.join(out, 'samplers.json')} and samplers.md ({time.time() - t0:.0f} s)", flush=True)
     return report

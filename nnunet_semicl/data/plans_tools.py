@@ -21,14 +21,14 @@ from nnunet_semicl.errors import InputError
 from nnunet_semicl.files import load_json, save_json
 
 
-def _resolved_configuration(plans: dict, name: str) -> dict:
+def resolved_configuration(plans: dict, name: str) -> dict:
     """A configuration with its ``inherits_from`` chain applied (shallow, like nnU-Net's PlansManager)."""
     cfgs = plans["configurations"]
     if name not in cfgs:
         raise InputError(f"Configuration '{name}' is not in the plans (available: {sorted(cfgs)}).")
     cfg = cfgs[name]
     if "inherits_from" in cfg:
-        parent = _resolved_configuration(plans, cfg["inherits_from"])
+        parent = resolved_configuration(plans, cfg["inherits_from"])
         parent = copy.deepcopy(parent)
         parent.update({k: v for k, v in cfg.items() if k != "inherits_from"})
         return parent
@@ -43,7 +43,7 @@ def make_tiny_configuration(plans: dict, parent: str, patch_size: Optional[Seque
     Defaults: patch at most 32 voxels per axis in 3D and 64 in 2D (rounded down to the stride
     product), at most 4 stages, feature widths divided by 4 and capped at 64.
     """
-    cfg = _resolved_configuration(plans, parent)
+    cfg = resolved_configuration(plans, parent)
     arch = copy.deepcopy(cfg["architecture"])
     kw = arch["arch_kwargs"]
     dim = len(cfg["patch_size"])

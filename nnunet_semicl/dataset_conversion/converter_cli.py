@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from nnunet_semicl.cli_support import exit_2_on, module_main
+from nnunet_semicl.launch import exit_2_on, module_main
 from nnunet_semicl.dataset_conversion.pipeline import DatasetSpec
 from nnunet_semicl.errors import InputError
 

@@ -97,7 +97,7 @@ def synthetic_acdc(tmp_path_factory):
 def _start(ds, name):
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    from nnunet_semicl.benchmarking.step import choose_epoch
+    from nnunet_semicl.benchmarking.step_trainers import choose_epoch
     os.environ["nnUNet_compile"] = "f"
     trainer = get_trainer_from_args(ds["dataset"], ds["configuration"], 0, name, ds["plans"], device=torch.device("cuda"))
     trainer.current_epoch = choose_epoch(trainer, None)   # fine-tuning phase of multi-phase trainers
@@ -126,7 +126,7 @@ def _clones(batch):
 def test_amp_iterations(synthetic_acdc, fixed_batches, name):
     import numpy as np
 
-    from nnunet_semicl.benchmarking.step import fill_state_buffers
+    from nnunet_semicl.benchmarking.step_trainers import fill_state_buffers
     from nnunet_semicl.modules.queues import RingBuffer
 
     trainer = _start(synthetic_acdc, name)

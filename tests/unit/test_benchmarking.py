@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from nnunet_semicl.benchmarking import accuracy, common, samplers, step
+from nnunet_semicl.benchmarking import accuracy, common, samplers, step, step_report, step_trainers, step_worker
 
 
 # ------------------------------------------------------------------------------------------------
@@ -120,9 +120,9 @@ def _fake_results():
     res = []
     for rep, jitter in enumerate((0.0, 0.02, -0.02)):
         res += [
-            _result(step.STOCK, [1.0 + jitter] * 3, 1000.0, 900.0, rep),
-            _result(step.MEAN_TEACHER, [2.0 + jitter] * 3, 1200.0, 1000.0, rep),
-            _result(step.MT_TEACHER_LABELED, [2.4 + jitter] * 3, 1260.0, 1000.0, rep, tl=True),
+            _result(step_trainers.STOCK, [1.0 + jitter] * 3, 1000.0, 900.0, rep),
+            _result(step_trainers.MEAN_TEACHER, [2.0 + jitter] * 3, 1200.0, 1000.0, rep),
+            _result(step_trainers.MT_TEACHER_LABELED, [2.4 + jitter] * 3, 1260.0, 1000.0, rep, tl=True),
             _result("nnUNetTrainerACTION", [2.1 + jitter] * 3, 1300.0, 1050.0, rep, phase="finetune"),
             _result("nnUNetTrainerACTIONpp", [3.0 + jitter] * 3, 1500.0, 1100.0, rep, tl=True, phase="finetune",
                     breakdown={"teacher_forward": 0.5, "student_forward": 0.6, "compute_losses": 1.0,
@@ -133,12 +133,13 @@ def _fake_results():
 
 
 def test_summarize_ratios_and_breakdown():
-    s = step.summarize(_fake_results())
+    s = step_report.summarize(_fake_results())
     rows = {r["label"]: r for r in s["rows"]}
-    assert rows[step.STOCK]["step_s"] == pytest.approx(1.0)
-    assert rows[step.STOCK]["step_s_min"] == pytest.approx(0.98) and rows[step.STOCK]["step_s_max"] == pytest.approx(1.02)
-    assert rows[step.STOCK]["reps"] == 3 and rows[step.STOCK]["n_steps"] == 9
-    assert rows[step.MEAN_TEACHER]["x_stock"] == pytest.approx(2.0)
+    stock = rows[step_trainers.STOCK]
+    assert stock["step_s"] == pytest.approx(1.0)
+    assert stock["step_s_min"] == pytest.approx(0.98) and stock["step_s_max"] == pytest.approx(1.02)
+    assert stock["reps"] == 3 and stock["n_steps"] == 9
+    assert rows[step_trainers.MEAN_TEACHER]["x_stock"] == pytest.approx(2.0)
     assert rows["nnUNetTrainerACTIONpp"]["x_mean_teacher"] == pytest.approx(1.5)
     assert rows["nnUNetTrainerACTIONpp"]["mem_x_mean_teacher"] == pytest.approx(1.25)
     assert rows["nnUNetTrainerACTIONpp"]["breakdown"]["saacl"] == pytest.approx(0.7)
@@ -146,13 +147,13 @@ def test_summarize_ratios_and_breakdown():
     assert set(b) == {"nnUNetTrainerACTION", "nnUNetTrainerACTIONpp"}  # pre-training phases are not methods' cost
     # ACTION: teacher on unlabeled only -> reference is the mean teacher itself
     a = b["nnUNetTrainerACTION"]
-    assert a["reference"] == step.MEAN_TEACHER and a["teacher_pass_time"] == 0.0
+    assert a["reference"] == step_trainers.MEAN_TEACHER and a["teacher_pass_time"] == 0.0
     assert a["machinery_time"] == pytest.approx(0.05) and a["time_ok"] is True
     assert a["machinery_memory"] == pytest.approx(100 / 1200) and a["memory_ok"] is True
     assert a["machinery_increase"] == pytest.approx((250 - 200) / 200)
     # ACTION++: teacher sees labeled -> extra teacher pass (2.4 vs 2.0) and machinery (3.0 vs 2.4)
     p = b["nnUNetTrainerACTIONpp"]
-    assert p["reference"] == step.MT_TEACHER_LABELED
+    assert p["reference"] == step_trainers.MT_TEACHER_LABELED
     assert p["teacher_pass_time"] == pytest.approx(0.2)
     assert p["machinery_time"] == pytest.approx(0.3) and p["time_ok"] is False
     assert p["total_time"] == pytest.approx(p["teacher_pass_time"] + p["machinery_time"])
@@ -161,8 +162,8 @@ def test_summarize_ratios_and_breakdown():
 
 
 def test_summarize_without_reference_gives_no_verdict():
-    res = [r for r in _fake_results() if r["label"] != step.MT_TEACHER_LABELED]
-    p = {x["label"]: x for x in step.summarize(res)["breakdown"]}["nnUNetTrainerACTIONpp"]
+    res = [r for r in _fake_results() if r["label"] != step_trainers.MT_TEACHER_LABELED]
+    p = {x["label"]: x for x in step_report.summarize(res)["breakdown"]}["nnUNetTrainerACTIONpp"]
     assert math.isnan(p["machinery_time"]) and p["time_ok"] is None and p["memory_ok"] is None
     assert math.isnan(p["teacher_pass_time"])
 
@@ -174,8 +175,8 @@ def test_step_markdown_contains_tables():
                           "device": "cpu"},
               "batch": {"labeled_shape": [20, 1, 64, 64], "unlabeled_shape": [20, 1, 64, 64], "patch_size": [64, 64],
                         "network_params_m": 7.77},
-              "summary": step.summarize(_fake_results())}
-    md = step.format_step_markdown(report)
+              "summary": step_report.summarize(_fake_results())}
+    md = step_report.format_step_markdown(report)
     assert "| `nnUNetTrainerACTIONpp`" in md and "+20.0%" in md and "+30.0%" in md and "**no**" in md
     assert "saacl 0.700" in md            # the time breakdown table
     assert "smoke" not in md
@@ -191,19 +192,19 @@ def test_interleaved_orders_and_entries():
     orders = step.interleaved_orders(entries, 4)
     assert orders[0] == entries and orders[1] == entries[::-1]
     assert all(sorted(o) == entries for o in orders)
-    assert step.parse_entry("nnUNetTrainerACTION@local") == ("nnUNetTrainerACTION", "local")
-    assert step.parse_entry("nnUNetTrainer") == ("nnUNetTrainer", None)
+    assert step_trainers.parse_entry("nnUNetTrainerACTION@local") == ("nnUNetTrainerACTION", "local")
+    assert step_trainers.parse_entry("nnUNetTrainer") == ("nnUNetTrainer", None)
     with pytest.raises(SystemExit):
-        step.parse_entry("nnUNetTrainerACTION@warmup")
+        step_trainers.parse_entry("nnUNetTrainerACTION@warmup")
 
 
 def test_breakdown_of_derives_backward():
     sections = [{"prepare_step": 1.0, "teacher_forward": 0.3, "student_forward": 0.5, "compute_losses": 0.4,
                  "after_optimizer_step": 0.1}] * 3
-    b = step.breakdown_of(sections, [2.5, 2.5, 2.5])
+    b = step_worker.breakdown_of(sections, [2.5, 2.5, 2.5])
     assert b["backward_and_step"] == pytest.approx(1.0)
     assert b["aug_and_other_prepare"] == pytest.approx(0.2)
-    stock = step.breakdown_of([{"student_forward": 0.5, "compute_losses": 0.1}], [1.0])
+    stock = step_worker.breakdown_of([{"student_forward": 0.5, "compute_losses": 0.1}], [1.0])
     assert stock["backward_and_step"] == pytest.approx(0.4)
 
 
@@ -213,15 +214,35 @@ def test_cli_parses_benchmark_commands():
     args = build_parser().parse_args(["benchmark", "step", "--smoke"])
     opts = step.resolve_options(args)
     assert opts["configuration"] == "2d_tiny" and opts["reps"] == 1 and opts["steps"] == 2
-    assert opts["trainers"] == list(step.SMOKE_TRAINERS)
+    assert opts["trainers"] == list(step_trainers.SMOKE_TRAINERS)
     full = step.resolve_options(build_parser().parse_args(["benchmark", "step", "--pretrain"]))
-    assert full["configuration"] == "2d" and full["trainers"][: len(step.DEFAULT_TRAINERS)] == list(step.DEFAULT_TRAINERS)
-    assert set(step.PRETRAIN_ENTRIES) <= set(full["trainers"])
+    defaults = list(step_trainers.DEFAULT_TRAINERS)
+    assert full["configuration"] == "2d" and full["trainers"][: len(defaults)] == defaults
+    assert set(step_trainers.PRETRAIN_ENTRIES) <= set(full["trainers"])
     acc = accuracy.resolve_options(build_parser().parse_args(["benchmark", "accuracy"]))
     assert acc["trainers"] == list(accuracy.DEFAULT_TRAINERS) and acc["settings"] == ["5pct"]
     assert acc["configuration"] == "2d_cpu"
     args = build_parser().parse_args(["benchmark", "samplers", "--smoke"])
     assert args.smoke and args.draws == 1000
+    # docs are written only to a file named on the command line
+    for name in ("step", "samplers", "accuracy"):
+        assert build_parser().parse_args(["benchmark", name]).update_docs is None
+        assert build_parser().parse_args(["benchmark", name, "--update-docs", "x.md"]).update_docs == "x.md"
+
+
+def test_command_line_of_a_report(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["nnunet_semicl", "benchmark", "step", "--smoke"])
+    assert common.command_line("step") == "nnunet_semicl benchmark step --smoke"
+    monkeypatch.setattr("sys.argv", ["python -m nnunet_semicl.benchmarking.step", "--reps", "2"])
+    assert common.command_line("step") == "nnunet_semicl benchmark step --reps 2"
+
+
+def test_update_docs_if_asked_writes_only_the_named_file(tmp_path, capsys):
+    common.update_docs_if_asked(None, "step", "table")
+    assert not list(tmp_path.iterdir()) and capsys.readouterr().out == ""
+    path = tmp_path / "perf.md"
+    common.update_docs_if_asked(str(path), "step", "table")
+    assert common.read_section(path.read_text(), "step") == "table" and str(path) in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -351,7 +372,7 @@ def test_run_command_streams_logs_and_exits_with_the_tail(tmp_path, capsys):
     import os
     import sys
 
-    from nnunet_semicl.cli_support import run_command
+    from nnunet_semicl.launch import run_command
 
     log = tmp_path / "cmd.log"
     code = "import sys; print('keep me'); print('drop me'); sys.exit(0)"
@@ -375,12 +396,34 @@ def test_save_json_writes_numpy_values_and_folders(tmp_path):
         save_json({"a": object()}, str(tmp_path / "y.json"))
 
 
-def test_cpu_training_env_keeps_the_users_choice():
-    from nnunet_semicl.cpu_env import CPU_MALLOC_ENV, cpu_training_env
+def test_training_progress_keeps_epochs_and_errors_only():
+    from nnunet_semicl.launch import training_progress
 
-    env = cpu_training_env({"MALLOC_TRIM_THRESHOLD_": "0", "PATH": "/bin"})
-    assert env["MALLOC_TRIM_THRESHOLD_"] == "0" and env["PATH"] == "/bin"
-    assert env["MALLOC_MMAP_THRESHOLD_"] == CPU_MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]
+    assert training_progress("2026-01-01 Epoch 3\n") and training_progress("Traceback (most recent call last):")
+    assert training_progress("Mean Validation Dice:  0.8") and not training_progress("Using torch.compile...")
+
+
+def test_nnunet_env_applies_the_cpu_training_settings_only_to_cpu_training():
+    from nnunet_semicl.launch import CPU_MALLOC_ENV, nnunet_env
+
+    user = {"PATH": "/bin", "MALLOC_TRIM_THRESHOLD_": "0", "nnUNet_n_proc_DA": "6", "nnUNet_def_n_proc": "3",
+            "nnUNet_compile": "t"}
+    dirs = {"nnUNet_raw": "/w/raw"}
+    cpu = nnunet_env("cpu", training=True, dirs=dirs, base=user)
+    # the CPU training settings; the user's malloc value and the other variables are kept
+    assert cpu["nnUNet_n_proc_DA"] == "0" and cpu["nnUNet_compile"] == "f"
+    assert cpu["MALLOC_TRIM_THRESHOLD_"] == "0"
+    assert cpu["MALLOC_MMAP_THRESHOLD_"] == CPU_MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]
+    assert cpu["PATH"] == "/bin" and cpu["nnUNet_def_n_proc"] == "3" and cpu["nnUNet_raw"] == "/w/raw"
+    assert cpu["OMP_WAIT_POLICY"] == "PASSIVE" and cpu["PYTHONUNBUFFERED"] == "1"
+    # CUDA training and CPU planning: none of them; no inherited nnUNet_n_proc_DA (planning crashes with 0)
+    for env in (nnunet_env("cuda", training=True, base=user), nnunet_env("cpu", training=False, base=user)):
+        assert "MALLOC_MMAP_THRESHOLD_" not in env
+        assert env["nnUNet_compile"] == "t" and "nnUNet_n_proc_DA" not in env
+    assert nnunet_env("cpu", training=False, base={})["nnUNet_def_n_proc"] == "2"
+    # a command's overrides come last
+    assert nnunet_env("cpu", True, base=user, overrides={"nnUNet_compile": "t"})["nnUNet_compile"] == "t"
+    assert user["nnUNet_n_proc_DA"] == "6"  # the caller's mapping is not changed
 
 
 def test_sampler_comparison_with_an_official_copy(tmp_path):
