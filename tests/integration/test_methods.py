@@ -171,8 +171,7 @@ def test_fine_tuning_step_under_mixed_precision(phantom, trainer, monkeypatch):
     assert finite == expected
 
 
-@pytest.mark.parametrize("trainer", ["nnUNetTrainerACTIONpp", "nnUNetTrainerMONA"])
-def test_unsupervised_step_pastes_labeled_images_with_their_ground_truth(phantom, trainer):
+def test_unsupervised_step_pastes_labeled_images_with_their_ground_truth(phantom, trainer="nnUNetTrainerMONA"):
     """Once the unsupervised terms are on, each unlabeled image shares its patch with a labeled one
     (bidirectional copy-paste) and the pasted pixels carry the ground truth at full confidence."""
     with env(**TRAIN_ENV):
