@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_semicl.losses.numerics import at_least_fp32, zero_with_graph
 from nnunet_semicl.losses.similarity import gather_dot
 from nnunet_semicl.modules.memory_bank import ClassMemoryBank
 from nnunet_semicl.sampling.base import PixelSampler
@@ -50,17 +51,9 @@ from nnunet_semicl.sampling.uniform import UniformSampler
 NEGATIVE_RULES = ("intended", "as_released")
 
 
-def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
-
-
-def _zero_with_graph(t: torch.Tensor) -> torch.Tensor:
-    return _at_least_fp32(t.reshape(-1)[:1]).sum() * 0.0
-
-
 def pixel_entropy(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """Shannon entropy ``-sum p log p`` over the class axis (fp32, 0 log 0 = 0)."""
-    p = _at_least_fp32(probs.detach())
+    p = at_least_fp32(probs.detach())
     return -torch.special.xlogy(p, p).sum(dim)
 
 
@@ -100,7 +93,7 @@ def reliability_masks(entropy: torch.Tensor, is_labeled: torch.Tensor, alpha: fl
     unl = ~labeled & valid
     reliable, unreliable = lab.clone(), lab.clone()
     if bool(unl.any()):
-        e = _at_least_fp32(entropy)
+        e = at_least_fp32(entropy)
         values = e[unl]
         reliable |= unl & (e <= percentile(values, alpha))
         unreliable |= unl & (e >= percentile(values, 100.0 - alpha))
@@ -152,7 +145,7 @@ def memory_bank_contrast_from_indices(anchors: torch.Tensor, positive: torch.Ten
     ``-log( e^{s_p} / (e^{s_p} + sum_j A N w_j e^{s_j}) )`` with ``s = cos / temperature``.
     """
     with torch.autocast(device_type=anchors.device.type, enabled=False):
-        q = F.normalize(_at_least_fp32(anchors), dim=-1)
+        q = F.normalize(at_least_fp32(anchors), dim=-1)
         p = F.normalize(positive.detach().to(q.dtype), dim=-1)
         pos_logit = (q @ p).unsqueeze(1) / temperature                               # [A, 1]
         # cosine to the drawn bank rows without copying or normalising the whole bank (up to 50k x D)
@@ -224,8 +217,8 @@ def memory_bank_contrast_loss(student_rep: torch.Tensor, teacher_rep: torch.Tens
     labels = labels.long()
     valid = torch.ones_like(labels, dtype=torch.bool) if valid is None else valid.bool()
     valid = valid & (labels >= 0) & (labels < num_classes)
-    probs = _at_least_fp32(teacher_probs.detach())
-    teacher_flat = _at_least_fp32(teacher_rep.detach()).movedim(1, -1).reshape(-1, d)
+    probs = at_least_fp32(teacher_probs.detach())
+    teacher_flat = at_least_fp32(teacher_rep.detach()).movedim(1, -1).reshape(-1, d)
     student_flat = student_rep.movedim(1, -1).reshape(-1, d)
 
     reliable, unreliable = reliability_masks(entropy.detach(), is_labeled, alpha, valid)
@@ -265,7 +258,7 @@ def memory_bank_contrast_loss(student_rep: torch.Tensor, teacher_rep: torch.Tens
         stats["valid_classes"] = len(losses)
         stats["enqueued"] = enqueued
     if not losses:
-        return _zero_with_graph(student_rep)
+        return zero_with_graph(student_rep)
     return torch.stack(losses).mean()
 
 

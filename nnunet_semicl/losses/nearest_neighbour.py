@@ -24,19 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_semicl.losses.numerics import at_least_fp32, zero_with_graph
 from nnunet_semicl.modules.heads import grid_pool
 from nnunet_semicl.modules.queues import RingBuffer
-
-
-def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def image_embedding(rep: torch.Tensor, grid: Union[int, Sequence[int]] = 4) -> torch.Tensor:
     """``[B, D, *spatial]`` -> ``[B, D * prod(grid)]``: adaptive average pooling to ``grid`` cells per
     axis, flattened and L2-normalised (fp32; keeps the gradient)."""
     with torch.autocast(device_type=rep.device.type, enabled=False):
-        return F.normalize(grid_pool(_at_least_fp32(rep), grid), dim=1)
+        return F.normalize(grid_pool(at_least_fp32(rep), grid), dim=1)
 
 
 def embedding_dim(channels: int, nd: int, grid: Union[int, Sequence[int]] = 4) -> int:
@@ -63,7 +60,7 @@ class NearestNeighbourPool(nn.Module):
     @torch.no_grad()
     def push(self, embeddings: torch.Tensor, gather: bool = False) -> None:
         """Enqueue ``[B, dim]`` embeddings (detached, re-normalised)."""
-        e = F.normalize(_at_least_fp32(embeddings.detach()).reshape(-1, self.dim), dim=1)
+        e = F.normalize(at_least_fp32(embeddings.detach()).reshape(-1, self.dim), dim=1)
         self.queue.push(e, gather=gather)
 
     def get(self) -> torch.Tensor:
@@ -94,8 +91,8 @@ def nearest_neighbour_loss(student_emb: torch.Tensor, teacher_emb: Optional[torc
         raise ValueError(f"query must be 'teacher' or 'student', got {query!r}")
     entries = pool.get() if isinstance(pool, NearestNeighbourPool) else pool
     with torch.autocast(device_type=student_emb.device.type, enabled=False):
-        s = F.normalize(_at_least_fp32(student_emb), dim=1)
-        zero = s.reshape(-1)[:1].sum() * 0.0
+        s = F.normalize(at_least_fp32(student_emb), dim=1)
+        zero = zero_with_graph(s)
         if entries.shape[0] == 0 or s.shape[0] == 0 or k <= 0:
             return zero
         bank = F.normalize(entries.detach().to(device=s.device, dtype=s.dtype), dim=1)
