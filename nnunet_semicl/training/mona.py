@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from nnunet_semicl.augment import random_smooth_grid, warp, warp_valid_mask
 
 from nnunet_semicl.losses.equivariance import confident_foreground_mask, equivariance_loss
-from nnunet_semicl.losses.memory_bank import memory_bank_contrast_loss, pixel_entropy
+from nnunet_semicl.losses.memory_bank_contrast import memory_bank_contrast_loss, pixel_entropy
 from nnunet_semicl.losses.nearest_neighbour import (NearestNeighbourPool, embedding_dim, image_embedding,
                                                     nearest_neighbour_loss)
 from nnunet_semicl.modules.memory_bank import ClassMemoryBank

@@ -32,14 +32,14 @@ from torch import autocast, nn
 
 from nnunet_semicl.augment import StrongAugmentation, StrongViewParams, copy_paste_masks
 from nnunet_semicl.data.unlabeled_loader import nnUNetUnlabeledDataLoader, weak_transforms
-from nnunet_semicl.losses.pseudo_label import confidence_weighted_ce, masked_soft_dice, pseudo_labels
+from nnunet_semicl.losses.pseudo_label_losses import confidence_weighted_ce, masked_soft_dice, pseudo_labels
 from nnunet_semicl.modules.distributed import average_gradients, broadcast_module
 from nnunet_semicl.modules.distribution_alignment import DistributionAlignment, label_shares
 from nnunet_semicl.modules.ema import EMATeacher, unwrap
 from nnunet_semicl.modules.feature_taps import FeatureTaps, unet_tap_channels, unet_tap_modules
 from nnunet_semicl.schedules import ramped_weight, warmup_complete
 from nnunet_semicl.training.labeled_only import nnUNetTrainerLabeledOnly
-from nnunet_semicl.training.logging import TERM_PREFIX, SemiCLLocalLogger
+from nnunet_semicl.training.loss_logger import TERM_PREFIX, SemiCLLocalLogger
 
 
 @dataclass

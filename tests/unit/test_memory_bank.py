@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_semicl.losses.memory_bank import (MemoryBankContrastLoss, class_ranks, memory_bank_contrast_from_indices,
+from nnunet_semicl.losses.memory_bank_contrast import (MemoryBankContrastLoss, class_ranks, memory_bank_contrast_from_indices,
                                               memory_bank_contrast_loss, negative_mask, percentile, pixel_entropy,
                                               reliability_masks)
 from nnunet_semicl.modules.memory_bank import ClassMemoryBank
