@@ -19,7 +19,6 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from nnunet_semicl.losses.numerics import at_least_fp32, zero_with_graph
 from nnunet_semicl.losses.similarity import gather_dot
@@ -156,24 +155,3 @@ def anatomical_contrast_loss(rep: torch.Tensor, labels: torch.Tensor, valid: tor
     classes, query_index, negative_index = draw_anatomical_samples(
         labels, valid, prob, prototypes, counts, strong_threshold, tau, num_queries, num_negatives, generator)
     return anatomical_contrast_from_indices(rep, prototypes, classes, query_index, negative_index, tau)
-
-
-class AnatomicalContrastLoss(nn.Module):
-    """Module form of :func:`anatomical_contrast_loss` holding the paper's hyperparameters."""
-
-    def __init__(self, strong_threshold: float = 0.97, tau: float = 0.5, num_queries: int = 256,
-                 num_negatives: int = 512):
-        super().__init__()
-        self.strong_threshold = float(strong_threshold)
-        self.tau = float(tau)
-        self.num_queries = int(num_queries)
-        self.num_negatives = int(num_negatives)
-
-    def forward(self, rep: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, prob: torch.Tensor,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        return anatomical_contrast_loss(rep, labels, valid, prob, self.strong_threshold, self.tau,
-                                        self.num_queries, self.num_negatives, generator)
-
-    def extra_repr(self) -> str:
-        return (f"strong_threshold={self.strong_threshold}, tau={self.tau}, "
-                f"num_queries={self.num_queries}, num_negatives={self.num_negatives}")

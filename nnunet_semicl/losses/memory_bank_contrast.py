@@ -40,7 +40,6 @@ from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from nnunet_semicl.losses.numerics import at_least_fp32, zero_with_graph
 from nnunet_semicl.losses.similarity import gather_dot
@@ -260,49 +259,3 @@ def memory_bank_contrast_loss(student_rep: torch.Tensor, teacher_rep: torch.Tens
     if not losses:
         return zero_with_graph(student_rep)
     return torch.stack(losses).mean()
-
-
-class MemoryBankContrastLoss(nn.Module):
-    """Module form of :func:`memory_bank_contrast_loss` holding the hyperparameters (paper values).
-
-    The bank is owned by the trainer (so it is checkpointed with it) and passed to ``forward``; the
-    statistics of the last call are in ``last_stats``.
-    """
-
-    def __init__(self, num_anchors: int = 256, num_negatives: int = 512, temperature: float = 0.5,
-                 anchor_threshold: float = 0.3, negative_threshold: float = 0.97, low_rank: int = 3,
-                 high_rank: int = 20, negative_rule: str = "intended", sampler: Optional[PixelSampler] = None,
-                 negative_sampler: Optional[PixelSampler] = None, use_weights: bool = True):
-        super().__init__()
-        if negative_rule not in NEGATIVE_RULES:
-            raise ValueError(f"negative_rule must be one of {NEGATIVE_RULES}, got {negative_rule!r}")
-        self.num_anchors = int(num_anchors)
-        self.num_negatives = int(num_negatives)
-        self.temperature = float(temperature)
-        self.anchor_threshold = float(anchor_threshold)
-        self.negative_threshold = float(negative_threshold)
-        self.low_rank = int(low_rank)
-        self.high_rank = int(high_rank)
-        self.negative_rule = negative_rule
-        self.sampler = sampler if sampler is not None else UniformSampler()
-        self.negative_sampler = negative_sampler
-        self.use_weights = bool(use_weights)
-        self.last_stats: Dict = {}
-
-    def forward(self, student_rep: torch.Tensor, teacher_rep: torch.Tensor, labels: torch.Tensor,
-                is_labeled: torch.Tensor, teacher_probs: torch.Tensor, entropy: torch.Tensor, alpha: float,
-                bank: ClassMemoryBank, generator: Optional[torch.Generator] = None,
-                valid: Optional[torch.Tensor] = None, update_bank: bool = True, gather: bool = False) -> torch.Tensor:
-        stats: Dict = {}
-        loss = memory_bank_contrast_loss(
-            student_rep, teacher_rep, labels, is_labeled, teacher_probs, entropy, alpha, bank, self.sampler,
-            generator, valid, self.num_anchors, self.num_negatives, self.temperature, self.anchor_threshold,
-            self.negative_threshold, self.low_rank, self.high_rank, self.negative_rule, self.negative_sampler,
-            update_bank, gather, self.use_weights, stats)
-        self.last_stats = stats
-        return loss
-
-    def extra_repr(self) -> str:
-        return (f"num_anchors={self.num_anchors}, num_negatives={self.num_negatives}, "
-                f"temperature={self.temperature}, negative_rule={self.negative_rule!r}, "
-                f"sampler={getattr(self.sampler, 'name', type(self.sampler).__name__)}")

@@ -107,22 +107,3 @@ def nearest_neighbour_loss(student_emb: torch.Tensor, teacher_emb: Optional[torc
         cos = (target.unsqueeze(1) * bank[nbr]).sum(-1)                            # [B, k]
         loss = (2.0 - 2.0 * cos).mean()
         return loss + zero if as_released else loss
-
-
-class NearestNeighbourLoss(nn.Module):
-    """Module form of :func:`nearest_neighbour_loss` (k = 5, teacher query)."""
-
-    def __init__(self, k: int = 5, query: str = "teacher", as_released: bool = False):
-        super().__init__()
-        if query not in ("teacher", "student"):
-            raise ValueError(f"query must be 'teacher' or 'student', got {query!r}")
-        self.k = int(k)
-        self.query = query
-        self.as_released = bool(as_released)
-
-    def forward(self, student_emb: torch.Tensor, teacher_emb: Optional[torch.Tensor],
-                pool: Union[NearestNeighbourPool, torch.Tensor]) -> torch.Tensor:
-        return nearest_neighbour_loss(student_emb, teacher_emb, pool, self.k, self.query, self.as_released)
-
-    def extra_repr(self) -> str:
-        return f"k={self.k}, query={self.query!r}, as_released={self.as_released}"

@@ -10,7 +10,6 @@ the arguments the other way round), summed over the anchors and averaged over th
 """
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from nnunet_semicl.losses.numerics import at_least_fp32, zero_with_graph
 
@@ -53,18 +52,3 @@ def relational_kl_loss(student: torch.Tensor, teacher: torch.Tensor, anchors: to
         # sum_k p_t (log p_t - log p_s); p_t = 0 entries contribute 0 (kl_div with log_target handles it)
         kl = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(-1)
         return kl.mean()
-
-
-class RelationalKLLoss(nn.Module):
-    """Module form of :func:`relational_kl_loss` holding the temperatures (paper 2D defaults)."""
-
-    def __init__(self, tau_student: float = 0.1, tau_teacher: float = 0.01):
-        super().__init__()
-        self.tau_student = float(tau_student)
-        self.tau_teacher = float(tau_teacher)
-
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-        return relational_kl_loss(student, teacher, anchors, self.tau_student, self.tau_teacher)
-
-    def extra_repr(self) -> str:
-        return f"tau_student={self.tau_student}, tau_teacher={self.tau_teacher}"
