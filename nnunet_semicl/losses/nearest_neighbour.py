@@ -67,7 +67,7 @@ class NearestNeighbourPool(nn.Module):
         return self.queue.get()[0]
 
     def memory_bytes(self) -> int:
-        return self.queue.items.numel() * self.queue.items.element_size()
+        return self.queue.memory_bytes()
 
 
 def nearest_neighbour_loss(student_emb: torch.Tensor, teacher_emb: Optional[torch.Tensor],
