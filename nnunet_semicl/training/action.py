@@ -21,18 +21,12 @@ from nnunet_semicl.augment import StrongAugmentation
 from nnunet_semicl.losses.anatomical import anatomical_contrast_loss
 from nnunet_semicl.losses.relational import relational_kl_loss
 from nnunet_semicl.modules.heads import RepresentationHead, select_representation_taps
+from nnunet_semicl.modules.pixels import resize_labels
 from nnunet_semicl.modules.queues import RingBuffer
 from nnunet_semicl.modules.relational_heads import GlobalRelationalHead, LocalRelationalHead
 from nnunet_semicl.training.semi_supervised import PapersScheduleMixin, StepContext, nnUNetTrainerSemiSupervised
 
 PHASES = ("global", "local", "finetune")
-
-
-def resize_labels(labels: torch.Tensor, size) -> torch.Tensor:
-    """Nearest-neighbour resize of an integer or bool map ``[B, *spatial]``."""
-    if tuple(labels.shape[1:]) == tuple(size):
-        return labels
-    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].to(labels.dtype)
 
 
 class nnUNetTrainerACTION(nnUNetTrainerSemiSupervised):

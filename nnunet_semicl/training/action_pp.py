@@ -19,10 +19,10 @@ import torch
 
 from nnunet_semicl.losses.saacl import saacl_loss, sample_class_anchors
 from nnunet_semicl.modules.centres import AdaptiveCentreAllocation
-from nnunet_semicl.modules.heads import gather_pixels
+from nnunet_semicl.modules.pixels import gather_pixels, resize_labels
 from nnunet_semicl.modules.queues import RingBuffer
 from nnunet_semicl.schedules import cosine_temperature
-from nnunet_semicl.training.action import nnUNetTrainerACTION, resize_labels
+from nnunet_semicl.training.action import nnUNetTrainerACTION
 from nnunet_semicl.training.semi_supervised import PapersScheduleMixin, StepContext
 
 

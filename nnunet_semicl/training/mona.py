@@ -36,11 +36,12 @@ from nnunet_semicl.losses.memory_bank_contrast import memory_bank_contrast_loss,
 from nnunet_semicl.losses.nearest_neighbour import (NearestNeighbourPool, embedding_dim, image_embedding,
                                                     nearest_neighbour_loss)
 from nnunet_semicl.modules.memory_bank import ClassMemoryBank
+from nnunet_semicl.modules.pixels import resize_labels
 from nnunet_semicl.sampling.base import PixelSampler
 from nnunet_semicl.sampling.stratified import StratifiedSampler
 from nnunet_semicl.sampling.uniform import UniformSampler
 from nnunet_semicl.schedules import linear_decay
-from nnunet_semicl.training.action import nnUNetTrainerACTION, resize_labels
+from nnunet_semicl.training.action import nnUNetTrainerACTION
 from nnunet_semicl.training.semi_supervised import PapersScheduleMixin, StepContext
 
 
