@@ -19,7 +19,8 @@ def test_resize_labels_nearest_2d_and_3d_keeps_dtype():
 def test_gather_and_flatten_pixels():
     feats = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).view(2, 3, 2, 2)   # [B, C, H, W]
     # flat index b * H * W + y * W + x: pixel (b=1, y=0, x=1) is 5
-    assert gather_pixels(feats, torch.tensor([5, 0])).tolist() == [feats[1, :, 0, 1].tolist(), feats[0, :, 0, 0].tolist()]
+    picked = gather_pixels(feats, torch.tensor([5, 0]))
+    assert picked.tolist() == [feats[1, :, 0, 1].tolist(), feats[0, :, 0, 0].tolist()]
     assert flatten_pixels(feats).shape == (8, 3)
     mask = torch.zeros(2, 2, 2, dtype=torch.bool)
     mask[1, 0, 1] = True
