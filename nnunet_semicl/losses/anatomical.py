@@ -19,20 +19,11 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from nnunet_semicl.losses.numerics import at_least_fp32, zero_with_graph
 from nnunet_semicl.losses.similarity import gather_dot
 from nnunet_semicl.sampling.hard import hard_query_mask, sample_negative_classes, sample_pixels_of_classes
 from nnunet_semicl.sampling.uniform import UniformSampler
-
-
-def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
-    # fp16/bf16 -> fp32; fp32 and fp64 are kept (fp64 for gradcheck)
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
-
-
-def _zero_with_graph(t: torch.Tensor) -> torch.Tensor:
-    return _at_least_fp32(t.reshape(-1)[:1]).sum() * 0.0
 
 
 @torch.no_grad()
@@ -44,7 +35,7 @@ def class_prototypes(rep: torch.Tensor, pixel_class: torch.Tensor, num_classes: 
     """
     d = rep.shape[1]
     keep = pixel_class >= 0
-    feats = _at_least_fp32(rep.detach()).movedim(1, -1)[keep]          # [P_valid, D]
+    feats = at_least_fp32(rep.detach()).movedim(1, -1)[keep]           # [P_valid, D]
     cls = pixel_class[keep]
     sums = torch.zeros(num_classes, d, device=rep.device, dtype=feats.dtype).index_add_(0, cls, feats)
     counts = torch.bincount(cls, minlength=num_classes)
@@ -71,14 +62,14 @@ def anatomical_contrast_from_indices(rep: torch.Tensor, prototypes: torch.Tensor
     """
     m = int(classes.numel())
     if m == 0 or query_index.numel() == 0:
-        return _zero_with_graph(rep)
+        return zero_with_graph(rep)
     if query_index.shape[0] != m or negative_index.shape[:2] != query_index.shape:
         raise ValueError(f"index shapes do not match: classes {m}, queries {tuple(query_index.shape)}, "
                          f"negatives {tuple(negative_index.shape)}")
     q_per = query_index.shape[1]
     with torch.autocast(device_type=rep.device.type, enabled=False):
         d = rep.shape[1]
-        flat = _at_least_fp32(rep).movedim(1, -1).reshape(-1, d)                 # [P, D] P = B*prod(spatial)
+        flat = at_least_fp32(rep).movedim(1, -1).reshape(-1, d)                  # [P, D] P = B*prod(spatial)
         table = F.normalize(flat.detach(), dim=-1)                                 # constant keys
         q = F.normalize(flat[query_index.reshape(-1)], dim=-1).view(m, q_per, d)   # with gradient
         pos = F.normalize(prototypes.detach().to(flat.dtype)[classes], dim=-1)     # [M, D]
@@ -106,7 +97,7 @@ def draw_anatomical_samples(labels: torch.Tensor, valid: torch.Tensor, prob: tor
     present = counts > 0
     present_ids: List[int] = present.nonzero(as_tuple=True)[0].tolist()
     with torch.autocast(device_type=labels.device.type, enabled=False):
-        proto_n = F.normalize(_at_least_fp32(prototypes), dim=-1)
+        proto_n = F.normalize(at_least_fp32(prototypes), dim=-1)
         class_logits = (proto_n @ proto_n.t()) / tau                                 # [K, K] fp32
     sampler = UniformSampler()
     classes, queries, neg_classes = [], [], []
@@ -160,28 +151,7 @@ def anatomical_contrast_loss(rep: torch.Tensor, labels: torch.Tensor, valid: tor
     pixel_class = torch.where(valid, labels, torch.full_like(labels, -1))
     prototypes, counts = class_prototypes(rep, pixel_class, num_classes)
     if int((counts > 0).sum().item()) < 2:
-        return _zero_with_graph(rep)
+        return zero_with_graph(rep)
     classes, query_index, negative_index = draw_anatomical_samples(
         labels, valid, prob, prototypes, counts, strong_threshold, tau, num_queries, num_negatives, generator)
     return anatomical_contrast_from_indices(rep, prototypes, classes, query_index, negative_index, tau)
-
-
-class AnatomicalContrastLoss(nn.Module):
-    """Module form of :func:`anatomical_contrast_loss` holding the paper's hyperparameters."""
-
-    def __init__(self, strong_threshold: float = 0.97, tau: float = 0.5, num_queries: int = 256,
-                 num_negatives: int = 512):
-        super().__init__()
-        self.strong_threshold = float(strong_threshold)
-        self.tau = float(tau)
-        self.num_queries = int(num_queries)
-        self.num_negatives = int(num_negatives)
-
-    def forward(self, rep: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, prob: torch.Tensor,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        return anatomical_contrast_loss(rep, labels, valid, prob, self.strong_threshold, self.tau,
-                                        self.num_queries, self.num_negatives, generator)
-
-    def extra_repr(self) -> str:
-        return (f"strong_threshold={self.strong_threshold}, tau={self.tau}, "
-                f"num_queries={self.num_queries}, num_negatives={self.num_negatives}")

@@ -13,9 +13,7 @@ not added to the 3D loss); ours is dimension-agnostic and the trainer decides wh
 import torch
 import torch.nn.functional as F
 
-
-def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+from nnunet_semicl.losses.numerics import at_least_fp32, zero_with_graph
 
 
 @torch.no_grad()
@@ -42,11 +40,11 @@ def equivariance_loss(student_logits: torch.Tensor, target_probs: torch.Tensor, 
         raise ValueError(f"equivariance_loss: shapes do not match: logits {tuple(student_logits.shape)}, "
                          f"target {tuple(target_probs.shape)}, mask {tuple(mask.shape)}")
     with torch.autocast(device_type=student_logits.device.type, enabled=False):
-        logits = _at_least_fp32(student_logits)
+        logits = at_least_fp32(student_logits)
         target = target_probs.detach().to(logits.dtype)
         mask = mask.bool()
         log_p = F.log_softmax(logits, dim=1)
         kl = (torch.special.xlogy(target, target) - target * log_p).sum(dim=1)   # [B, *spatial]
         if not bool(mask.any()):
-            return logits.reshape(-1)[:1].sum() * 0.0
+            return zero_with_graph(logits)
         return kl[mask].mean()

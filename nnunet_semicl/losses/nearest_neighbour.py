@@ -24,19 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_semicl.losses.numerics import at_least_fp32, zero_with_graph
 from nnunet_semicl.modules.heads import grid_pool
 from nnunet_semicl.modules.queues import RingBuffer
-
-
-def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def image_embedding(rep: torch.Tensor, grid: Union[int, Sequence[int]] = 4) -> torch.Tensor:
     """``[B, D, *spatial]`` -> ``[B, D * prod(grid)]``: adaptive average pooling to ``grid`` cells per
     axis, flattened and L2-normalised (fp32; keeps the gradient)."""
     with torch.autocast(device_type=rep.device.type, enabled=False):
-        return F.normalize(grid_pool(_at_least_fp32(rep), grid), dim=1)
+        return F.normalize(grid_pool(at_least_fp32(rep), grid), dim=1)
 
 
 def embedding_dim(channels: int, nd: int, grid: Union[int, Sequence[int]] = 4) -> int:
@@ -63,14 +60,14 @@ class NearestNeighbourPool(nn.Module):
     @torch.no_grad()
     def push(self, embeddings: torch.Tensor, gather: bool = False) -> None:
         """Enqueue ``[B, dim]`` embeddings (detached, re-normalised)."""
-        e = F.normalize(_at_least_fp32(embeddings.detach()).reshape(-1, self.dim), dim=1)
+        e = F.normalize(at_least_fp32(embeddings.detach()).reshape(-1, self.dim), dim=1)
         self.queue.push(e, gather=gather)
 
     def get(self) -> torch.Tensor:
         return self.queue.get()[0]
 
     def memory_bytes(self) -> int:
-        return self.queue.items.numel() * self.queue.items.element_size()
+        return self.queue.memory_bytes()
 
 
 def nearest_neighbour_loss(student_emb: torch.Tensor, teacher_emb: Optional[torch.Tensor],
@@ -94,8 +91,8 @@ def nearest_neighbour_loss(student_emb: torch.Tensor, teacher_emb: Optional[torc
         raise ValueError(f"query must be 'teacher' or 'student', got {query!r}")
     entries = pool.get() if isinstance(pool, NearestNeighbourPool) else pool
     with torch.autocast(device_type=student_emb.device.type, enabled=False):
-        s = F.normalize(_at_least_fp32(student_emb), dim=1)
-        zero = s.reshape(-1)[:1].sum() * 0.0
+        s = F.normalize(at_least_fp32(student_emb), dim=1)
+        zero = zero_with_graph(s)
         if entries.shape[0] == 0 or s.shape[0] == 0 or k <= 0:
             return zero
         bank = F.normalize(entries.detach().to(device=s.device, dtype=s.dtype), dim=1)
@@ -110,22 +107,3 @@ def nearest_neighbour_loss(student_emb: torch.Tensor, teacher_emb: Optional[torc
         cos = (target.unsqueeze(1) * bank[nbr]).sum(-1)                            # [B, k]
         loss = (2.0 - 2.0 * cos).mean()
         return loss + zero if as_released else loss
-
-
-class NearestNeighbourLoss(nn.Module):
-    """Module form of :func:`nearest_neighbour_loss` (k = 5, teacher query)."""
-
-    def __init__(self, k: int = 5, query: str = "teacher", as_released: bool = False):
-        super().__init__()
-        if query not in ("teacher", "student"):
-            raise ValueError(f"query must be 'teacher' or 'student', got {query!r}")
-        self.k = int(k)
-        self.query = query
-        self.as_released = bool(as_released)
-
-    def forward(self, student_emb: torch.Tensor, teacher_emb: Optional[torch.Tensor],
-                pool: Union[NearestNeighbourPool, torch.Tensor]) -> torch.Tensor:
-        return nearest_neighbour_loss(student_emb, teacher_emb, pool, self.k, self.query, self.as_released)
-
-    def extra_repr(self) -> str:
-        return f"k={self.k}, query={self.query!r}, as_released={self.as_released}"

@@ -10,17 +10,8 @@ the arguments the other way round), summed over the anchors and averaged over th
 """
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-
-def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
-    # fp16/bf16 -> fp32; fp32 and fp64 are kept (fp64 for gradcheck)
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
-
-
-def _zero_with_graph(t: torch.Tensor) -> torch.Tensor:
-    # a 0-d zero (fp32 or wider) that still depends on t, so .backward() works and gives zero gradients
-    return _at_least_fp32(t.reshape(-1)[:1]).sum() * 0.0
+from nnunet_semicl.losses.numerics import at_least_fp32, zero_with_graph
 
 
 def relational_kl_loss(student: torch.Tensor, teacher: torch.Tensor, anchors: torch.Tensor,
@@ -44,11 +35,11 @@ def relational_kl_loss(student: torch.Tensor, teacher: torch.Tensor, anchors: to
     if anchors.dim() < 2 or anchors.shape[-1] != student.shape[-1]:
         raise ValueError(f"anchors must be [K, D] or [*lead, K, D] with D={student.shape[-1]}, got {tuple(anchors.shape)}")
     if anchors.shape[-2] == 0 or student.numel() == 0:
-        return _zero_with_graph(student)
+        return zero_with_graph(student)
     with torch.autocast(device_type=student.device.type, enabled=False):
-        s = F.normalize(_at_least_fp32(student), dim=-1)
-        t = F.normalize(_at_least_fp32(teacher.detach()).to(s.dtype), dim=-1)
-        a = F.normalize(_at_least_fp32(anchors.detach()).to(s.dtype), dim=-1)
+        s = F.normalize(at_least_fp32(student), dim=-1)
+        t = F.normalize(at_least_fp32(teacher.detach()).to(s.dtype), dim=-1)
+        a = F.normalize(at_least_fp32(anchors.detach()).to(s.dtype), dim=-1)
         if a.dim() == 2:
             sim_s = s @ a.t()                                             # [*lead, K]
             sim_t = t @ a.t()
@@ -61,18 +52,3 @@ def relational_kl_loss(student: torch.Tensor, teacher: torch.Tensor, anchors: to
         # sum_k p_t (log p_t - log p_s); p_t = 0 entries contribute 0 (kl_div with log_target handles it)
         kl = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(-1)
         return kl.mean()
-
-
-class RelationalKLLoss(nn.Module):
-    """Module form of :func:`relational_kl_loss` holding the temperatures (paper 2D defaults)."""
-
-    def __init__(self, tau_student: float = 0.1, tau_teacher: float = 0.01):
-        super().__init__()
-        self.tau_student = float(tau_student)
-        self.tau_teacher = float(tau_teacher)
-
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-        return relational_kl_loss(student, teacher, anchors, self.tau_student, self.tau_teacher)
-
-    def extra_repr(self) -> str:
-        return f"tau_student={self.tau_student}, tau_teacher={self.tau_teacher}"

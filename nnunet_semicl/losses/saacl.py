@@ -34,7 +34,7 @@ def sample_class_anchors(labels: torch.Tensor, valid: Optional[torch.Tensor] = N
     For each class present among the valid pixels, ``n_per_class`` of its pixels are drawn uniformly
     with replacement; if fewer than 2 classes are present, ``n_per_class`` pixels are drawn from all
     valid pixels instead. Returns ``(flat_index, anchor_labels)``: flat indices into
-    ``labels.reshape(-1)`` (use ``modules.heads.gather_pixels`` on ``[B, C, *spatial]`` features) and
+    ``labels.reshape(-1)`` (use ``modules.pixels.gather_pixels`` on ``[B, C, *spatial]`` features) and
     the labels there. Nothing valid -> two empty LongTensors. ``sampler`` defaults to uniform
     sampling (the paper's ``random=True``); any :class:`PixelSampler` can be plugged in.
     """

@@ -92,20 +92,6 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-def gather_pixels(features: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
-    """Rows ``[n, C]`` of a ``[B, C, *spatial]`` map at flat indices into its ``[B, *spatial]`` grid."""
-    b, c = features.shape[:2]
-    flat = features.movedim(1, -1).reshape(-1, c)
-    return flat[flat_index]
-
-
-def flatten_pixels(features: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``[B, C, *spatial]`` -> ``[B * prod(spatial), C]`` (optionally only where ``mask``)."""
-    c = features.shape[1]
-    flat = features.movedim(1, -1).reshape(-1, c)
-    return flat if mask is None else flat[mask.reshape(-1)]
-
-
 def grid_pool(x: torch.Tensor, grid: Union[int, Sequence[int]]) -> torch.Tensor:
     """``[B, C, *spatial]`` -> ``[B, C * prod(grid)]``: adaptive average pooling to ``grid`` cells per axis,
     flattened (1, 2 or 3 spatial axes)."""

@@ -81,4 +81,4 @@ class ClassMemoryBank(nn.Module):
             b.reset()
 
     def memory_bytes(self) -> int:
-        return sum(b.items.numel() * b.items.element_size() for b in self.banks)
+        return sum(b.memory_bytes() for b in self.banks)

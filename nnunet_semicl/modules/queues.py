@@ -83,8 +83,15 @@ class RingBuffer(nn.Module):
             return self.items[:c], 0
         return self.items, int(self.ptr.item())
 
+    def memory_bytes(self) -> int:
+        """Bytes of the item storage (the capacity, whatever the fill)."""
+        return self.items.numel() * self.items.element_size()
+
     @torch.no_grad()
     def reset(self) -> None:
+        """Empty the buffer. The attributes ``items``, ``labels``, ``ptr`` and ``count`` are its private
+        state: other code empties it with this and fills it with :meth:`push` (pushing ``size`` items
+        after a reset leaves them in storage order, oldest first), never by writing them."""
         self.items.zero_()
         if self.with_labels:
             self.labels.fill_(-1)

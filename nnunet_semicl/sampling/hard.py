@@ -9,7 +9,7 @@
   class, with a sort + offsets + counts scheme (no Python loop over pixels or draws).
 
 Indices follow the convention of ``sampling/base.py``: flat indices into ``mask.reshape(-1)`` of the
-``[B, *spatial]`` grid, usable with ``modules.heads.gather_pixels``.
+``[B, *spatial]`` grid, usable with ``modules.pixels.gather_pixels``.
 """
 from typing import Optional
 

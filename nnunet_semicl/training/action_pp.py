@@ -19,11 +19,12 @@ import torch
 
 from nnunet_semicl.losses.saacl import saacl_loss, sample_class_anchors
 from nnunet_semicl.modules.centres import AdaptiveCentreAllocation
-from nnunet_semicl.modules.heads import gather_pixels
+from nnunet_semicl.modules.pixels import gather_pixels, resize_labels
 from nnunet_semicl.modules.queues import RingBuffer
 from nnunet_semicl.schedules import cosine_temperature
-from nnunet_semicl.training.action import nnUNetTrainerACTION, resize_labels
-from nnunet_semicl.training.semi_supervised import PapersScheduleMixin, StepContext
+from nnunet_semicl.training.action import nnUNetTrainerACTION
+from nnunet_semicl.training.semi_supervised import PapersScheduleMixin
+from nnunet_semicl.training.step_context import StepContext
 
 
 class nnUNetTrainerACTIONpp(nnUNetTrainerACTION):
@@ -86,12 +87,8 @@ class nnUNetTrainerACTIONpp(nnUNetTrainerACTION):
         n = ctx.n_labeled
         rep_l = rep[:n]
         size = rep_l.shape[2:]
-        y = ctx.labeled_target_full()
-        valid = torch.ones_like(y, dtype=torch.bool)
-        if self.label_manager.has_ignore_label:
-            valid = y != self.label_manager.ignore_label
-        labels = resize_labels(y, size)
-        valid = resize_labels(valid, size)
+        labels = resize_labels(ctx.labeled_target_full(), size)
+        valid = resize_labels(ctx.labeled_valid(self.label_manager.ignore_label), size)
         index, anchor_labels = sample_class_anchors(labels, valid, self.saacl_anchors_per_class)
         anchors = gather_pixels(rep_l, index)
         with torch.no_grad():
@@ -106,9 +103,7 @@ class nnUNetTrainerACTIONpp(nnUNetTrainerACTION):
         queue.push(views, anchor_labels, gather=True)
         return loss
 
-    def compute_losses(self, ctx: StepContext) -> Dict[str, torch.Tensor]:
-        if self.phase() != "finetune":
-            return super().compute_losses(ctx)   # pre-training++ (scheduled relational temperatures)
+    def finetune_losses(self, ctx: StepContext) -> Dict[str, torch.Tensor]:
         tau = self.ats_temperature()
         rep = self.representation(ctx)
         return {"sup": self.supervised_weight * self.supervised_loss(ctx),

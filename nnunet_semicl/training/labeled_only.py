@@ -5,19 +5,20 @@ augmentation, same schedule) and the base class of all our trainers: it owns the
 schedule overrides of a setting, and checkpoint I/O.
 """
 import os
+import tempfile
 from typing import List, Optional
 
 import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import isfile, join
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from torch._dynamo import OptimizedModule
 
 from nnunet_semicl.data.splits import (PLANS_BLOCK, UNLABELED_KEY, CaseSets, SplitError,
                                        check_folds_against_unlabeled, check_resumed_case_sets,
                                        check_trainer_overrides, default_folds, default_save_every, read_folds,
                                        resolve_case_sets, setting_block, truly_unlabeled_cases)
 from nnunet_semicl.files import load_json, save_json
+from nnunet_semicl.modules.ema import unwrap
 
 #: written into the run's fold folder: which cases were labeled and unlabeled, and from which setting
 CASE_SETS_FILE = "semicl_case_sets.json"
@@ -197,8 +198,7 @@ class nnUNetTrainerLabeledOnly(nnUNetTrainer):
     # checkpoints
     # ------------------------------------------------------------------------------------------
     def _unwrapped_network(self):
-        mod = self.network.module if self.is_ddp else self.network
-        return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+        return unwrap(self.network)
 
     def semicl_state_dict(self) -> dict:
         """Extra state saved under ``checkpoint['semicl']`` (plain tensors, lists and dicts only)."""
@@ -212,52 +212,37 @@ class nnUNetTrainerLabeledOnly(nnUNetTrainer):
             self.case_sets = CaseSets(tuple(cs["labeled"]), tuple(cs["unlabeled"]), cs.get("source", "checkpoint"))
 
     def save_checkpoint(self, filename: str) -> None:
-        # Same keys as nnU-Net 2.8.1 (so stock nnUNetv2_predict loads it) plus 'semicl'. Written to a
-        # temporary file first: a crash while saving never destroys the previous checkpoint.
-        if self.local_rank != 0:
+        # nnU-Net writes its checkpoint (whatever keys its version writes, so that stock nnUNetv2_predict
+        # loads it) to a scratch file; we add 'semicl' and replace `filename` atomically: a crash while
+        # saving never destroys the previous checkpoint.
+        if self.local_rank != 0 or self.disable_checkpointing:
+            super().save_checkpoint(filename)   # writes nothing (and says so when checkpointing is off)
             return
-        if self.disable_checkpointing:
-            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
-            return
-        checkpoint = {
-            "network_weights": self._unwrapped_network().state_dict(),
-            "optimizer_state": self.optimizer.state_dict(),
-            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-            "logging": self.logger.get_checkpoint(),
-            "_best_ema": self._best_ema,
-            "current_epoch": self.current_epoch + 1,
-            "init_args": self.my_init_kwargs,
-            "trainer_name": self.__class__.__name__,
-            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
-            "semicl": self.semicl_state_dict(),
-        }
+        scratch = filename + ".nnunet.tmp"
+        super().save_checkpoint(scratch)
+        checkpoint = read_checkpoint(scratch)   # map_location None: every tensor stays on its device
+        checkpoint["semicl"] = self.semicl_state_dict()
         save_atomically(checkpoint, filename)
+        os.remove(scratch)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
-        # Accepts a path or an already loaded dict (nnU-Net 2.8.1's dict branch raises NameError).
+        # A path is read here first with weights_only=True (a CheckpointError names a missing, damaged or
+        # unsafe file); only a file that passed is handed to nnU-Net, which restores everything it saved.
+        # A loaded dict reaches nnU-Net through a temporary file (2.8.1's dict branch raises NameError).
+        if isinstance(filename_or_checkpoint, dict):
+            with tempfile.TemporaryDirectory() as folder:
+                path = os.path.join(folder, "checkpoint.pth")
+                torch.save(filename_or_checkpoint, path)
+                self.load_checkpoint(path)
+            return
         if not self.was_initialized:
             self.initialize()
-        if isinstance(filename_or_checkpoint, dict):
-            checkpoint = filename_or_checkpoint
-        else:
-            checkpoint = read_checkpoint(filename_or_checkpoint, map_location=self.device)
-            self._log_resume_source(filename_or_checkpoint, checkpoint)
-        net = self._unwrapped_network()
-        own_keys = net.state_dict().keys()
-        weights = {}
-        for k, v in checkpoint["network_weights"].items():
-            weights[k[7:] if k not in own_keys and k.startswith("module.") else k] = v
-        net.load_state_dict(weights)
-        self.my_init_kwargs = checkpoint["init_args"]
-        self.current_epoch = checkpoint["current_epoch"]
-        self.logger.load_checkpoint(checkpoint["logging"])
-        self._best_ema = checkpoint["_best_ema"]
-        self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
-                                                               self.inference_allowed_mirroring_axes)
-        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
-        if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
-            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
-        self.load_semicl_state_dict(checkpoint.get("semicl", {}))
+        checkpoint = read_checkpoint(filename_or_checkpoint, map_location=self.device)
+        self._log_resume_source(filename_or_checkpoint, checkpoint)
+        semicl = checkpoint.get("semicl", {})
+        del checkpoint   # nnU-Net reads the file again: do not hold two copies of the weights
+        super().load_checkpoint(os.fspath(filename_or_checkpoint))   # nnU-Net takes a str path only
+        self.load_semicl_state_dict(semicl)
 
     def _log_resume_source(self, filename: str, checkpoint: dict) -> None:
         """Say which checkpoint ``--c`` continues from when it is not the latest one (nnU-Net is silent)."""

@@ -9,7 +9,8 @@ from typing import Dict
 
 import torch
 
-from nnunet_semicl.training.semi_supervised import StepContext, nnUNetTrainerSemiSupervised
+from nnunet_semicl.training.semi_supervised import nnUNetTrainerSemiSupervised
+from nnunet_semicl.training.step_context import StepContext
 
 
 class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):

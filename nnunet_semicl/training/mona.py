@@ -19,8 +19,10 @@ One nnU-Net training with two phases:
 
 The teacher's representation of the unlabeled images is computed on the weak view (the forward
 that also gives the pseudo-labels) and moved into the strong view's geometry by replaying the
-augmentation's draws at the representation's resolution: no second teacher forward. Deviations
-from the official code are listed in docs/methods/mona_arco.md.
+augmentation's draws at the representation's resolution: no second teacher forward. The phases,
+relational heads and queues are ``nnUNetTrainerRelationalPretraining``'s
+(``training/relational_pretraining.py``, shared with ACTION). Deviations from the official code are
+listed in docs/methods/mona_arco.md.
 """
 from typing import Dict
 
@@ -30,21 +32,22 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_semicl.augment import random_smooth_grid, warp, warp_valid_mask
-
 from nnunet_semicl.losses.equivariance import confident_foreground_mask, equivariance_loss
-from nnunet_semicl.losses.memory_bank import memory_bank_contrast_loss, pixel_entropy
+from nnunet_semicl.losses.memory_bank_contrast import memory_bank_contrast_loss, pixel_entropy
 from nnunet_semicl.losses.nearest_neighbour import (NearestNeighbourPool, embedding_dim, image_embedding,
                                                     nearest_neighbour_loss)
 from nnunet_semicl.modules.memory_bank import ClassMemoryBank
+from nnunet_semicl.modules.pixels import resize_labels
 from nnunet_semicl.sampling.base import PixelSampler
 from nnunet_semicl.sampling.stratified import StratifiedSampler
 from nnunet_semicl.sampling.uniform import UniformSampler
 from nnunet_semicl.schedules import linear_decay
-from nnunet_semicl.training.action import nnUNetTrainerACTION, resize_labels
-from nnunet_semicl.training.semi_supervised import PapersScheduleMixin, StepContext
+from nnunet_semicl.training.relational_pretraining import nnUNetTrainerRelationalPretraining
+from nnunet_semicl.training.semi_supervised import PapersScheduleMixin
+from nnunet_semicl.training.step_context import StepContext, full_resolution
 
 
-class nnUNetTrainerMONA(nnUNetTrainerACTION):
+class nnUNetTrainerMONA(nnUNetTrainerRelationalPretraining):
     # ---- phases: relational pre-training (ACTION i+ii merged), then fine-tuning (~100 + 200 epochs) --
     global_phase_fraction = 0.0
     local_phase_fraction = 1.0 / 3.0
@@ -129,15 +132,13 @@ class nnUNetTrainerMONA(nnUNetTrainerACTION):
         t_rep = torch.cat([t_rep[:n].float(), t_rep_u])
         t_probs = torch.cat([t_probs[:n], t_probs_u])
         y = ctx.labeled_target_full()
-        valid_l = torch.ones_like(y, dtype=torch.bool)
-        if self.label_manager.has_ignore_label:
-            valid_l = y != self.label_manager.ignore_label
+        valid_l = ctx.labeled_valid(self.label_manager.ignore_label)
         labels = resize_labels(torch.cat([y, ctx.strong_targets["pseudo_label"].to(y.dtype)]), size)
         valid = resize_labels(torch.cat([valid_l, ctx.valid]), size)
         valid[n:] &= moved_ok
-        full = ctx.outputs[0] if isinstance(ctx.outputs, (list, tuple)) else ctx.outputs
         # the released code splits reliable/unreliable by the entropy of the student on the strong view
-        entropy = pixel_entropy(F.interpolate(torch.softmax(full.detach().float(), 1), size=size, mode="area"))
+        probs = torch.softmax(ctx.full_logits().detach().float(), 1)
+        entropy = pixel_entropy(F.interpolate(probs, size=size, mode="area"))
         is_labeled = torch.arange(rep.shape[0], device=rep.device) < n
         alpha = linear_decay(self.finetune_progress(), 1.0, self.entropy_alpha_start, 0.0)
         return memory_bank_contrast_loss(rep, t_rep, labels, is_labeled, t_probs, entropy, alpha,
@@ -153,10 +154,9 @@ class nnUNetTrainerMONA(nnUNetTrainerACTION):
             mask = confident_foreground_mask(target, self.equivariance_threshold) & ctx.valid
             return equivariance_loss(ctx.unlabeled_logits(), target, mask)
         # as released: T(stopgrad f(x)) against f(T(x)) over the whole student batch
-        full = ctx.outputs[0] if isinstance(ctx.outputs, (list, tuple)) else ctx.outputs
         x = torch.cat([ctx.x_labeled, ctx.x_strong.to(ctx.x_labeled.dtype)])
         with torch.no_grad():
-            probs = torch.softmax(full.detach().float(), dim=1)
+            probs = torch.softmax(ctx.full_logits().detach().float(), dim=1)
             content = torch.cat([torch.ones_like(ctx.valid[:1]).expand(ctx.n_labeled, *ctx.valid.shape[1:]),
                                  ctx.valid])
             mask = confident_foreground_mask(probs, self.equivariance_threshold) & content
@@ -165,8 +165,7 @@ class nnUNetTrainerMONA(nnUNetTrainerACTION):
                                       max_rotation=math.radians(self.equivariance_rotation), device=x.device)
             target = warp(probs, grid)
             mask = warp(mask[:, None].to(torch.uint8), grid)[:, 0].bool() & warp_valid_mask(grid)
-        out = self.network(warp(x, grid))
-        return equivariance_loss(out[0] if isinstance(out, (list, tuple)) else out, target, mask)
+        return equivariance_loss(full_resolution(self.network(warp(x, grid))), target, mask)
 
     def diversity(self, ctx: StepContext, rep: torch.Tensor, t_rep: torch.Tensor) -> torch.Tensor:
         n = ctx.n_labeled
@@ -177,9 +176,7 @@ class nnUNetTrainerMONA(nnUNetTrainerACTION):
         pool.push(teacher, gather=True)  # after the loss: an image is never its own neighbour
         return loss
 
-    def compute_losses(self, ctx: StepContext) -> Dict[str, torch.Tensor]:
-        if self.phase() != "finetune":
-            return super().compute_losses(ctx)  # relational pre-training
+    def finetune_losses(self, ctx: StepContext) -> Dict[str, torch.Tensor]:
         rep = self.representation(ctx)
         t_rep, t_probs = self.teacher_representation(ctx)
         return {"sup": self.supervised_weight * self.supervised_loss(ctx),

@@ -1,11 +1,12 @@
 """ReCo-style anatomical contrast (losses/anatomical.py)."""
+import inspect
 import math
 
 import pytest
 import torch
 
-from nnunet_semicl.losses.anatomical import (AnatomicalContrastLoss, anatomical_contrast_from_indices,
-                                             anatomical_contrast_loss, class_prototypes, draw_anatomical_samples)
+from nnunet_semicl.losses.anatomical import (anatomical_contrast_from_indices, anatomical_contrast_loss,
+                                             class_prototypes, draw_anatomical_samples)
 
 
 # ---------------------------------------------------------------- independent reference (plain loops)
@@ -240,12 +241,13 @@ def test_shape_mismatch_raises():
         anatomical_contrast_loss(rep, labels[:, :3], valid, prob)
 
 
-def test_module_form_defaults_and_3d_paper_sizes():
-    m = AnatomicalContrastLoss()
-    assert (m.strong_threshold, m.tau, m.num_queries, m.num_negatives) == (0.97, 0.5, 256, 512)
+def test_defaults_and_3d_paper_sizes():
+    defaults = inspect.signature(anatomical_contrast_loss).parameters
+    assert tuple(defaults[k].default for k in ("strong_threshold", "tau", "num_queries", "num_negatives")) == \
+        (0.97, 0.5, 256, 512)
     rep, labels, valid, prob = _batch(spatial=(4, 8, 8), b=2, d=16, seed=8)
     rep.requires_grad_(True)
-    loss = m(rep, labels, valid, prob, generator=torch.Generator().manual_seed(0))
+    loss = anatomical_contrast_loss(rep, labels, valid, prob, generator=torch.Generator().manual_seed(0))
     loss.backward()
     assert torch.isfinite(loss) and loss.item() > 0 and torch.isfinite(rep.grad).all()
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_semicl.losses.memory_bank import (MemoryBankContrastLoss, class_ranks, memory_bank_contrast_from_indices,
-                                              memory_bank_contrast_loss, negative_mask, percentile, pixel_entropy,
-                                              reliability_masks)
+from nnunet_semicl.losses.memory_bank_contrast import (class_ranks, memory_bank_contrast_from_indices,
+                                                       memory_bank_contrast_loss, negative_mask, percentile,
+                                                       pixel_entropy, reliability_masks)
 from nnunet_semicl.modules.memory_bank import ClassMemoryBank
 from nnunet_semicl.sampling.stratified import StratifiedSampler
 from nnunet_semicl.sampling.uniform import UniformSampler
@@ -299,9 +299,9 @@ def test_intended_rule_fills_the_bank_on_two_classes_as_released_does_not():
     filled = {}
     for rule in ["intended", "as_released"]:
         bank = ClassMemoryBank(2, d, sizes=1000)
-        crit = MemoryBankContrastLoss(negative_rule=rule, num_anchors=16, num_negatives=8)
         for it in range(3):
-            loss = crit(student, teacher, labels, is_labeled, probs, entropy, 20.0, bank, gen(it))
+            loss = memory_bank_contrast_loss(student, teacher, labels, is_labeled, probs, entropy, 20.0, bank,
+                                             generator=gen(it), negative_rule=rule, num_anchors=16, num_negatives=8)
             assert math.isfinite(loss.item())
         filled[rule] = bank.counts()
     assert filled["as_released"] == [0, 0]

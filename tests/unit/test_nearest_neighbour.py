@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunet_semicl.losses.nearest_neighbour import (NearestNeighbourLoss, NearestNeighbourPool, embedding_dim,
-                                                    image_embedding, nearest_neighbour_loss)
+from nnunet_semicl.losses.nearest_neighbour import (NearestNeighbourPool, embedding_dim, image_embedding,
+                                                    nearest_neighbour_loss)
 
 
 def gen(seed=0):
@@ -102,13 +102,12 @@ def test_end_to_end_from_representation_maps_2d_and_3d():
         rep_s = torch.randn(2, 8, *spatial, generator=g, requires_grad=True)
         rep_t = rep_s.detach() + 0.1 * torch.randn(2, 8, *spatial, generator=g)
         pool = NearestNeighbourPool(36, embedding_dim(8, len(spatial)))
-        crit = NearestNeighbourLoss()
-        empty = crit(image_embedding(rep_s), image_embedding(rep_t), pool)
+        empty = nearest_neighbour_loss(image_embedding(rep_s), image_embedding(rep_t), pool)
         assert empty.item() == 0.0 and empty.requires_grad           # empty pool: zero with graph
         empty.backward()
         assert torch.equal(rep_s.grad, torch.zeros_like(rep_s))
         pool.push(image_embedding(torch.randn(3, 8, *spatial, generator=g)))   # fewer entries than k
-        loss = crit(image_embedding(rep_s), image_embedding(rep_t), pool)
+        loss = nearest_neighbour_loss(image_embedding(rep_s), image_embedding(rep_t), pool)
         assert 0 < loss.item() < 4
         rep_s.grad = None
         loss.backward()

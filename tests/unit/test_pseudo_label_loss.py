@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from nnunet_semicl.losses.pseudo_label import confidence_weighted_ce, pseudo_labels
+from nnunet_semicl.losses.pseudo_label_losses import confidence_weighted_ce, pseudo_labels
 
 
 def naive(logits, labels, conf, valid, thr):

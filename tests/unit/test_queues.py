@@ -84,6 +84,19 @@ def test_reset():
     assert _values(b) == [0]
 
 
+def test_reset_then_push_to_capacity_fills_in_storage_order():
+    # how other code (e.g. the step benchmark) brings a buffer to its steady state without touching its fields
+    b = RingBuffer(4, (2,), with_labels=True, dtype=torch.float16)
+    b.push(_items(0, 3), torch.arange(3))
+    b.reset()
+    for start in (0, 2):
+        b.push(_items(10 + start, 2), torch.arange(start, start + 2))
+    view, offset = b.storage()
+    assert len(b) == 4 and offset == 0 and int(b.ptr) == 0
+    assert torch.equal(view, _items(10, 4).half()) and b.get()[1].tolist() == [0, 1, 2, 3]
+    assert b.memory_bytes() == 4 * 2 * 2
+
+
 def test_state_dict_round_trip():
     a = RingBuffer(5, (2,), with_labels=True)
     a.push(_items(0, 7), torch.arange(7) % 3)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunet_semicl.losses.pseudo_label import pseudo_labels
+from nnunet_semicl.losses.pseudo_label_losses import pseudo_labels
 from nnunet_semicl.modules.distribution_alignment import DistributionAlignment, class_mean, label_shares
 from nnunet_semicl.schedules import ramped_weight, warmup_complete
 
@@ -204,7 +204,7 @@ def test_pasted_pixels_take_the_ground_truth_with_full_confidence():
 
 
 def test_masked_soft_dice_values_masking_and_class_balance():
-    from nnunet_semicl.losses.pseudo_label import masked_soft_dice
+    from nnunet_semicl.losses.pseudo_label_losses import masked_soft_dice
     labels = torch.zeros(1, 10, 10, dtype=torch.long)
     labels[0, :1, :1] = 1                                  # a 1-pixel class ...
     labels[0, 5:, :] = 2                                   # ... and a 50-pixel class

@@ -1,4 +1,6 @@
-"""The confidence-weighted pseudo-label loss shared by ACTION, ACTION++, MONA and ARCO (methods.md 2.5)."""
+"""Losses on teacher pseudo-labels: the teacher's hard labels and confidence, the confidence-weighted
+cross-entropy shared by ACTION, ACTION++, MONA and ARCO (methods.md 2.5) and a masked per-class Dice.
+"""
 import torch
 import torch.nn.functional as F
 

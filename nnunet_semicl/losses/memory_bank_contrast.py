@@ -40,8 +40,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from nnunet_semicl.losses.numerics import at_least_fp32, zero_with_graph
 from nnunet_semicl.losses.similarity import gather_dot
 from nnunet_semicl.modules.memory_bank import ClassMemoryBank
 from nnunet_semicl.sampling.base import PixelSampler
@@ -50,17 +50,9 @@ from nnunet_semicl.sampling.uniform import UniformSampler
 NEGATIVE_RULES = ("intended", "as_released")
 
 
-def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
-
-
-def _zero_with_graph(t: torch.Tensor) -> torch.Tensor:
-    return _at_least_fp32(t.reshape(-1)[:1]).sum() * 0.0
-
-
 def pixel_entropy(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """Shannon entropy ``-sum p log p`` over the class axis (fp32, 0 log 0 = 0)."""
-    p = _at_least_fp32(probs.detach())
+    p = at_least_fp32(probs.detach())
     return -torch.special.xlogy(p, p).sum(dim)
 
 
@@ -100,7 +92,7 @@ def reliability_masks(entropy: torch.Tensor, is_labeled: torch.Tensor, alpha: fl
     unl = ~labeled & valid
     reliable, unreliable = lab.clone(), lab.clone()
     if bool(unl.any()):
-        e = _at_least_fp32(entropy)
+        e = at_least_fp32(entropy)
         values = e[unl]
         reliable |= unl & (e <= percentile(values, alpha))
         unreliable |= unl & (e >= percentile(values, 100.0 - alpha))
@@ -152,7 +144,7 @@ def memory_bank_contrast_from_indices(anchors: torch.Tensor, positive: torch.Ten
     ``-log( e^{s_p} / (e^{s_p} + sum_j A N w_j e^{s_j}) )`` with ``s = cos / temperature``.
     """
     with torch.autocast(device_type=anchors.device.type, enabled=False):
-        q = F.normalize(_at_least_fp32(anchors), dim=-1)
+        q = F.normalize(at_least_fp32(anchors), dim=-1)
         p = F.normalize(positive.detach().to(q.dtype), dim=-1)
         pos_logit = (q @ p).unsqueeze(1) / temperature                               # [A, 1]
         # cosine to the drawn bank rows without copying or normalising the whole bank (up to 50k x D)
@@ -224,8 +216,8 @@ def memory_bank_contrast_loss(student_rep: torch.Tensor, teacher_rep: torch.Tens
     labels = labels.long()
     valid = torch.ones_like(labels, dtype=torch.bool) if valid is None else valid.bool()
     valid = valid & (labels >= 0) & (labels < num_classes)
-    probs = _at_least_fp32(teacher_probs.detach())
-    teacher_flat = _at_least_fp32(teacher_rep.detach()).movedim(1, -1).reshape(-1, d)
+    probs = at_least_fp32(teacher_probs.detach())
+    teacher_flat = at_least_fp32(teacher_rep.detach()).movedim(1, -1).reshape(-1, d)
     student_flat = student_rep.movedim(1, -1).reshape(-1, d)
 
     reliable, unreliable = reliability_masks(entropy.detach(), is_labeled, alpha, valid)
@@ -265,51 +257,5 @@ def memory_bank_contrast_loss(student_rep: torch.Tensor, teacher_rep: torch.Tens
         stats["valid_classes"] = len(losses)
         stats["enqueued"] = enqueued
     if not losses:
-        return _zero_with_graph(student_rep)
+        return zero_with_graph(student_rep)
     return torch.stack(losses).mean()
-
-
-class MemoryBankContrastLoss(nn.Module):
-    """Module form of :func:`memory_bank_contrast_loss` holding the hyperparameters (paper values).
-
-    The bank is owned by the trainer (so it is checkpointed with it) and passed to ``forward``; the
-    statistics of the last call are in ``last_stats``.
-    """
-
-    def __init__(self, num_anchors: int = 256, num_negatives: int = 512, temperature: float = 0.5,
-                 anchor_threshold: float = 0.3, negative_threshold: float = 0.97, low_rank: int = 3,
-                 high_rank: int = 20, negative_rule: str = "intended", sampler: Optional[PixelSampler] = None,
-                 negative_sampler: Optional[PixelSampler] = None, use_weights: bool = True):
-        super().__init__()
-        if negative_rule not in NEGATIVE_RULES:
-            raise ValueError(f"negative_rule must be one of {NEGATIVE_RULES}, got {negative_rule!r}")
-        self.num_anchors = int(num_anchors)
-        self.num_negatives = int(num_negatives)
-        self.temperature = float(temperature)
-        self.anchor_threshold = float(anchor_threshold)
-        self.negative_threshold = float(negative_threshold)
-        self.low_rank = int(low_rank)
-        self.high_rank = int(high_rank)
-        self.negative_rule = negative_rule
-        self.sampler = sampler if sampler is not None else UniformSampler()
-        self.negative_sampler = negative_sampler
-        self.use_weights = bool(use_weights)
-        self.last_stats: Dict = {}
-
-    def forward(self, student_rep: torch.Tensor, teacher_rep: torch.Tensor, labels: torch.Tensor,
-                is_labeled: torch.Tensor, teacher_probs: torch.Tensor, entropy: torch.Tensor, alpha: float,
-                bank: ClassMemoryBank, generator: Optional[torch.Generator] = None,
-                valid: Optional[torch.Tensor] = None, update_bank: bool = True, gather: bool = False) -> torch.Tensor:
-        stats: Dict = {}
-        loss = memory_bank_contrast_loss(
-            student_rep, teacher_rep, labels, is_labeled, teacher_probs, entropy, alpha, bank, self.sampler,
-            generator, valid, self.num_anchors, self.num_negatives, self.temperature, self.anchor_threshold,
-            self.negative_threshold, self.low_rank, self.high_rank, self.negative_rule, self.negative_sampler,
-            update_bank, gather, self.use_weights, stats)
-        self.last_stats = stats
-        return loss
-
-    def extra_repr(self) -> str:
-        return (f"num_anchors={self.num_anchors}, num_negatives={self.num_negatives}, "
-                f"temperature={self.temperature}, negative_rule={self.negative_rule!r}, "
-                f"sampler={getattr(self.sampler, 'name', type(self.sampler).__name__)}")

@@ -1,0 +1,174 @@
+"""``nnUNetTrainerRelationalPretraining``: the phases, heads and queues that ACTION (and ACTION++) and
+MONA (and ARCO) share (methods.md sections 3.2-3.3 and 5).
+
+One nnU-Net training runs in phases (decision 4 of methods.md), a function of the epoch, so ``--c``
+resumes in the right phase:
+
+* ``global``: ISD-style relational KL between the student's and the EMA teacher's pooled bottleneck
+  embeddings, against a FIFO queue of teacher embeddings (ACTION's stage i);
+* ``local``: the same on windows of the output logits, plus the global term (stage ii; MONA's stage 1
+  is this phase alone);
+* ``finetune``: the method's own terms (:meth:`finetune_losses`), computed on a pixel representation
+  from the ``rep`` head; at its start the teacher restarts from the student (as in the official code).
+
+Pre-training uses photometric strong views only (ISD); fine-tuning the full strong augmentation.
+The method subclasses set the phase fractions and add their fine-tuning terms.
+"""
+from typing import Dict, Tuple
+
+import torch
+
+from nnunet_semicl.augment import StrongAugmentation
+from nnunet_semicl.losses.relational import relational_kl_loss
+from nnunet_semicl.modules.heads import RepresentationHead, select_representation_taps
+from nnunet_semicl.modules.queues import RingBuffer
+from nnunet_semicl.modules.relational_heads import GlobalRelationalHead, LocalRelationalHead
+from nnunet_semicl.training.semi_supervised import nnUNetTrainerSemiSupervised
+from nnunet_semicl.training.step_context import StepContext
+
+
+class nnUNetTrainerRelationalPretraining(nnUNetTrainerSemiSupervised):
+    """Relational pre-training, then fine-tuning with the method's terms (not a trainer to run itself).
+
+    A method sets ``global_phase_fraction`` and ``local_phase_fraction`` (its phases as fractions of
+    nnU-Net's ``num_epochs``) and implements :meth:`finetune_losses`."""
+    # ---- relational distillation (ACTION stages i and ii; paper values) --------------------------
+    relational_queue_size = 36
+    relational_tau_student = 0.1
+    relational_tau_teacher = 0.01
+    global_dim = None                 # None: 512 in 2D, 128 in 3D (official code)
+    global_pool_cells = 2             # bottleneck pooled to 2 cells per axis (ISD: 1, flat under instance norm)
+    global_weight = 1.0
+    local_weight = 1.0
+    local_window_fraction = 0.25
+    local_pooled = None               # None: 8 cells per axis in 2D (64-px windows -> 8x8), 4 in 3D
+    pretrain_supervised_weight = 1.0  # CE + Dice during pre-training (methods.md 2.6)
+    # ---- pixel representation of the fine-tuning's contrastive terms -----------------------------
+    representation_dim = None         # None: 512 in 2D, 128 in 3D
+    representation_stride = 4         # representation at >= 1/4 resolution in-plane (ReCo's feature stride)
+    representation_max_voxels = 16384  # ... and at most this many voxels per sample (3D memory bound)
+    representation_activation = False  # ACTION's head: two linear layers
+    uses_features = True
+
+    # ------------------------------------------------------------------------------------------
+    # phases
+    # ------------------------------------------------------------------------------------------
+    def phase_starts(self) -> Tuple[int, int]:
+        """First epoch of the local phase and of fine-tuning."""
+        e_local = int(round(self.num_epochs * self.global_phase_fraction))
+        e_fine = e_local + int(round(self.num_epochs * self.local_phase_fraction))
+        return e_local, min(e_fine, self.num_epochs)
+
+    def phase(self, epoch: int = None) -> str:
+        epoch = self.current_epoch if epoch is None else epoch
+        e_local, e_fine = self.phase_starts()
+        return "global" if epoch < e_local else ("local" if epoch < e_fine else "finetune")
+
+    def earliest_unsup_step(self) -> int:
+        return self.phase_starts()[1] * self.num_iterations_per_epoch
+
+    def uses_unlabeled_now(self) -> bool:
+        # pre-training always uses the unlabeled batch; fine-tuning once its terms are on
+        return self.phase() != "finetune" or super().uses_unlabeled_now()
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        _, e_fine = self.phase_starts()
+        if self.current_epoch == e_fine and e_fine > 0:
+            # fine-tuning starts from the pre-trained student; its teacher restarts from it (official code)
+            self.sync_teachers()
+            self.print_to_log_file("ACTION: fine-tuning starts; teacher re-initialised from the student")
+        self.print_to_log_file(f"ACTION phase: {self.phase()}")
+
+    # ------------------------------------------------------------------------------------------
+    # construction
+    # ------------------------------------------------------------------------------------------
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.configuration_manager.patch_size)
+
+    def build_strong_augmentation(self) -> StrongAugmentation:
+        self.pretrain_augmentation = StrongAugmentation(p_cutmix=0.0, p_warp=0.0)  # ISD: photometric views
+        return StrongAugmentation()
+
+    def augmentation_for_step(self) -> StrongAugmentation:
+        return self.strong_augmentation if self.phase() == "finetune" else self.pretrain_augmentation
+
+    def representation_taps(self) -> int:
+        """Index of the last tap used by the representation head (its resolution)."""
+        return select_representation_taps(self.tap_spatial_shapes(), self.representation_max_voxels,
+                                          self.configuration_manager.patch_size, self.representation_stride)
+
+    def default_dim(self, value):
+        """Class attribute or the official code's width: 512 in 2D, 128 in 3D."""
+        return value or (512 if self.spatial_dims == 2 else 128)
+
+    def build_heads(self):
+        dim2 = self.spatial_dims == 2
+        channels = self.tap_channels()
+        n_classes = self.label_manager.num_segmentation_heads
+        rep_dim = self.default_dim(self.representation_dim)
+        t = self.representation_taps()
+        return {
+            "global": GlobalRelationalHead(channels[0], self.default_dim(self.global_dim),
+                                           pool_cells=self.global_pool_cells, spatial_dims=self.spatial_dims),
+            "local": LocalRelationalHead(n_classes, self.local_window_fraction, self.local_pooled or (8 if dim2 else 4)),
+            "rep": RepresentationHead(channels[: t + 1], rep_dim, rep_dim, self.spatial_dims,
+                                      activation=self.representation_activation),
+        }
+
+    def build_head_teachers(self):
+        return ("global", "local")
+
+    def build_state(self):
+        global_dim = self.default_dim(self.global_dim)
+        n_win, emb = self.heads["local"].window_layout(self.configuration_manager.patch_size)
+        return {**super().build_state(),
+                "global_queue": RingBuffer(self.relational_queue_size, (global_dim,)),
+                "local_queue": RingBuffer(self.relational_queue_size, (n_win, emb))}
+
+    # ------------------------------------------------------------------------------------------
+    # losses
+    # ------------------------------------------------------------------------------------------
+    def relational_temperatures(self) -> Tuple[float, float]:
+        return self.relational_tau_student, self.relational_tau_teacher
+
+    def global_distillation(self, ctx: StepContext) -> torch.Tensor:
+        n = ctx.n_labeled
+        student = self.heads["global"](ctx.features[0][n:])
+        with torch.no_grad():
+            teacher = self.head_teachers["global"].model.project(ctx.teacher_features[0])
+        queue = self.state_modules["global_queue"]
+        tau_s, tau_t = self.relational_temperatures()
+        loss = relational_kl_loss(student, teacher, queue.get()[0], tau_s, tau_t)
+        queue.push(teacher.float(), gather=True)
+        return loss
+
+    def local_distillation(self, ctx: StepContext) -> torch.Tensor:
+        head = self.heads["local"]
+        student = head.predict(head.project(ctx.unlabeled_logits()))
+        with torch.no_grad():
+            teacher = self.head_teachers["local"].model.project(ctx.teacher_logits)
+        queue = self.state_modules["local_queue"]
+        tau_s, tau_t = self.relational_temperatures()
+        loss = relational_kl_loss(student, teacher, queue.get()[0].permute(1, 0, 2), tau_s, tau_t)
+        queue.push(teacher.float(), gather=True)
+        return loss
+
+    def representation(self, ctx: StepContext) -> torch.Tensor:
+        return self.heads["rep"](ctx.features[: self.representation_taps() + 1])
+
+    def compute_losses(self, ctx: StepContext) -> Dict[str, torch.Tensor]:
+        phase = self.phase()
+        if phase == "global":
+            return {"sup": self.pretrain_supervised_weight * self.supervised_loss(ctx),
+                    "global": self.global_weight * self.global_distillation(ctx)}
+        if phase == "local":
+            return {"sup": self.pretrain_supervised_weight * self.supervised_loss(ctx),
+                    "global": self.global_weight * self.global_distillation(ctx),
+                    "local": self.local_weight * self.local_distillation(ctx)}
+        return self.finetune_losses(ctx)
+
+    def finetune_losses(self, ctx: StepContext) -> Dict[str, torch.Tensor]:
+        """The method's weighted loss terms during fine-tuning."""
+        raise NotImplementedError

@@ -1,0 +1,169 @@
+"""The training dynamics of every semi-supervised trainer: unsupervised terms are earned (methods.md
+decision 7; docs/trainers.md).
+
+* warm-up gate: supervised steps only until every foreground class is segmented in online validation
+  (bounded by a minimum and a maximum share of the training);
+* sigmoid ramp of every unsupervised weight from the iteration at which its term turns on;
+* deep-supervision balance: per-pixel unsupervised terms x the full-resolution share of nnU-Net's loss;
+* class-collapse guard: distribution alignment of the teacher's probabilities to the labeled class
+  shares, and a per-epoch log (and warning) of each class's share of the confident pseudo-labels.
+
+``TrainingDynamicsMixin`` is a base of ``nnUNetTrainerSemiSupervised``, which owns the state it reads and
+writes (``global_step``, ``unsup_gate_step``, ``labeled_shares``, ``_pseudo_label_shares``,
+``state_modules``) and calls it from its lifecycle hooks.
+"""
+from typing import Optional
+
+import numpy as np
+import torch
+
+from nnunet_semicl.losses.pseudo_label_losses import pseudo_labels
+from nnunet_semicl.modules.distribution_alignment import label_shares
+from nnunet_semicl.schedules import ramped_weight, warmup_complete
+
+
+class TrainingDynamicsMixin:
+    # ---- hyperparameters (class attributes; PapersScheduleMixin turns them off for the _noRampUp variants) --
+    unsup_warmup = True               # False: every unsupervised term on from its phase's start (the papers)
+    warmup_min_fraction = 0.1         # supervised only for at least this share of all iterations ...
+    warmup_dice_threshold = 0.5       # ... and until every foreground class reaches this online-validation Dice
+    warmup_dice_epochs = 2            # ... in each of this many consecutive epochs
+    warmup_max_fraction = 0.5         # the gate opens here at the latest (with a warning naming the classes below)
+    rampup_fraction = 0.2             # sigmoid ramp of every unsupervised weight (share of all iterations),
+                                      # counted from the iteration at which the term turns on; 0: no ramp
+    balance_deep_supervision = True   # per-pixel unsupervised terms x the full-resolution share of nnU-Net's
+                                      # deep-supervision loss, so the documented sup : unsup ratio holds there
+    distribution_alignment = True     # class-collapse guard (modules/distribution_alignment.py)
+    alignment_momentum = 0.99
+    alignment_max_ratio = 4.0
+    alignment_max_cases = 20          # labeled cases read for the labeled class distribution
+    alignment_statistic = "argmax"    # running share of the teacher's argmax ("probability": ReMixMatch's mean)
+    alignment_boost_only = True       # only raise under-predicted foreground classes (modules/distribution_alignment.py)
+    collapse_warning_ratio = 0.1      # warn when a class's confident pseudo-label share < this x its labeled share
+
+    def start_training_dynamics(self) -> None:
+        """At the start (or resumption) of training: the gate of a papers' variant is open from the start,
+        and the labeled class shares are read once (collapse check, distribution-alignment target)."""
+        if not self.unsup_warmup and self.unsup_gate_step is None:
+            self.unsup_gate_step = 0
+        self.labeled_shares = self.labeled_class_shares()   # read once: the collapse check compares with it
+        if "alignment" in self.state_modules:
+            self.state_modules["alignment"].set_target(self.labeled_shares)
+        self.print_to_log_file("Class shares of the labeled data (collapse check" +
+                               (", distribution-alignment target" if "alignment" in self.state_modules else "") +
+                               f"): {[round(float(v), 4) for v in self.labeled_shares]}")
+
+    @property
+    def total_iterations(self) -> int:
+        return self.num_epochs * self.num_iterations_per_epoch
+
+    def earliest_unsup_step(self) -> int:
+        """First iteration at which a method lets its unsupervised terms start (phased methods: fine-tuning)."""
+        return 0
+
+    def unsup_start_step(self) -> Optional[int]:
+        """Iteration at which the unsupervised terms turned (or turn) on; None while warming up."""
+        if self.unsup_gate_step is None:
+            return None
+        return max(self.unsup_gate_step, self.earliest_unsup_step())
+
+    def unsup_scale(self) -> float:
+        """Multiplier of every unsupervised weight now: 0 while warming up, then the sigmoid ramp."""
+        return ramped_weight(self.global_step, self.unsup_start_step(), self.rampup_fraction * self.total_iterations)
+
+    def full_resolution_share(self) -> float:
+        """Share of the supervised loss that nnU-Net's deep supervision puts on the full-resolution output."""
+        weights = getattr(self.loss, "weight_factors", None)
+        if not self.enable_deep_supervision or not weights:
+            return 1.0
+        weights = [float(w) for w in weights]
+        return weights[0] / sum(weights)
+
+    def unsup_weight(self, weight: float, per_pixel: bool = False) -> float:
+        """An unsupervised term's weight now: ``weight`` x ramp (x full-resolution share for per-pixel terms)."""
+        scale = self.unsup_scale()
+        if per_pixel and self.balance_deep_supervision:
+            scale *= self.full_resolution_share()
+        return weight * scale
+
+    def uses_unlabeled_now(self) -> bool:
+        """Whether this iteration needs the unlabeled batch and the teacher (else: a supervised step)."""
+        return self.unsup_scale() > 0
+
+    def update_warmup_gate(self) -> None:
+        """End the supervised warm-up when the rule holds (called after each epoch's online validation)."""
+        if self.unsup_gate_step is not None:
+            return
+        history = self.logger.get_value("dice_per_class_or_region", step=None) or []
+        recent = [list(map(float, d)) for d in history[-self.warmup_dice_epochs:]]
+        if len(recent) < self.warmup_dice_epochs:
+            recent = []
+        min_steps = int(self.warmup_min_fraction * self.total_iterations)
+        if warmup_complete(self.global_step, min_steps, recent, self.warmup_dice_threshold):
+            self.unsup_gate_step = self.global_step
+            self.print_to_log_file(
+                f"Supervised warm-up complete at iteration {self.global_step} (epoch {self.current_epoch}): every "
+                f"foreground class reached online-validation Dice >= {self.warmup_dice_threshold} in the last "
+                f"{self.warmup_dice_epochs} epochs ({[[round(v, 3) for v in d] for d in recent]}). Unsupervised "
+                f"terms start at iteration {self.unsup_start_step()}, ramped over "
+                f"{int(self.rampup_fraction * self.total_iterations)} iterations.")
+        elif self.global_step >= int(self.warmup_max_fraction * self.total_iterations):
+            self.unsup_gate_step = self.global_step
+            last = recent[-1] if recent else (history[-1] if history else [])
+            below = [i + 1 for i, v in enumerate(last) if not float(v) >= self.warmup_dice_threshold]
+            self.print_to_log_file(
+                f"WARNING: supervised warm-up ended by its limit ({self.warmup_max_fraction:g} of the training, "
+                f"iteration {self.global_step}) with foreground class(es) {below} still below online-validation "
+                f"Dice {self.warmup_dice_threshold} ({[round(float(v), 3) for v in last]}). Unsupervised terms "
+                f"start at iteration {self.unsup_start_step()}"
+                + ("; the distribution alignment guards those classes." if self.distribution_alignment else "."))
+
+    def labeled_class_shares(self) -> torch.Tensor:
+        """Class shares of the labeled cases' segmentations (at most ``alignment_max_cases`` of them)."""
+        k = self.label_manager.num_segmentation_heads
+        keys = sorted(self.case_sets.labeled)
+        step = max(1, len(keys) // max(1, self.alignment_max_cases))
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, keys[::step][: self.alignment_max_cases])
+        counts = np.zeros(k, dtype=np.float64)
+        for key in dataset.identifiers:
+            seg = np.asarray(dataset.load_case(key)[1][:]).reshape(-1)
+            seg = seg[(seg >= 0) & (seg < k)].astype(np.int64)
+            counts += np.bincount(seg, minlength=k)[:k]
+        if counts.sum() == 0:
+            return torch.full((k,), 1.0 / k)
+        return torch.as_tensor(counts / counts.sum(), dtype=torch.float32)
+
+    def teacher_pseudo_labels(self, teacher_logits: torch.Tensor, unlabeled: Optional[torch.Tensor] = None):
+        """Teacher probabilities, pseudo-labels and confidence, aligned to the labeled class distribution.
+
+        ``unlabeled`` (``[B, *spatial]`` bool, None: all) marks the pixels of unlabeled images: only they
+        update the alignment's running class distribution and the logged shares. Pasted labeled
+        pixels come from nnU-Net's foreground-oversampled patches; counted, they would raise the
+        running foreground share and the alignment would push every foreground class down."""
+        probs, labels, confidence = pseudo_labels(teacher_logits)
+        alignment = self.state_modules["alignment"] if "alignment" in self.state_modules else None
+        if alignment is not None:
+            alignment.update(probs, unlabeled)
+            probs = alignment(probs)
+            confidence, labels = probs.max(dim=1)
+        if self.unsup_scale() > 0:   # only while pseudo-labels train the student
+            confident = confidence >= self.confidence_threshold
+            if unlabeled is not None:
+                confident = confident & unlabeled
+            self._pseudo_label_shares.append(label_shares(labels, probs.shape[1], confident))
+        return probs, labels, confidence
+
+    def check_pseudo_label_shares(self) -> None:
+        """Log each class's share of the epoch's confident pseudo-labels beside its labeled share; warn when
+        a class vanishes."""
+        if not self._pseudo_label_shares:
+            return
+        shares = torch.stack(self._pseudo_label_shares).mean(0).cpu()   # one device sync per epoch
+        self._pseudo_label_shares = []
+        target = self.labeled_shares
+        self.print_to_log_file("confident pseudo-label share per class", [round(float(v), 4) for v in shares],
+                               "| labeled share", [round(float(v), 4) for v in target])
+        vanished = [c for c in range(1, len(shares)) if float(shares[c]) < self.collapse_warning_ratio * float(target[c])]
+        if vanished:
+            self.print_to_log_file(f"WARNING: class(es) {vanished} nearly vanished from the confident pseudo-labels "
+                                   f"(share < {self.collapse_warning_ratio:g} x its labeled share).")
