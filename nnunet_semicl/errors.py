@@ -22,3 +22,10 @@ class ConversionError(InputError):
 
 class EvaluationError(InputError):
     """A prediction or reference folder that cannot be evaluated."""
+
+
+def short_list(items, n: int = 8) -> str:
+    """The first ``n`` items of a list for an error message, with how many more there are."""
+    items = list(items)
+    more = f" ... (+{len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(str(i) for i in items[:n]) + more

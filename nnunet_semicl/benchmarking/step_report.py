@@ -80,7 +80,7 @@ def _flag(ok: Optional[bool]) -> str:
     return "-" if ok is None else ("yes" if ok else "**no**")
 
 
-def _short(label: str) -> str:
+def _trainer_label(label: str) -> str:
     return label.replace("nnUNetTrainer", "") or "nnUNetTrainer"
 
 
@@ -160,7 +160,7 @@ def format_breakdown_table(rows: List[dict]) -> str:
         if not b:
             continue
         parts = sorted(((b[k], k) for k in LOSS_PARTS if b.get(k)), reverse=True)[:4]
-        out.append([f"`{_short(r['label'])}`", r["phase"] or "-", fmt(r["step_s"]), fmt(b.get("teacher_forward")),
+        out.append([f"`{_trainer_label(r['label'])}`", r["phase"] or "-", fmt(r["step_s"]), fmt(b.get("teacher_forward")),
                     fmt(b.get("student_forward")), fmt(b.get("aug_and_other_prepare")), fmt(b.get("compute_losses")),
                     fmt(b.get("backward_and_step")), fmt(b.get("after_optimizer_step")),
                     ", ".join(f"{k} {v:.3f}" for v, k in parts) or "-"])

@@ -25,11 +25,11 @@ checks their content. It has no torch or nnU-Net import: it is plain bookkeeping
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from nnunet_semicl.errors import SplitError
+from nnunet_semicl.errors import SplitError, short_list
 from nnunet_semicl.files import load_json
 
 SPLIT_FILE_TEMPLATE = "splits_semicl_{setting}.json"
@@ -49,12 +49,6 @@ class CaseSets:
 # ------------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------------
-def _short(ids: Iterable[str], n: int = 10) -> str:
-    ids = sorted(ids)
-    more = f" ... (+{len(ids) - n} more)" if len(ids) > n else ""
-    return ", ".join(ids[:n]) + more
-
-
 def compile_group_regex(group_regex: str) -> "re.Pattern":
     """``--group``'s pattern, compiled; an invalid pattern is a :class:`SplitError` that says how to write one."""
     try:
@@ -148,7 +142,7 @@ def check_folds_against_unlabeled(folds: List[dict], unlabeled_only: Sequence[st
             bad[k] = v
     if bad:
         k, v = next(iter(bad.items()))
-        raise SplitError(f"{path}: fold {k} validates on images that have no annotation ({_short(v)}). Validation "
+        raise SplitError(f"{path}: fold {k} validates on images that have no annotation ({short_list(sorted(v), 10)}). Validation "
                          f"cases must be annotated. Delete {path} and run `nnunet_semicl split ...` again (it "
                          f"recreates the 5-fold split over the annotated cases), or edit the file.")
 
@@ -167,7 +161,7 @@ def check_folds_keep_groups(folds: List[dict], group_regex: Optional[str], path:
         shared = sorted({group_of(c, group_regex) for c in f["train"]} & val_groups)
         if shared:
             raise SplitError(f"{path}: fold {k} puts cases of {len(shared)} group(s) of --group '{group_regex}' in "
-                             f"both training and validation ({_short(shared)}): those patients would leak into "
+                             f"both training and validation ({short_list(sorted(shared), 10)}): those patients would leak into "
                              f"validation. It was made over cases, not patients. Delete it (runs that used it keep "
                              f"their results but cannot be continued with --c) and run the split command again: it "
                              f"recreates nnU-Net's 5-fold split over patients. Or drop --group.")
@@ -220,13 +214,13 @@ def choose_labeled(train_cases: Sequence[str], *, n_labeled: Optional[int] = Non
                 unknown.append(w)
         if unknown:
             extra = [u for u in unknown if u in unl]
-            hint = (f" ({_short(extra)} have no annotation)" if extra else
+            hint = (f" ({short_list(sorted(extra), 10)} have no annotation)" if extra else
                     " (unknown ids, or validation cases of this fold)")
             raise SplitError(f"Fold {fold_name}: labeled ids not among the fold's annotated training cases or "
-                             f"groups: {_short(unknown)}{hint}. Check the ids against splits_final.json.")
+                             f"groups: {short_list(sorted(unknown), 10)}{hint}. Check the ids against splits_final.json.")
         labeled = sorted(set(chosen_cases))
         if excluded and not labeled:
-            raise SplitError(f"Fold {fold_name}: every labeled id ({_short(excluded)}) is a validation case of this "
+            raise SplitError(f"Fold {fold_name}: every labeled id ({short_list(sorted(excluded), 10)}) is a validation case of this "
                              f"fold, so the fold would have zero labeled cases.")
     else:
         excluded = []
@@ -280,20 +274,20 @@ def validate_fold_sets(sets: dict, train_cases: Sequence[str], fold_name: str,
     if len(lab) != len(sets["labeled"]) or len(unl) != len(sets["unlabeled"]):
         raise SplitError(f"{source}, fold {fold_name}: duplicate case ids in the labeled or unlabeled list.")
     if lab & unl:
-        raise SplitError(f"{source}, fold {fold_name}: cases both labeled and unlabeled: {_short(lab & unl)}.")
+        raise SplitError(f"{source}, fold {fold_name}: cases both labeled and unlabeled: {short_list(sorted(lab & unl), 10)}.")
     if lab - tr:
         raise SplitError(f"{source}, fold {fold_name}: labeled cases that are not training cases of this fold "
-                         f"(unknown ids or validation cases): {_short(lab - tr)}.")
+                         f"(unknown ids or validation cases): {short_list(sorted(lab - tr), 10)}.")
     if unl - tr:
         raise SplitError(f"{source}, fold {fold_name}: unlabeled cases that are not training cases of this fold "
-                         f"(unknown ids or validation cases): {_short(unl - tr)}.")
+                         f"(unknown ids or validation cases): {short_list(sorted(unl - tr), 10)}.")
     if tr - lab - unl:
         raise SplitError(f"{source}, fold {fold_name}: training cases neither labeled nor unlabeled: "
-                         f"{_short(tr - lab - unl)}. Every training case must be in one list; regenerate the "
+                         f"{short_list(sorted(tr - lab - unl), 10)}. Every training case must be in one list; regenerate the "
                          f"split with `nnunet_semicl split` after changing splits_final.json.")
     no_gt = lab & set(unlabeled_only)
     if no_gt:
-        raise SplitError(f"{source}, fold {fold_name}: cases without annotation listed as labeled: {_short(no_gt)}.")
+        raise SplitError(f"{source}, fold {fold_name}: cases without annotation listed as labeled: {short_list(sorted(no_gt), 10)}.")
     if not lab:
         raise SplitError(f"{source}, fold {fold_name}: zero labeled cases. Use --labeled N with N >= 1.")
     if not unl:
@@ -448,14 +442,14 @@ def check_resumed_case_sets(old: CaseSets, new: CaseSets, unlabeled_only: Sequen
     added = tuple(sorted(set(new.unlabeled) - set(old.unlabeled)))
     problems = []
     if set(new.labeled) != set(old.labeled):
-        problems.append(f"labeled cases +{_short(set(new.labeled) - set(old.labeled)) or '-'} "
-                        f"-{_short(set(old.labeled) - set(new.labeled)) or '-'}")
+        problems.append(f"labeled cases +{short_list(sorted(set(new.labeled) - set(old.labeled)), 10) or '-'} "
+                        f"-{short_list(sorted(set(old.labeled) - set(new.labeled)), 10) or '-'}")
     gone = set(old.unlabeled) - set(new.unlabeled)
     if gone:
-        problems.append(f"unlabeled cases removed: {_short(gone)}")
+        problems.append(f"unlabeled cases removed: {short_list(sorted(gone), 10)}")
     annotated = set(added) - set(unlabeled_only)
     if annotated:
-        problems.append(f"annotated cases became unlabeled: {_short(annotated)}")
+        problems.append(f"annotated cases became unlabeled: {short_list(sorted(annotated), 10)}")
     if problems:
         raise SplitError(f"The labeled/unlabeled split of this run changed since its checkpoint was written "
                          f"({new.source}): {'; '.join(problems)}. Restore the original split file, or start a new "

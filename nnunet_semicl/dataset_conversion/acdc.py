@@ -32,11 +32,11 @@ import os
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from nnunet_semicl.dataset_conversion.cases import raise_if_problems, read_id_list, short_list
+from nnunet_semicl.dataset_conversion.cases import raise_if_problems, read_id_list
 from nnunet_semicl.dataset_conversion.converter_cli import ConverterCommand
 from nnunet_semicl.dataset_conversion.pipeline import DatasetSpec, convert_dataset
 from nnunet_semicl.dataset_conversion.protocols import ACDC, ACDC_FRAMES, Protocol
-from nnunet_semicl.errors import ConversionError
+from nnunet_semicl.errors import ConversionError, short_list
 
 DEFAULT_ID = 27
 DEFAULT_NAME = "ACDC"

@@ -22,12 +22,6 @@ ORIGIN_ATOL = 1e-2
 DIRECTION_ATOL = 1e-3
 
 
-def short_list(items: Sequence[str], n: int = 8) -> str:
-    items = list(items)
-    more = f" ... (+{len(items) - n} more)" if len(items) > n else ""
-    return ", ".join(str(i) for i in items[:n]) + more
-
-
 def raise_if_problems(root: str, problems: Sequence[str]) -> None:
     """Report every problem a locate function found in ``root`` at once (the first 8), not one per run."""
     if problems:

@@ -26,7 +26,7 @@ def default_num_processes() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def command_line() -> str:
+def typed_command() -> str:
     """The command as typed (recorded in the split files and conversion_info.json)."""
     import shlex
 
@@ -73,7 +73,7 @@ class ConverterCommand:
         with exit_2_on(self.name, InputError, FileExistsError):
             self.convert(args.input, args.raw, args.preprocessed, args.id, args.name, args.layout, args.spacing,
                          args.cv, args.allow_missing, args.np, args.overwrite, not args.quiet,
-                         created_by=command_line())
+                         created_by=typed_command())
 
     def main(self, argv: Optional[Sequence[str]] = None) -> None:
         """``python -m <converter module>``."""

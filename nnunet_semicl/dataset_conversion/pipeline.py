@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from nnunet_semicl.dataset_conversion.cases import convert_case, read_id_list, short_list
+from nnunet_semicl.dataset_conversion.cases import convert_case, read_id_list
 from nnunet_semicl.dataset_conversion.protocols import Protocol, make_folds, make_settings
-from nnunet_semicl.errors import ConversionError
+from nnunet_semicl.errors import ConversionError, short_list
 from nnunet_semicl.files import partial_folder, remove_stale_partials, save_json
 
 
