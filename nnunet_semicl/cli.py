@@ -28,7 +28,7 @@ EXTERNAL_COMMANDS = [
     ("evaluate", "nnunet_semicl.evaluation", "Dice, Jaccard, HD95, ASD of a prediction folder (paper tables)"),
     ("convert-acdc", "nnunet_semicl.dataset_conversion.acdc", "ACDC -> Dataset027_ACDC with the papers' protocol"),
     ("convert-la", "nnunet_semicl.dataset_conversion.la", "LA 2018 -> Dataset028_LA with the papers' protocol"),
-    ("benchmark", "nnunet_semicl.benchmarking", "step cost, sampler cost and variance, CPU-scale ACDC accuracy run"),
+    ("benchmark", "nnunet_semicl.benchmarking.cli", "step cost, sampler cost and variance, CPU-scale ACDC accuracy run"),
 ]
 
 
