@@ -8,8 +8,10 @@ against this. Distribution alignment multiplies the teacher's class probabilitie
 labeled data and ``running_mean`` an EMA of the teacher's class distribution on unlabeled pixels.
 A vanishing class is pushed back up, where the teacher still gives it some probability.
 
-Defaults (``statistic="argmax"``, ``boost_only=True``), chosen on ACDC (issue 11): the running
-distribution is that of the teacher's argmax, and only under-predicted foreground classes are
+This module's defaults (``statistic="argmax"``, ``boost_only=True``; the trainers pass their
+``alignment_statistic`` / ``alignment_boost_only``, ReMixMatch's form by default, the configuration of
+the measured ACTION++ run in docs/performance.md section 3): the running distribution is that of the
+teacher's argmax, and only under-predicted foreground classes are
 raised (ratios clipped to ``[1, max_ratio]``, background never changed). ReMixMatch's form (mean
 probabilities, ratios in ``[1 / max_ratio, max_ratio]``) is ``statistic="probability",
 boost_only=False``. Measured on a young ACDC teacher, it lowered every foreground class: soft

@@ -37,8 +37,9 @@ class TrainingDynamicsMixin:
     alignment_momentum = 0.99
     alignment_max_ratio = 4.0
     alignment_max_cases = 20          # labeled cases read for the labeled class distribution
-    alignment_statistic = "argmax"    # running share of the teacher's argmax ("probability": ReMixMatch's mean)
-    alignment_boost_only = True       # only raise under-predicted foreground classes (modules/distribution_alignment.py)
+    alignment_statistic = "probability"  # ReMixMatch's running mean; "argmax": running argmax share (opt-in, see
+                                      # docs/performance.md 3: measured worse together with copy-paste + Dice)
+    alignment_boost_only = False      # True: only raise under-predicted foreground classes (opt-in, as above)
     collapse_warning_ratio = 0.1      # warn when a class's confident pseudo-label share < this x its labeled share
 
     def start_training_dynamics(self) -> None:

@@ -155,6 +155,7 @@ def test_fine_tuning_step_under_mixed_precision(phantom, trainer, monkeypatch):
         t = make_trainer(phantom.id, "2d_tiny", 2, trainer, phantom.phases_plans)
         t.disable_checkpointing = True
         t.on_train_start()
+        t.labeled_copy_paste = True   # opt-in: checked here on the real step
         seen = []
         original = t.compute_losses
         t.compute_losses = lambda ctx: (seen.append(ctx), original(ctx))[1]
