@@ -55,9 +55,11 @@ class nnUNetTrainerSemiSupervised(TrainingDynamicsMixin, nnUNetTrainerLabeledOnl
     supervised_weight = 1.0           # ACTION/ACTION++ fine-tuning use 0.5 (methods.md 2.6)
     pseudo_label_weight = 1.0         # the papers' weight; ramped (below) unless a _noRampUp variant
     confidence_threshold = 0.97       # rho_b of the pseudo-label loss (methods.md 2.5)
-    pseudo_label_dice_weight = 0.0    # opt-in (0.5 measured worse on ACDC, docs/performance.md 3): + this x per-class Dice on the confident pseudo-labels (UniMatch/BCP/AD-MT;
-                                      # issue 11): a rare class is not swamped by background in the pixel CE
-    labeled_copy_paste = False        # opt-in, measured worse as above. BCP: once the unsupervised terms are on, each unlabeled image shares its
+    pseudo_label_dice_weight = 0.0    # opt-in: + this x per-class Dice on the confident pseudo-labels (UniMatch,
+                                      # BCP, AD-MT), so a rare class is not swamped by background in the pixel CE
+                                      # (0.5, with copy-paste and argmax alignment: worse on ACDC, performance.md 3)
+    labeled_copy_paste = False        # opt-in (measured as above). BCP: once the unsupervised terms are on, each
+                                      # unlabeled image shares its
     copy_paste_side = 2.0 / 3.0       # patch with a labeled one (a box of this side, inside or outside), and
                                       # the pasted pixels are supervised by the ground truth: every
                                       # unsupervised step carries true labels of every class
