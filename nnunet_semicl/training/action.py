@@ -29,7 +29,9 @@ class nnUNetTrainerACTION(nnUNetTrainerRelationalPretraining):
     global_phase_fraction = 0.25
     local_phase_fraction = 0.25
     # ---- anatomical contrast (stage iii; paper values) -------------------------------------------
-    supervised_weight = 0.5           # 0.5 (CE + Dice) during fine-tuning
+    supervised_weight = 1.0           # CE + Dice during fine-tuning; the paper's 0.5 (the _noRampUp variants) assumes a
+                                      # converged pre-trained model: in a short run from scratch the labels still teach
+                                      # (docs/performance.md 3)
     anco_weight = 0.01
     anco_tau = 0.5
     anco_strong_threshold = 0.97      # hard queries: student probability below this
@@ -80,3 +82,4 @@ class nnUNetTrainerACTIONPretrain(nnUNetTrainerACTION):
 
 class nnUNetTrainerACTION_noRampUp(PapersScheduleMixin, nnUNetTrainerACTION):
     """The official recipe: fine-tuning terms at full weight from the first fine-tuning iteration."""
+    supervised_weight = 0.5

@@ -126,3 +126,4 @@ class nnUNetTrainerACTIONpp_noPretrain(nnUNetTrainerACTIONpp):
 
 class nnUNetTrainerACTIONpp_noRampUp(PapersScheduleMixin, nnUNetTrainerACTIONpp):
     """The official recipe: fine-tuning terms at full weight from the first fine-tuning iteration."""
+    supervised_weight = 0.5
