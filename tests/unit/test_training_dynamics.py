@@ -174,6 +174,10 @@ def test_papers_schedule_variant_has_no_gate_and_no_ramp():
     assert issubclass(v, nnUNetTrainerACTIONpp)
     assert (v.unsup_warmup, v.rampup_fraction, v.balance_deep_supervision, v.distribution_alignment) == \
         (False, 0.0, False, False)
+    # the paper halves the labeled loss in fine-tuning; the from-scratch default keeps it at 1
+    from nnunet_semicl.training.action import nnUNetTrainerACTION, nnUNetTrainerACTION_noRampUp
+    assert v.supervised_weight == nnUNetTrainerACTION_noRampUp.supervised_weight == 0.5
+    assert nnUNetTrainerACTIONpp.supervised_weight == nnUNetTrainerACTION.supervised_weight == 1.0
 
 
 # ---- labeled copy-paste and the Dice term on pseudo-labels --------------------------------------
