@@ -67,9 +67,23 @@ class nnUNetTrainerRelationalPretraining(nnUNetTrainerSemiSupervised):
     def earliest_unsup_step(self) -> int:
         return self.phase_starts()[1] * self.num_iterations_per_epoch
 
+    def relational_weight(self, weight: float, phase_start_epoch: int) -> float:
+        """A pre-training term's weight now. The relational terms are unsupervised terms too: off until the
+        warm-up gate opens, then ramped from the later of the gate and the start of the phase that adds them
+        (the papers' _noRampUp variants: full weight from iteration 0). On the demo phantoms ACTION++ with
+        ungated terms learned a class many epochs after LabeledOnly in 2 runs of 5 (docs/trainers.md)."""
+        return weight * self.term_scale(phase_start_epoch * self.num_iterations_per_epoch)
+
+    def unsup_start_text(self) -> str:
+        if self.global_step >= self.earliest_unsup_step():
+            return super().unsup_start_text()
+        return (f"Relational pre-training terms start now (phase {self.phase()}), fine-tuning terms at iteration "
+                f"{self.unsup_start_step()}")
+
     def uses_unlabeled_now(self) -> bool:
-        # pre-training always uses the unlabeled batch; fine-tuning once its terms are on
-        return self.phase() != "finetune" or super().uses_unlabeled_now()
+        if self.phase() == "finetune":
+            return super().uses_unlabeled_now()
+        return self.term_scale(0) > 0   # pre-training: the global term is on once the gate opened
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
@@ -160,14 +174,14 @@ class nnUNetTrainerRelationalPretraining(nnUNetTrainerSemiSupervised):
 
     def compute_losses(self, ctx: StepContext) -> Dict[str, torch.Tensor]:
         phase = self.phase()
-        if phase == "global":
-            return {"sup": self.pretrain_supervised_weight * self.supervised_loss(ctx),
-                    "global": self.global_weight * self.global_distillation(ctx)}
+        if phase == "finetune":
+            return self.finetune_losses(ctx)
+        terms = {"sup": self.pretrain_supervised_weight * self.supervised_loss(ctx),
+                 "global": self.relational_weight(self.global_weight, 0) * self.global_distillation(ctx)}
         if phase == "local":
-            return {"sup": self.pretrain_supervised_weight * self.supervised_loss(ctx),
-                    "global": self.global_weight * self.global_distillation(ctx),
-                    "local": self.local_weight * self.local_distillation(ctx)}
-        return self.finetune_losses(ctx)
+            terms["local"] = self.relational_weight(self.local_weight, self.phase_starts()[0]) * \
+                self.local_distillation(ctx)
+        return terms
 
     def finetune_losses(self, ctx: StepContext) -> Dict[str, torch.Tensor]:
         """The method's weighted loss terms during fine-tuning."""

@@ -68,9 +68,19 @@ class TrainingDynamicsMixin:
             return None
         return max(self.unsup_gate_step, self.earliest_unsup_step())
 
+    def unsup_start_text(self) -> str:
+        """When the unsupervised terms start, for the log line of the gate."""
+        return f"Unsupervised terms start at iteration {self.unsup_start_step()}"
+
     def unsup_scale(self) -> float:
         """Multiplier of every unsupervised weight now: 0 while warming up, then the sigmoid ramp."""
-        return ramped_weight(self.global_step, self.unsup_start_step(), self.rampup_fraction * self.total_iterations)
+        return self.term_scale(self.earliest_unsup_step())
+
+    def term_scale(self, term_start_step: int) -> float:
+        """Multiplier of a term its method turns on at ``term_start_step``: 0 before that and until the warm-up
+        gate opens, then the sigmoid ramp counted from the later of the two."""
+        start = None if self.unsup_gate_step is None else max(self.unsup_gate_step, term_start_step)
+        return ramped_weight(self.global_step, start, self.rampup_fraction * self.total_iterations)
 
     def full_resolution_share(self) -> float:
         """Share of the supervised loss that nnU-Net's deep supervision puts on the full-resolution output."""
@@ -105,9 +115,8 @@ class TrainingDynamicsMixin:
             self.print_to_log_file(
                 f"Supervised warm-up complete at iteration {self.global_step} (epoch {self.current_epoch}): every "
                 f"foreground class reached online-validation Dice >= {self.warmup_dice_threshold} in the last "
-                f"{self.warmup_dice_epochs} epochs ({[[round(v, 3) for v in d] for d in recent]}). Unsupervised "
-                f"terms start at iteration {self.unsup_start_step()}, ramped over "
-                f"{int(self.rampup_fraction * self.total_iterations)} iterations.")
+                f"{self.warmup_dice_epochs} epochs ({[[round(v, 3) for v in d] for d in recent]}). "
+                f"{self.unsup_start_text()}, ramped over {int(self.rampup_fraction * self.total_iterations)} iterations.")
         elif self.global_step >= int(self.warmup_max_fraction * self.total_iterations):
             self.unsup_gate_step = self.global_step
             last = recent[-1] if recent else (history[-1] if history else [])
@@ -115,8 +124,8 @@ class TrainingDynamicsMixin:
             self.print_to_log_file(
                 f"WARNING: supervised warm-up ended by its limit ({self.warmup_max_fraction:g} of the training, "
                 f"iteration {self.global_step}) with foreground class(es) {below} still below online-validation "
-                f"Dice {self.warmup_dice_threshold} ({[round(float(v), 3) for v in last]}). Unsupervised terms "
-                f"start at iteration {self.unsup_start_step()}"
+                f"Dice {self.warmup_dice_threshold} ({[round(float(v), 3) for v in last]}). "
+                f"{self.unsup_start_text()}"
                 + ("; the distribution alignment guards those classes." if self.distribution_alignment else "."))
 
     def labeled_class_shares(self) -> torch.Tensor:

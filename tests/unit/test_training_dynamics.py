@@ -163,9 +163,31 @@ def test_warmup_gate_respects_the_minimum_and_phased_methods_start_at_fine_tunin
     a.update_warmup_gate()
     assert a.phase_starts() == (2, 4)
     assert a.unsup_gate_step == 20 and a.unsup_start_step() == 40     # fine-tuning starts at epoch 4
-    assert a.unsup_scale() == 0.0 and a.uses_unlabeled_now()          # pre-training still uses the teacher
+    assert a.unsup_scale() == 0.0 and a.uses_unlabeled_now()          # the relational terms are on now
     a.global_step, a.current_epoch = 45, 4
     assert a.unsup_scale() == pytest.approx(math.exp(-5.0 * 0.75 ** 2))
+
+
+def test_relational_pretraining_terms_wait_for_the_gate_and_ramp_from_their_phase():
+    """The relational terms are unsupervised terms: no teacher and no unlabeled batch before the warm-up gate
+    opens, then ramped from the later of the gate and the phase that adds them; the papers' variant keeps
+    them at full weight from iteration 0."""
+    a = _gate_trainer("nnUNetTrainerACTION", dice=[[0.1, 0.9, 0.9]] * 2, step=12)   # 10 epochs x 10 its
+    a.update_warmup_gate()
+    assert a.phase() == "global" and a.unsup_gate_step is None
+    assert not a.uses_unlabeled_now() and a.relational_weight(1.0, 0) == 0.0
+    a.logger = _Logger([[0.6, 0.9, 0.9]] * 2)
+    a.update_warmup_gate()
+    assert a.unsup_gate_step == 12 and "Relational pre-training terms start now (phase global)" in a.lines[-1]
+    assert a.uses_unlabeled_now() and a.relational_weight(2.0, 0) == pytest.approx(2.0 * math.exp(-5.0))
+    a.global_step, a.current_epoch = 27, 2                            # local phase (epochs 2-3)
+    assert a.relational_weight(1.0, 0) == pytest.approx(math.exp(-5.0 * 0.25 ** 2))   # 15 of 20 ramp its
+    assert a.relational_weight(1.0, 2) == pytest.approx(math.exp(-5.0 * 0.65 ** 2))   # local: from its phase
+    from nnunet_semicl.training.action import nnUNetTrainerACTION_noRampUp
+    p = _gate_trainer("nnUNetTrainerACTION_noRampUp")
+    p.unsup_gate_step = 0                                              # what start_training_dynamics sets
+    assert isinstance(p, nnUNetTrainerACTION_noRampUp) and p.uses_unlabeled_now()
+    assert p.relational_weight(1.0, 0) == 1.0
 
 
 def test_papers_schedule_variant_has_no_gate_and_no_ramp():
