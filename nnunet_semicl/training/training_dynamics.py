@@ -120,11 +120,15 @@ class TrainingDynamicsMixin:
         elif self.global_step >= int(self.warmup_max_fraction * self.total_iterations):
             self.unsup_gate_step = self.global_step
             last = recent[-1] if recent else (history[-1] if history else [])
-            below = [i + 1 for i, v in enumerate(last) if not float(v) >= self.warmup_dice_threshold]
+            # below the threshold in any of the epochs the rule looks at (not only the last one)
+            looked_at = recent or [last]
+            below = sorted({i + 1 for d in looked_at for i, v in enumerate(d)
+                            if not float(v) >= self.warmup_dice_threshold})
             self.print_to_log_file(
                 f"WARNING: supervised warm-up ended by its limit ({self.warmup_max_fraction:g} of the training, "
-                f"iteration {self.global_step}) with foreground class(es) {below} still below online-validation "
-                f"Dice {self.warmup_dice_threshold} ({[round(float(v), 3) for v in last]}). "
+                f"iteration {self.global_step}) with foreground class(es) {below} below online-validation Dice "
+                f"{self.warmup_dice_threshold} in the last {len(looked_at)} epoch(s) "
+                f"({[[round(float(v), 3) for v in d] for d in looked_at]}). "
                 f"{self.unsup_start_text()}"
                 + ("; the distribution alignment guards those classes." if self.distribution_alignment else "."))
 

@@ -152,7 +152,11 @@ def test_warmup_gate_waits_for_a_missing_class_then_opens_at_its_limit_with_a_wa
     assert t.unsup_gate_step is None and t.unsup_scale() == 0.0 and not t.uses_unlabeled_now()
     t.global_step = 50                                                # warmup_max_fraction 0.5 of 100
     t.update_warmup_gate()
-    assert t.unsup_gate_step == 50 and "WARNING" in t.lines[-1] and "[2]" in t.lines[-1]
+    assert t.unsup_gate_step == 50 and "WARNING" in t.lines[-1] and "class(es) [2]" in t.lines[-1]
+    # a class that reached the threshold only in the last epoch is still named
+    late = _gate_trainer(dice=[[0.6, 0.1, 0.9], [0.7, 0.8, 0.9]], step=50)
+    late.update_warmup_gate()
+    assert late.unsup_gate_step == 50 and "class(es) [2]" in late.lines[-1]
 
 
 def test_warmup_gate_respects_the_minimum_and_phased_methods_start_at_fine_tuning():
