@@ -105,7 +105,9 @@ def _assert_state_equal(saved: dict, module_state: dict, what: str):
 
 
 @pytest.mark.parametrize("trainer,cfg,stop", [
-    ("nnUNetTrainerACTION", "2d_tiny", 2),        # interrupted at the boundary into fine-tuning (0 global, 1 local)
+    # the papers' recipe (relational terms from iteration 0: queues filled), interrupted at the boundary into
+    # fine-tuning (0 global, 1 local); the defaults' relational terms wait for the gate (test above)
+    ("nnUNetTrainerACTION_noRampUp", "2d_tiny", 2),
     ("nnUNetTrainerACTIONpp", "3d_fullres_tiny", 3),  # inside fine-tuning: SAACL queue, centroids, ATS position
     ("nnUNetTrainerARCO", "2d_tiny", 3),          # inside fine-tuning, after the warm-up: banks and NN pool
 ])
@@ -131,7 +133,7 @@ def test_resume_restores_every_state_across_phases(phantom, trainer, cfg, stop):
         _assert_state_equal(s["state_modules"], t2.state_modules.state_dict(), "queues/banks/centres")
         assert t2.current_epoch == stop and t2.global_step == stop * 2 and t2.phase() == "finetune"
         assert t.unsup_gate_step is not None and t2.unsup_gate_step == t.unsup_gate_step   # warm-up not redone
-        if trainer.startswith("nnUNetTrainerACTION"):
+        if trainer == "nnUNetTrainerACTION_noRampUp":   # the papers' recipe: relational terms from iteration 0
             assert len(t2.state_modules["global_queue"]) > 0 and len(t2.state_modules["local_queue"]) > 0
         if trainer == "nnUNetTrainerACTIONpp":
             assert len(t2.state_modules["saacl_queue"]) > 0 and bool(t2.state_modules["centres"].seen.any())
@@ -144,7 +146,7 @@ def test_resume_restores_every_state_across_phases(phantom, trainer, cfg, stop):
             assert torch.equal(opt[pid]["momentum_buffer"].cpu(), st["momentum_buffer"])
         t2.run_training()                                      # finishes the remaining epochs
         assert t2.current_epoch == 4 and t2.global_step == 8
-        if trainer == "nnUNetTrainerACTION":  # the resumed run did the phase switch itself
+        if trainer == "nnUNetTrainerACTION_noRampUp":  # the resumed run did the phase switch itself
             assert "fine-tuning starts; teacher re-initialised" in open(t2.log_file).read()
         log = t2.logger.get_value("train_losses", None)
         assert len(log) == 4 and np.all(np.isfinite(log))
