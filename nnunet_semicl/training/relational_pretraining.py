@@ -70,8 +70,8 @@ class nnUNetTrainerRelationalPretraining(nnUNetTrainerSemiSupervised):
     def relational_weight(self, weight: float, phase_start_epoch: int) -> float:
         """A pre-training term's weight now. The relational terms are unsupervised terms too: off until the
         warm-up gate opens, then ramped from the later of the gate and the start of the phase that adds them
-        (the papers' _noRampUp variants: full weight from iteration 0). On the demo phantoms ACTION++ with
-        ungated terms learned a class many epochs after LabeledOnly in 2 runs of 5 (docs/trainers.md)."""
+        (the papers' _noRampUp variants: full weight from iteration 0): the warm-up rule without exception;
+        before the gate a pre-training step is a cheap supervised step (measurements in docs/trainers.md)."""
         return weight * self.term_scale(phase_start_epoch * self.num_iterations_per_epoch)
 
     def unsup_start_text(self) -> str:
