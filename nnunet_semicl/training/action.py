@@ -5,7 +5,7 @@ The paper's three stages run as phases of ONE nnU-Net training (decision 4 of me
 * ``global`` (stage i, first 25% of epochs): ISD-style relational KL between the student's and the
   EMA teacher's pooled bottleneck embeddings, against a FIFO queue of teacher embeddings;
 * ``local`` (stage ii, next 25%): the same on windows of the output logits, plus the global term;
-* ``finetune`` (stage iii, last 50%): ``0.5 (CE + Dice) + L_unsup + 0.01 L_anco`` with ReCo-style
+* ``finetune`` (stage iii, last 50%): ``(CE + Dice) + L_unsup + 0.01 L_anco`` (paper: 0.5 (CE + Dice)) with ReCo-style
   anatomical contrast on labeled (ground truth) and confident unlabeled (pseudo-label) pixels.
 
 The phases, relational heads and queues are ``nnUNetTrainerRelationalPretraining``'s

@@ -52,7 +52,7 @@ class nnUNetTrainerSemiSupervised(TrainingDynamicsMixin, nnUNetTrainerLabeledOnl
     # ---- hyperparameters (class attributes; variants are subclasses) ------------------------------
     ema_momentum = 0.99               # methods.md 2.3
     unlabeled_batch_size = None       # None: the planned (per-GPU) batch size
-    supervised_weight = 1.0           # ACTION/ACTION++ fine-tuning use 0.5 (methods.md 2.6)
+    supervised_weight = 1.0           # the ACTION/ACTION++ papers' fine-tuning 0.5: their _noRampUp variants
     pseudo_label_weight = 1.0         # the papers' weight; ramped (below) unless a _noRampUp variant
     confidence_threshold = 0.97       # rho_b of the pseudo-label loss (methods.md 2.5)
     pseudo_label_dice_weight = 0.0    # opt-in: + this x per-class Dice on the confident pseudo-labels (UniMatch,

@@ -183,7 +183,6 @@ def test_fine_tuning_step_under_mixed_precision(phantom, trainer, monkeypatch):
     assert finite == expected
 
 
-
 def _check_labeled_copy_paste(ctx):
     """Once the unsupervised terms are on, each unlabeled image shares its patch with a labeled one
     (bidirectional copy-paste) and the pasted pixels carry the ground truth at full confidence."""
