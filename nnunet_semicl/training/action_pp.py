@@ -118,6 +118,12 @@ class nnUNetTrainerACTIONpp_officialATS(nnUNetTrainerACTIONpp):
     ats_period_fraction = 0.1
 
 
+class nnUNetTrainerACTIONpp_momentum09(nnUNetTrainerACTIONpp):
+    """Fine-tuning with the official code's SGD momentum 0.9 (nnU-Net's 0.99 before): the momentum comparison of
+    docs/performance.md 3."""
+    unsup_momentum = 0.9
+
+
 class nnUNetTrainerACTIONpp_noPretrain(nnUNetTrainerACTIONpp):
     """Fine-tuning only (e.g. after nnUNetTrainerACTIONPretrain with -pretrained_weights)."""
     global_phase_fraction = 0.0

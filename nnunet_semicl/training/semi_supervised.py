@@ -141,6 +141,7 @@ class nnUNetTrainerSemiSupervised(TrainingDynamicsMixin, nnUNetTrainerLabeledOnl
             self.student_taps = FeatureTaps(unet_tap_modules(student))
             self.teacher_taps = FeatureTaps(unet_tap_modules(self.teacher.model))
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
+        self.initial_momentum = self.optimizer.param_groups[0]["momentum"]   # before a checkpoint's state is loaded
         n_head = sum(p.numel() for p in self.heads.parameters())
         self.print_to_log_file(f"{type(self).__name__}: EMA teacher (m={self.ema_momentum}), heads "
                                f"{list(self.heads.keys())} ({n_head} parameters), state {list(self.state_modules.keys())}")
@@ -331,6 +332,7 @@ class nnUNetTrainerSemiSupervised(TrainingDynamicsMixin, nnUNetTrainerLabeledOnl
         if unlabeled is not None:
             self.check_finite_input(unlabeled, "unlabeled")
         self.optimizer.zero_grad(set_to_none=True)
+        self.apply_unsup_momentum()
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             if with_unlabeled:
                 ctx = self.prepare_step(batch, unlabeled)

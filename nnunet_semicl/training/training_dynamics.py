@@ -41,6 +41,8 @@ class TrainingDynamicsMixin:
                                       # docs/performance.md 3: measured worse together with copy-paste + Dice)
     alignment_boost_only = False      # True: only raise under-predicted foreground classes (opt-in, as above)
     collapse_warning_ratio = 0.1      # warn when a class's confident pseudo-label share < this x its labeled share
+    unsup_momentum = None             # SGD momentum while the unsupervised terms are on (the official code's 0.9);
+                                      # None: nnU-Net's 0.99 throughout (measured: docs/performance.md 3)
 
     def start_training_dynamics(self) -> None:
         """At the start (or resumption) of training: the gate of a papers' variant is open from the start,
@@ -96,6 +98,16 @@ class TrainingDynamicsMixin:
         if per_pixel and self.balance_deep_supervision:
             scale *= self.full_resolution_share()
         return weight * scale
+
+    def apply_unsup_momentum(self) -> None:
+        """SGD momentum for this iteration: ``unsup_momentum`` once the unsupervised terms are on, the optimizer's
+        initial momentum before. Set every step from the schedule, so a resumed run (whose optimizer state
+        carries whatever momentum was saved) follows the same rule."""
+        if self.unsup_momentum is None:
+            return
+        momentum = self.unsup_momentum if self.unsup_scale() > 0 else self.initial_momentum
+        for group in self.optimizer.param_groups:
+            group["momentum"] = momentum
 
     def uses_unlabeled_now(self) -> bool:
         """Whether this iteration needs the unlabeled batch and the teacher (else: a supervised step)."""

@@ -124,8 +124,9 @@ class _Logger:
 def _gate_trainer(cls_name="nnUNetTrainerSemiSupervised", dice=(), step=0, epochs=10, iters=10):
     """Only the gate's arithmetic of a trainer (no nnU-Net state): logger, schedule, log lines."""
     import nnunet_semicl.training.action as action
+    import nnunet_semicl.training.action_pp as action_pp
     import nnunet_semicl.training.semi_supervised as semi
-    cls = getattr(semi, cls_name, None) or getattr(action, cls_name)
+    cls = getattr(semi, cls_name, None) or getattr(action, cls_name, None) or getattr(action_pp, cls_name)
     t = cls.__new__(cls)
     t.unsup_gate_step, t.global_step, t.current_epoch = None, step, step // iters
     t.num_epochs, t.num_iterations_per_epoch = epochs, iters
@@ -204,6 +205,29 @@ def test_papers_schedule_variant_has_no_gate_and_no_ramp():
     from nnunet_semicl.training.action import nnUNetTrainerACTION, nnUNetTrainerACTION_noRampUp
     assert v.supervised_weight == nnUNetTrainerACTION_noRampUp.supervised_weight == 0.5
     assert nnUNetTrainerACTIONpp.supervised_weight == nnUNetTrainerACTION.supervised_weight == 1.0
+
+
+def test_unsup_momentum_follows_the_schedule_and_none_keeps_the_optimizer_momentum():
+    from nnunet_semicl.training.action_pp import nnUNetTrainerACTIONpp_momentum09
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    t = _gate_trainer("nnUNetTrainerACTIONpp_momentum09", dice=[[0.9, 0.9, 0.9]] * 2, step=20)
+    assert isinstance(t, nnUNetTrainerACTIONpp_momentum09)
+    t.optimizer = torch.optim.SGD(params, 0.01, momentum=0.99, nesterov=True)
+    t.initial_momentum = 0.99
+    t.update_warmup_gate()                                            # gate at 20; fine-tuning starts at 40
+    t.apply_unsup_momentum()
+    assert t.optimizer.param_groups[0]["momentum"] == 0.99            # pre-training: nnU-Net's momentum
+    t.global_step, t.current_epoch = 45, 4
+    t.apply_unsup_momentum()
+    assert t.optimizer.param_groups[0]["momentum"] == 0.9
+    t.optimizer.param_groups[0]["momentum"] = 0.5                     # e.g. a resumed optimizer state
+    t.apply_unsup_momentum()
+    assert t.optimizer.param_groups[0]["momentum"] == 0.9
+    d = _gate_trainer("nnUNetTrainerSemiSupervised", step=45)
+    d.unsup_gate_step = 0
+    d.optimizer = torch.optim.SGD(params, 0.01, momentum=0.99, nesterov=True)
+    d.apply_unsup_momentum()                                          # default None: untouched
+    assert d.unsup_scale() > 0 and d.optimizer.param_groups[0]["momentum"] == 0.99
 
 
 # ---- labeled copy-paste and the Dice term on pseudo-labels --------------------------------------
