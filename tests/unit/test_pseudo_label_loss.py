@@ -35,7 +35,7 @@ def test_all_low_confidence_gives_finite_zero_with_graph():
     labels = torch.randint(0, 3, (2, 4, 4))
     conf = torch.full((2, 4, 4), 0.5)
     loss = confidence_weighted_ce(logits, labels, conf, None, threshold=0.97)
-    assert float(loss) == 0.0 and torch.isfinite(loss)
+    assert float(loss.detach()) == 0.0 and torch.isfinite(loss)
     loss.backward()
     assert logits.grad is not None and torch.all(logits.grad == 0)
 
@@ -48,7 +48,7 @@ def test_class_absent_and_invalid_pixels_ignored():
     valid = torch.zeros(2, 3, 3, 3, dtype=torch.bool)
     valid[0, 0] = True
     loss = confidence_weighted_ce(logits, labels, conf, valid)
-    assert torch.isfinite(loss) and float(loss) > 0
+    assert torch.isfinite(loss) and float(loss.detach()) > 0
     loss.backward()
     assert torch.all(logits.grad[1] == 0) and torch.all(logits.grad[0, :, 1:] == 0)
 
