@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from nnunet_semicl.losses.similarity import logsumexp_dot
 from nnunet_semicl.sampling.base import PixelSampler
 from nnunet_semicl.sampling.uniform import UniformSampler
 
@@ -100,14 +101,28 @@ def saacl_loss(anchors: torch.Tensor, anchor_labels: torch.Tensor, views: torch.
         c = F.normalize(class_centres.detach().float(), dim=1)
         labels = anchor_labels.long()
 
-        # Logits over the keys [own view | queue | K centres], fp32 (spec 4.5 "per-anchor normalised similarity").
-        logits = torch.cat([(z * v).sum(1, keepdim=True), z @ q.T, z @ c.T], dim=1) / float(tau)
-        log_s = torch.log_softmax(logits, dim=1)                                     # [n, 1 + m + K]
+        # Per-anchor normaliser over the keys [own view | queue | K centres] (spec 4.5 "per-anchor normalised
+        # similarity"), fp32; 1 / tau folded into the anchors. The [n, m] queue similarities are needed only
+        # inside this log-sum-exp (``logsumexp_dot``: one matrix product in backward).
+        z = z / float(tau)
+        view_logit = (z * v).sum(1)                                                  # [n]
+        centre_logits = z @ c.T                                                      # [n, K]
+        parts = [view_logit, torch.logsumexp(centre_logits, dim=1), logsumexp_dot(z, q)]
+        log_norm = torch.logsumexp(torch.stack(parts, dim=1), dim=1)                 # [n]
 
-        same = (queue_labels.to(labels.device).long().unsqueeze(0) == labels.unsqueeze(1)).float()  # [n, m]
-        log_view = log_s[:, 0]
-        log_queue = (log_s[:, 1:1 + m] * same).sum(1)
-        log_centre = log_s[:, 1 + m:].gather(1, labels.unsqueeze(1)).squeeze(1)      # nu_i = centre of y_i
-        n_pos = 2.0 + same.sum(1)                                                   # |P_i|: view + queue + nu_i
+        # sum_{j in queue, label j = y_i} log s_ij = (z_i / tau) . (sum of those q_j) - count * log_norm_i:
+        # per-class sums of the queue instead of an [n, m] same-class mask (same value and gradient,
+        # a fraction of the time and memory: issue 11's demo budget).
+        k = c.shape[0]
+        queue_labels = queue_labels.to(labels.device).long()
+        in_range = (queue_labels >= 0) & (queue_labels < k)      # other labels (e.g. -1): negatives only
+        class_sums = torch.zeros(k, d, device=z.device, dtype=z.dtype).index_add_(0, queue_labels[in_range],
+                                                                                  q[in_range])
+        class_counts = torch.bincount(queue_labels[in_range], minlength=k)[:k].to(z.dtype)
+        count = class_counts[labels]                                                 # [n]
+        log_queue = (z * class_sums[labels]).sum(1) - count * log_norm
+        log_view = view_logit - log_norm
+        log_centre = centre_logits.gather(1, labels.unsqueeze(1)).squeeze(1) - log_norm   # nu_i = centre of y_i
+        n_pos = 2.0 + count                                                          # |P_i|: view + queue + nu_i
         per_anchor = -(log_view + log_queue + lambda_a * log_centre) / n_pos
         return per_anchor.mean()

@@ -59,3 +59,39 @@ def gather_dot(queries: torch.Tensor, table: torch.Tensor, index: torch.Tensor, 
     if queries.shape[0] * table.shape[0] <= dense_max_elements:
         return (queries @ table.to(queries.dtype).t()).gather(1, index)
     return _GatherDot.apply(queries, table, index, max(1, int(chunk)))
+
+
+class _LogSumExpDot(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, queries, keys):
+        probs = queries @ keys.t()                                   # [R, M] logits, overwritten in place
+        top = probs.amax(1, keepdim=True)
+        probs.sub_(top).exp_()
+        total = probs.sum(1, keepdim=True)
+        probs.div_(total)                                            # softmax over the keys: all backward needs
+        ctx.save_for_backward(probs, keys)
+        return (top + total.log()).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        probs, keys = ctx.saved_tensors
+        return grad_out.unsqueeze(1) * (probs @ keys), None
+
+
+def logsumexp_dot(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """``[R]`` with ``out[r] = log sum_m exp(queries[r] . keys[m])``; gradient to ``queries`` only.
+
+    The normaliser of a contrast against a long queue (SAACL: 1024 anchors x 12,288 keys). Autograd's
+    ``torch.logsumexp(q @ k.T)`` keeps the logits and, in backward, recomputes their exponentials
+    element-wise over ``[R, M]``; here forward keeps the softmax it already computed and backward is one
+    matrix product (``softmax @ keys``). Scale ``queries`` by ``1 / tau`` beforehand. ``keys`` ``[M, D]``
+    are constants (detached here); no keys gives ``-inf`` (no gradient), which ``torch.logsumexp`` over
+    further terms handles.
+    """
+    if queries.ndim != 2 or keys.ndim != 2 or queries.shape[1] != keys.shape[1]:
+        raise ValueError(f"logsumexp_dot: expected queries [R, D] and keys [M, D]; got {tuple(queries.shape)}, "
+                         f"{tuple(keys.shape)}")
+    keys = keys.detach().to(queries.dtype)
+    if keys.shape[0] == 0:
+        return queries.new_full(queries.shape[:1], float("-inf"))
+    return _LogSumExpDot.apply(queries, keys)

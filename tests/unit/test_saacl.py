@@ -84,6 +84,38 @@ def test_gradient_matches_loop_reference():
     torch.testing.assert_close(a32.grad.double(), a_ref.grad, rtol=1e-4, atol=1e-5)
 
 
+def dense_saacl(anchors, labels, views, queue, queue_labels, centres, tau, lam):
+    """Spec 4.5 with the full [n, m] log-softmax and same-class mask (the form before issue 11's speed-up)."""
+    z, v, q, c = (F.normalize(t, dim=1) for t in (anchors, views, queue, centres))
+    log_s = torch.log_softmax(torch.cat([(z * v).sum(1, keepdim=True), z @ q.T, z @ c.T], 1) / tau, 1)
+    m = q.shape[0]
+    same = (queue_labels.unsqueeze(0) == labels.unsqueeze(1)).to(z.dtype)
+    log_centre = log_s[:, 1 + m:].gather(1, labels.unsqueeze(1)).squeeze(1)
+    return (-(log_s[:, 0] + (log_s[:, 1:1 + m] * same).sum(1) + lam * log_centre) / (2.0 + same.sum(1))).mean()
+
+
+@pytest.mark.parametrize("tau", [0.07, 0.5, 1.0])
+def test_matches_dense_form_at_training_size(tau):
+    # the per-class queue sums must give the dense form's value and gradient at a realistic size: a long
+    # queue with labels outside [0, K) (negatives only) and a class that no anchor has
+    g = torch.Generator().manual_seed(7)
+    n, m, d, k = 96, 3000, 32, 4
+    anchors = torch.randn(n, d, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, k - 1, (n,), generator=g)              # class 3 has queue entries, no anchor
+    views = anchors + 0.3 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    queue = torch.randn(m, d, generator=g, dtype=torch.float64)
+    queue_labels = torch.randint(-1, k + 1, (m,), generator=g)        # -1 and k: negatives only
+    centres = simplex_centres(k, d).double()
+    a_ref = anchors.clone().requires_grad_(True)
+    expected = dense_saacl(a_ref, labels, views, queue, queue_labels, centres, tau, 0.2)
+    expected.backward()
+    a = anchors.float().requires_grad_(True)
+    got = saacl_loss(a, labels, views.float(), queue.float(), queue_labels, centres.float(), tau=tau, lambda_a=0.2)
+    got.backward()
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(a.grad.double(), a_ref.grad, rtol=1e-3, atol=1e-7)
+
+
 def test_only_anchors_get_gradient():
     a, y, v, q, ql, c = [t.float() if t.is_floating_point() else t for t in _example(seed=2)]
     a.requires_grad_(True)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from nnunet_semicl.losses.similarity import gather_dot
+from nnunet_semicl.losses.similarity import gather_dot, logsumexp_dot
 
 
 @pytest.mark.parametrize("chunk,rows,dense", [(1, 11, 0), (3, 11, 0), (64, 11, 0), (3, 200, 0), (3, 200, 10 ** 6)])
@@ -29,3 +29,30 @@ def test_table_gets_no_gradient_and_empty_index():
     assert empty.shape == (3, 0)
     with pytest.raises(ValueError):
         gather_dot(q, table, torch.zeros(2, 2, dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------- logsumexp_dot
+def test_logsumexp_dot_matches_autograd_value_and_gradient():
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(7, 5, generator=g, dtype=torch.float64) * 3
+    keys = torch.randn(40, 5, generator=g, dtype=torch.float64) * 3    # large logits: the max shift matters
+    a = q.clone().requires_grad_(True)
+    ref = torch.logsumexp(a @ keys.T, dim=1)
+    (ref * torch.arange(1.0, 8.0, dtype=torch.float64)).sum().backward()
+    b = q.clone().requires_grad_(True)
+    got = logsumexp_dot(b, keys)
+    (got * torch.arange(1.0, 8.0, dtype=torch.float64)).sum().backward()
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(b.grad, a.grad)
+    assert torch.autograd.gradcheck(lambda x: logsumexp_dot(x, keys), (q.clone().requires_grad_(True),))
+
+
+def test_logsumexp_dot_keys_constant_and_empty():
+    q = torch.randn(3, 4, requires_grad=True)
+    keys = torch.randn(6, 4, requires_grad=True)
+    logsumexp_dot(q, keys).sum().backward()
+    assert keys.grad is None and q.grad is not None
+    empty = logsumexp_dot(q, torch.zeros(0, 4))
+    assert empty.shape == (3,) and bool(torch.isneginf(empty).all())
+    with pytest.raises(ValueError):
+        logsumexp_dot(q, torch.zeros(6, 5))
