@@ -91,7 +91,6 @@ def saacl_loss(anchors: torch.Tensor, anchor_labels: torch.Tensor, views: torch.
         raise ValueError(f"class_centres must be [K, {d}] with K >= 1, got {tuple(class_centres.shape)}")
     if n == 0:
         return anchors.float().sum() * 0.0
-    m = queue_features.shape[0]
 
     # Autocast off: under AMP the matmuls would otherwise run in fp16 despite the .float() (spec 11).
     with torch.autocast(device_type=anchors.device.type, enabled=False):
@@ -118,7 +117,7 @@ def saacl_loss(anchors: torch.Tensor, anchor_labels: torch.Tensor, views: torch.
         in_range = (queue_labels >= 0) & (queue_labels < k)      # other labels (e.g. -1): negatives only
         class_sums = torch.zeros(k, d, device=z.device, dtype=z.dtype).index_add_(0, queue_labels[in_range],
                                                                                   q[in_range])
-        class_counts = torch.bincount(queue_labels[in_range], minlength=k)[:k].to(z.dtype)
+        class_counts = torch.bincount(queue_labels[in_range], minlength=k).to(z.dtype)
         count = class_counts[labels]                                                 # [n]
         log_queue = (z * class_sums[labels]).sum(1) - count * log_norm
         log_view = view_logit - log_norm
