@@ -14,9 +14,9 @@ DEFAULT_TRAINERS = (STOCK, "nnUNetTrainerLabeledOnly", "nnUNetTrainerPseudoLabel
                     "nnUNetTrainerARCO_SAG")
 METHODS = ("nnUNetTrainerACTION", "nnUNetTrainerACTIONpp", "nnUNetTrainerMONA", "nnUNetTrainerARCO",
            "nnUNetTrainerARCO_SAG")
-#: pre-training phases (``--pretrain``); ARCO's pre-training is MONA's
-PRETRAIN_ENTRIES = ("nnUNetTrainerACTION@global", "nnUNetTrainerACTION@local", "nnUNetTrainerACTIONpp@global",
-                    "nnUNetTrainerACTIONpp@local", "nnUNetTrainerMONA@local")
+#: pre-training phases (``--pretrain``); ARCO's pre-training is MONA's; ACTION's defaults fine-tune only
+PRETRAIN_ENTRIES = ("nnUNetTrainerACTION_phased@global", "nnUNetTrainerACTION_phased@local",
+                    "nnUNetTrainerACTIONpp_phased@global", "nnUNetTrainerACTIONpp_phased@local", "nnUNetTrainerMONA@local")
 SMOKE_TRAINERS = (STOCK, MEAN_TEACHER)
 #: entry suffix: the trainer with ``nnUNet_compile=t`` and ``allow_compile = True`` (our trainers default to eager)
 COMPILED = "+compile"

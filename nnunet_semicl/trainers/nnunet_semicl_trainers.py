@@ -1,10 +1,11 @@
 # Re-exports for nnU-Net's trainer lookup (nnUNet_extTrainer). Absolute imports only: nnU-Net imports
 # this file as a top-level module. The classes keep their real module paths, so they pickle.
 from nnunet_semicl.training.action import (nnUNetTrainerACTION, nnUNetTrainerACTION_noPretrain,  # noqa: F401
-                                           nnUNetTrainerACTION_noRampUp, nnUNetTrainerACTIONPretrain)
+                                           nnUNetTrainerACTION_noRampUp, nnUNetTrainerACTION_phased,
+                                           nnUNetTrainerACTIONPretrain)
 from nnunet_semicl.training.action_pp import (nnUNetTrainerACTIONpp, nnUNetTrainerACTIONpp_momentum09,  # noqa: F401
                                               nnUNetTrainerACTIONpp_noPretrain, nnUNetTrainerACTIONpp_noRampUp,
-                                              nnUNetTrainerACTIONpp_officialATS)
+                                              nnUNetTrainerACTIONpp_officialATS, nnUNetTrainerACTIONpp_phased)
 from nnunet_semicl.training.labeled_only import nnUNetTrainerLabeledOnly  # noqa: F401
 from nnunet_semicl.training.mona import (nnUNetTrainerARCO, nnUNetTrainerARCO_indexStrata,  # noqa: F401
                                          nnUNetTrainerARCO_noRampUp, nnUNetTrainerARCO_SAG, nnUNetTrainerMONA,

@@ -8,6 +8,11 @@ The paper's three stages run as phases of ONE nnU-Net training (decision 4 of me
 * ``finetune`` (stage iii, last 50%): ``(CE + Dice) + L_unsup + 0.01 L_anco`` (paper: 0.5 (CE + Dice)) with ReCo-style
   anatomical contrast on labeled (ground truth) and confident unlabeled (pseudo-label) pixels.
 
+Those phases are ``ThreeStagesMixin`` (``nnUNetTrainerACTION_phased``). The default trainers fine-tune from the
+first epoch and let the warm-up gate decide when the fine-tuning terms start: in a run from scratch the
+pre-training phases overlap the supervised warm-up and only take iterations from fine-tuning
+(docs/performance.md 3: ACTION++ 0.762 against 0.731 with the phases, two runs each).
+
 The phases, relational heads and queues are ``nnUNetTrainerRelationalPretraining``'s
 (``training/relational_pretraining.py``, shared with MONA); this module adds the anatomical contrast.
 Deliberate differences from the official code are listed in docs/methods/action.md.
@@ -24,10 +29,17 @@ from nnunet_semicl.training.semi_supervised import PapersScheduleMixin
 from nnunet_semicl.training.step_context import StepContext
 
 
-class nnUNetTrainerACTION(nnUNetTrainerRelationalPretraining):
-    # ---- phases: the paper's 100 / 100 / 200 epochs, as fractions of nnU-Net's num_epochs ----------
+class ThreeStagesMixin:
+    """The paper's stages i / ii / iii (100 / 100 / 200 epochs) as fractions of nnU-Net's num_epochs. Put it
+    before the trainer among the bases."""
     global_phase_fraction = 0.25
     local_phase_fraction = 0.25
+
+
+class nnUNetTrainerACTION(nnUNetTrainerRelationalPretraining):
+    # ---- phases: fine-tuning only, its terms from the warm-up gate on (ThreeStagesMixin: the paper's stages) ----
+    global_phase_fraction = 0.0
+    local_phase_fraction = 0.0
     # ---- anatomical contrast (stage iii; paper values) -------------------------------------------
     supervised_weight = 1.0           # CE + Dice during fine-tuning; the paper's 0.5 (the _noRampUp variants) assumes a
                                       # converged pre-trained model: in a short run from scratch the labels still teach
@@ -67,11 +79,14 @@ class nnUNetTrainerACTION(nnUNetTrainerRelationalPretraining):
                 "anco": self.unsup_weight(self.anco_weight) * self.anatomical_contrast(ctx, self.representation(ctx))}
 
 
+class nnUNetTrainerACTION_phased(ThreeStagesMixin, nnUNetTrainerACTION):
+    """The paper's three stages in one run: relational pre-training (global, then local) before fine-tuning."""
+
+
 class nnUNetTrainerACTION_noPretrain(nnUNetTrainerACTION):
-    """Stage iii only (fine-tuning with anatomical contrast); e.g. after ``nnUNetTrainerACTIONPretrain``
-    with ``-pretrained_weights .../checkpoint_final.pth``."""
-    global_phase_fraction = 0.0
-    local_phase_fraction = 0.0
+    """Stage iii only, e.g. after ``nnUNetTrainerACTIONPretrain`` with ``-pretrained_weights
+    .../checkpoint_final.pth``. The same as the default since that fine-tunes only; the name is kept for that
+    recipe and for model folders trained under it."""
 
 
 class nnUNetTrainerACTIONPretrain(nnUNetTrainerACTION):
@@ -80,6 +95,6 @@ class nnUNetTrainerACTIONPretrain(nnUNetTrainerACTION):
     local_phase_fraction = 0.5
 
 
-class nnUNetTrainerACTION_noRampUp(PapersScheduleMixin, nnUNetTrainerACTION):
-    """The official recipe: fine-tuning terms at full weight from the first fine-tuning iteration."""
+class nnUNetTrainerACTION_noRampUp(PapersScheduleMixin, ThreeStagesMixin, nnUNetTrainerACTION):
+    """The official recipe: the three stages, each term at full weight from the first iteration of its stage."""
     supervised_weight = 0.5

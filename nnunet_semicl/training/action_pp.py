@@ -22,7 +22,7 @@ from nnunet_semicl.modules.centres import AdaptiveCentreAllocation
 from nnunet_semicl.modules.pixels import gather_pixels, resize_labels
 from nnunet_semicl.modules.queues import RingBuffer
 from nnunet_semicl.schedules import cosine_temperature
-from nnunet_semicl.training.action import nnUNetTrainerACTION
+from nnunet_semicl.training.action import ThreeStagesMixin, nnUNetTrainerACTION
 from nnunet_semicl.training.semi_supervised import PapersScheduleMixin
 from nnunet_semicl.training.step_context import StepContext
 
@@ -124,12 +124,16 @@ class nnUNetTrainerACTIONpp_momentum09(nnUNetTrainerACTIONpp):
     unsup_momentum = 0.9
 
 
+class nnUNetTrainerACTIONpp_phased(ThreeStagesMixin, nnUNetTrainerACTIONpp):
+    """The paper's three stages in one run, with pre-training++ (scheduled relational temperatures)."""
+
+
 class nnUNetTrainerACTIONpp_noPretrain(nnUNetTrainerACTIONpp):
-    """Fine-tuning only (e.g. after nnUNetTrainerACTIONPretrain with -pretrained_weights)."""
-    global_phase_fraction = 0.0
-    local_phase_fraction = 0.0
+    """Fine-tuning only, e.g. after nnUNetTrainerACTIONPretrain with -pretrained_weights. The same as the default
+    since that fine-tunes only; the name is kept for that recipe and for model folders trained under it (runs 10
+    and 11 of docs/performance.md 3)."""
 
 
-class nnUNetTrainerACTIONpp_noRampUp(PapersScheduleMixin, nnUNetTrainerACTIONpp):
-    """The official recipe: fine-tuning terms at full weight from the first fine-tuning iteration."""
+class nnUNetTrainerACTIONpp_noRampUp(PapersScheduleMixin, ThreeStagesMixin, nnUNetTrainerACTIONpp):
+    """The official recipe: the three stages, each term at full weight from the first iteration of its stage."""
     supervised_weight = 0.5

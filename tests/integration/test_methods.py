@@ -12,8 +12,9 @@ from tests.integration.nnunet_helpers import env, make_trainer, output_folder, s
 pytestmark = pytest.mark.integration
 
 # trainer -> {epoch: terms that must be finite in that epoch} for the 4-epoch "phases" setting (2 iterations per
-# epoch). The defaults compute no unsupervised term, relational pre-training included, before the warm-up gate
-# opens (here at its limit, the end of epoch 1); the papers' variants have the pre-training terms from iteration 0.
+# epoch). The defaults compute no unsupervised term, relational pre-training included (MONA/ARCO), before the warm-up
+# gate opens (here at its limit, the end of epoch 1); ACTION's defaults fine-tune only; the papers' variants have the
+# pre-training terms from iteration 0.
 FINETUNE_MONA = {"sup", "unsup", "contrast", "eqv", "nn"}
 PHASE_TERMS = {
     "nnUNetTrainerACTIONpp": {0: {"sup"}, 1: {"sup"}, 2: {"sup", "unsup", "anco", "saacl"}},
@@ -63,7 +64,8 @@ def test_method_trains_every_phase_through_stock_entry_and_predicts(phantom, tra
 
 def test_phase_schedule():
     from nnunet_semicl.training.action import (nnUNetTrainerACTION, nnUNetTrainerACTION_noPretrain,
-                                               nnUNetTrainerACTIONPretrain)
+                                               nnUNetTrainerACTION_phased, nnUNetTrainerACTIONPretrain)
+    from nnunet_semicl.training.action_pp import nnUNetTrainerACTIONpp, nnUNetTrainerACTIONpp_phased
     from nnunet_semicl.training.mona import nnUNetTrainerMONA
 
     def phases(cls, n):
@@ -71,9 +73,11 @@ def test_phase_schedule():
         t.num_epochs = n
         return [t.phase(e) for e in range(n)]
 
-    assert phases(nnUNetTrainerACTION, 8) == ["global"] * 2 + ["local"] * 2 + ["finetune"] * 4
-    assert phases(nnUNetTrainerACTION, 1000).count("finetune") == 500
-    assert phases(nnUNetTrainerACTION_noPretrain, 4) == ["finetune"] * 4
+    for phased in (nnUNetTrainerACTION_phased, nnUNetTrainerACTIONpp_phased):
+        assert phases(phased, 8) == ["global"] * 2 + ["local"] * 2 + ["finetune"] * 4
+        assert phases(phased, 1000).count("finetune") == 500
+    for fine_tuning_only in (nnUNetTrainerACTION, nnUNetTrainerACTIONpp, nnUNetTrainerACTION_noPretrain):
+        assert phases(fine_tuning_only, 4) == ["finetune"] * 4
     assert phases(nnUNetTrainerACTIONPretrain, 4) == ["global"] * 2 + ["local"] * 2
     assert phases(nnUNetTrainerMONA, 6) == ["local"] * 2 + ["finetune"] * 4
 

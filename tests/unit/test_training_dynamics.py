@@ -164,7 +164,7 @@ def test_warmup_gate_respects_the_minimum_and_phased_methods_start_at_fine_tunin
     t = _gate_trainer(dice=[[0.9, 0.9, 0.9]] * 2, step=5)
     t.update_warmup_gate()
     assert t.unsup_gate_step is None                                  # before 10 % of the iterations
-    a = _gate_trainer("nnUNetTrainerACTION", dice=[[0.9, 0.9, 0.9]] * 2, step=20)
+    a = _gate_trainer("nnUNetTrainerACTION_phased", dice=[[0.9, 0.9, 0.9]] * 2, step=20)
     a.update_warmup_gate()
     assert a.phase_starts() == (2, 4)
     assert a.unsup_gate_step == 20 and a.unsup_start_step() == 40     # fine-tuning starts at epoch 4
@@ -177,7 +177,7 @@ def test_relational_pretraining_terms_wait_for_the_gate_and_ramp_from_their_phas
     """The relational terms are unsupervised terms: no teacher and no unlabeled batch before the warm-up gate
     opens, then ramped from the later of the gate and the phase that adds them; the papers' variant keeps
     them at full weight from iteration 0."""
-    a = _gate_trainer("nnUNetTrainerACTION", dice=[[0.1, 0.9, 0.9]] * 2, step=12)   # 10 epochs x 10 its
+    a = _gate_trainer("nnUNetTrainerACTION_phased", dice=[[0.1, 0.9, 0.9]] * 2, step=12)   # 10 epochs x 10 its
     a.update_warmup_gate()
     assert a.phase() == "global" and a.unsup_gate_step is None
     assert not a.uses_unlabeled_now() and a.relational_weight(1.0, 0) == 0.0
@@ -205,6 +205,10 @@ def test_papers_schedule_variant_has_no_gate_and_no_ramp():
     from nnunet_semicl.training.action import nnUNetTrainerACTION, nnUNetTrainerACTION_noRampUp
     assert v.supervised_weight == nnUNetTrainerACTION_noRampUp.supervised_weight == 0.5
     assert nnUNetTrainerACTIONpp.supervised_weight == nnUNetTrainerACTION.supervised_weight == 1.0
+    # ... and its three stages (25 / 25 / 50 %); the defaults fine-tune only, from the warm-up gate on
+    for papers in (v, nnUNetTrainerACTION_noRampUp):
+        assert (papers.global_phase_fraction, papers.local_phase_fraction) == (0.25, 0.25)
+    assert (nnUNetTrainerACTIONpp.global_phase_fraction, nnUNetTrainerACTIONpp.local_phase_fraction) == (0.0, 0.0)
 
 
 def test_unsup_momentum_follows_the_schedule_and_none_keeps_the_optimizer_momentum():
@@ -214,10 +218,10 @@ def test_unsup_momentum_follows_the_schedule_and_none_keeps_the_optimizer_moment
     assert isinstance(t, nnUNetTrainerACTIONpp_momentum09)
     t.optimizer = torch.optim.SGD(params, 0.01, momentum=0.99, nesterov=True)
     t.initial_momentum = 0.99
-    t.update_warmup_gate()                                            # gate at 20; fine-tuning starts at 40
     t.apply_unsup_momentum()
-    assert t.optimizer.param_groups[0]["momentum"] == 0.99            # pre-training: nnU-Net's momentum
-    t.global_step, t.current_epoch = 45, 4
+    assert t.optimizer.param_groups[0]["momentum"] == 0.99            # warm-up: nnU-Net's momentum
+    t.update_warmup_gate()                                            # gate at 20: the fine-tuning terms start
+    t.global_step = 21
     t.apply_unsup_momentum()
     assert t.optimizer.param_groups[0]["momentum"] == 0.9
     t.optimizer.param_groups[0]["momentum"] = 0.5                     # e.g. a resumed optimizer state
