@@ -30,7 +30,7 @@ def add_arguments(p):
     p.add_argument("--fraction", type=float, default=0.1, help="labeled fraction of the training patients")
     p.add_argument("--patients", type=int, default=20, help="training patients (2 frames each)")
     p.add_argument("--test-patients", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=None, help="default: 16 on CPU, 50 on CUDA")
+    p.add_argument("--epochs", type=int, default=None, help="default: 20 on CPU, 50 on CUDA")
     p.add_argument("--iterations", type=int, default=None, help="iterations per epoch (default: 40 CPU, 100 CUDA)")
     p.add_argument("--configuration", default=None, help="default: 2d_tiny on CPU, 2d on CUDA")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -53,9 +53,10 @@ def run(args):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cuda = device == "cuda"
-    # 640 iterations on CPU: shorter runs are dominated by run-to-run variance; longer ones pass 10 minutes on
-    # 2 cores when ACTION++'s warm-up gate opens early (its fine-tuning steps cost ~4x a supervised step here)
-    epochs = args.epochs or (50 if cuda else 16)
+    # ~800 iterations on CPU: shorter runs are dominated by run-to-run variance, and the methods'
+    # pre-training phases (the papers' first 25-50% of training) need room (docs/demo.md: with 600,
+    # ACTION++ once entered fine-tuning without RV and LVC and the pseudo-labels kept them out)
+    epochs = args.epochs or (50 if cuda else 20)
     iterations = args.iterations or (100 if cuda else 40)
     configuration = args.configuration or ("2d" if cuda else "2d_tiny")
 
