@@ -41,6 +41,11 @@ def ramped_weight(step: int, start: Optional[int], length: float) -> float:
     return sigmoid_rampup(step - start, length)
 
 
+def classes_below(class_dice: Sequence[float], floor: float) -> list:
+    """Foreground classes (1-based) whose online-validation Dice is below ``floor`` (NaN counts as below)."""
+    return [i + 1 for i, v in enumerate(class_dice) if not float(v) >= floor]
+
+
 def warmup_complete(step: int, min_steps: int, class_dice: Sequence[Sequence[float]], threshold: float) -> bool:
     """The supervised warm-up rule: at least ``min_steps`` iterations done, and every foreground class's
     online-validation Dice at least ``threshold`` in each of the given epochs (``class_dice``: one

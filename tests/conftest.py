@@ -4,6 +4,7 @@ The phantom dataset is generated, planned and preprocessed once per test session
 ``nnUNetv2_plan_and_preprocess``; tests that train use its tiny inherited configurations
 (``2d_tiny``, ``3d_fullres_tiny``) and the ``20pct`` setting, whose plans carry a short schedule.
 """
+import json
 import os
 
 # before torch is imported anywhere: OpenMP threads that spin while waiting make CPU training 10x
@@ -75,6 +76,15 @@ def phantom(nnunet_dirs):
     run_cmd([sys.executable, "-m", "nnunet_semicl.cli", "split", str(DATASET_ID), "--fraction", "0.2", "--group",
              r"phantom\d+", "--name", "phases", "--epochs", "4", "--iterations", "2", "--val-iterations", "1"])
     pre = os.path.join(nnunet_dirs.preprocessed, DATASET)
+    for plans in (PLANS, PHASES_PLANS):
+        # a few iterations find no class: the warm-up gate must still open at its limit for the semi-supervised
+        # code paths to run (by default it waits past the limit for every class to be found)
+        path = os.path.join(pre, plans + ".json")
+        with open(path) as f:
+            content = json.load(f)
+        content["semicl"]["trainer"]["warmup_limit_floor"] = 0.0
+        with open(path, "w") as f:
+            json.dump(content, f, indent=1)
     return SimpleNamespace(id=DATASET_ID, name=DATASET, raw=raw, pre=pre, results=nnunet_dirs.results,
                            plans=PLANS, setting=SETTING, phases_plans=PHASES_PLANS, dirs=nnunet_dirs)
 

@@ -299,7 +299,8 @@ def validate_fold_sets(sets: dict, train_cases: Sequence[str], fold_name: str,
 #: ``nnunet_semicl split --epochs/--iterations/--val-iterations/--save-every``), with the option that sets each
 OVERRIDABLE = {"num_epochs": "--epochs", "num_iterations_per_epoch": "--iterations",
                "num_val_iterations_per_epoch": "--val-iterations", "save_every": "--save-every",
-               "initial_lr": "initial_lr", "unlabeled_batch_size": "unlabeled_batch_size"}
+               "initial_lr": "initial_lr", "unlabeled_batch_size": "unlabeled_batch_size",
+               "warmup_limit_floor": "warmup_limit_floor"}
 #: nnU-Net's own checkpoint interval (epochs); shorter schedules save more often (:func:`default_save_every`)
 NNUNET_SAVE_EVERY = 50
 
@@ -314,6 +315,9 @@ def check_trainer_overrides(overrides: dict, where: str) -> None:
         if key == "initial_lr":
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
             rule = "a positive number"
+        elif key == "warmup_limit_floor":   # e.g. 0 for runs too short to find every class (tests)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+            rule = "a Dice between 0 and 1"
         else:
             ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
             rule = "a whole number >= 1"

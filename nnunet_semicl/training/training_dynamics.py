@@ -19,7 +19,7 @@ import torch
 
 from nnunet_semicl.losses.pseudo_label_losses import pseudo_labels
 from nnunet_semicl.modules.distribution_alignment import label_shares
-from nnunet_semicl.schedules import ramped_weight, warmup_complete
+from nnunet_semicl.schedules import classes_below, ramped_weight, warmup_complete
 
 
 class TrainingDynamicsMixin:
@@ -28,7 +28,9 @@ class TrainingDynamicsMixin:
     warmup_min_fraction = 0.1         # supervised only for at least this share of all iterations ...
     warmup_dice_threshold = 0.5       # ... and until every foreground class reaches this online-validation Dice
     warmup_dice_epochs = 2            # ... in each of this many consecutive epochs
-    warmup_max_fraction = 0.5         # the gate opens here at the latest (with a warning naming the classes below)
+    warmup_max_fraction = 0.5         # the gate opens here at the latest (with a warning naming the classes below) ...
+    warmup_limit_floor = 0.1          # ... once every foreground class has at least this online Dice: a class the model
+                                      # has not found yet would be erased by its own pseudo-labels (docs/demo.md)
     rampup_fraction = 0.2             # sigmoid ramp of every unsupervised weight (share of all iterations),
                                       # counted from the iteration at which the term turns on; 0: no ramp
     balance_deep_supervision = True   # per-pixel unsupervised terms x the full-resolution share of nnU-Net's
@@ -130,12 +132,22 @@ class TrainingDynamicsMixin:
                 f"{self.warmup_dice_epochs} epochs ({[[round(v, 3) for v in d] for d in recent]}). "
                 f"{self.unsup_start_text()}, ramped over {int(self.rampup_fraction * self.total_iterations)} iterations.")
         elif self.global_step >= int(self.warmup_max_fraction * self.total_iterations):
-            self.unsup_gate_step = self.global_step
             last = recent[-1] if recent else (history[-1] if history else [])
+            not_found = classes_below(last, self.warmup_limit_floor)
+            if not_found:   # supervised until the model finds them: at worst the run is LabeledOnly's
+                if not getattr(self, "_warmup_extension_logged", False):
+                    self._warmup_extension_logged = True
+                    self.print_to_log_file(
+                        f"WARNING: supervised warm-up continues past its limit ({self.warmup_max_fraction:g} of the "
+                        f"training, iteration {self.global_step}): foreground class(es) {not_found} not found yet "
+                        f"(online-validation Dice {[round(float(v), 3) for v in last]} < {self.warmup_limit_floor:g}); "
+                        f"their own pseudo-labels would erase them. The unsupervised terms start once every class "
+                        f"reaches {self.warmup_limit_floor:g}.")
+                return
+            self.unsup_gate_step = self.global_step
             # below the threshold in any of the epochs the rule looks at (not only the last one)
             looked_at = recent or [last]
-            below = sorted({i + 1 for d in looked_at for i, v in enumerate(d)
-                            if not float(v) >= self.warmup_dice_threshold})
+            below = sorted({c for d in looked_at for c in classes_below(d, self.warmup_dice_threshold)})
             self.print_to_log_file(
                 f"WARNING: supervised warm-up ended by its limit ({self.warmup_max_fraction:g} of the training, "
                 f"iteration {self.global_step}) with foreground class(es) {below} below online-validation Dice "

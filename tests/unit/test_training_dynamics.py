@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from nnunet_semicl.losses.pseudo_label_losses import pseudo_labels
 from nnunet_semicl.modules.distribution_alignment import DistributionAlignment, class_mean, label_shares
-from nnunet_semicl.schedules import ramped_weight, warmup_complete
+from nnunet_semicl.schedules import classes_below, ramped_weight, warmup_complete
 
 
 def test_ramped_weight_is_zero_before_the_start_then_sigmoid_from_it():
@@ -24,6 +24,7 @@ def test_warmup_rule():
     ok = [[0.6, 0.7, 0.9], [0.55, 0.8, 0.9]]
     assert warmup_complete(200, 180, ok, 0.5)
     assert not warmup_complete(100, 180, ok, 0.5)                         # too early
+    assert classes_below([0.0, 0.1, float("nan"), 0.5], 0.1) == [1, 3]    # 1-based; NaN (absent) is below
     assert not warmup_complete(200, 180, [[0.6, 0.7, 0.9], [0.45, 0.8, 0.9]], 0.5)  # one class below once
     assert not warmup_complete(200, 180, [[0.6, float("nan"), 0.9]], 0.5)  # a class never predicted
     assert not warmup_complete(200, 180, [], 0.5)                          # no validation yet
@@ -148,7 +149,7 @@ def test_warmup_gate_opens_when_every_class_is_segmented_and_logs_it():
 
 
 def test_warmup_gate_waits_for_a_missing_class_then_opens_at_its_limit_with_a_warning():
-    t = _gate_trainer(dice=[[0.6, float("nan"), 0.9], [0.7, 0.0, 0.9]], step=30)
+    t = _gate_trainer(dice=[[0.6, float("nan"), 0.9], [0.7, 0.3, 0.9]], step=30)
     t.update_warmup_gate()
     assert t.unsup_gate_step is None and t.unsup_scale() == 0.0 and not t.uses_unlabeled_now()
     t.global_step = 50                                                # warmup_max_fraction 0.5 of 100
@@ -158,6 +159,28 @@ def test_warmup_gate_waits_for_a_missing_class_then_opens_at_its_limit_with_a_wa
     late = _gate_trainer(dice=[[0.6, 0.1, 0.9], [0.7, 0.8, 0.9]], step=50)
     late.update_warmup_gate()
     assert late.unsup_gate_step == 50 and "class(es) [2]" in late.lines[-1]
+
+
+def test_warmup_gate_past_its_limit_waits_until_every_class_is_found():
+    """A class still at Dice ~0 at the limit would be erased by its own pseudo-labels (the demo's collapse):
+    the warm-up goes on, logged once, until every class reaches warmup_limit_floor; a floor of 0 (tests,
+    very short runs) opens at the limit as before."""
+    t = _gate_trainer(dice=[[0.0, 0.45, 0.0], [0.0, 0.44, 0.05]], step=50)
+    t.update_warmup_gate()
+    assert t.unsup_gate_step is None and t.unsup_scale() == 0.0
+    assert "continues past its limit" in t.lines[-1] and "class(es) [1, 3] not found yet" in t.lines[-1]
+    t.global_step = 60
+    t.logger = _Logger([[0.0, 0.45, 0.0], [0.2, 0.5, 0.09]])           # class 3 still below 0.1
+    t.update_warmup_gate()
+    assert t.unsup_gate_step is None and len(t.lines) == 1            # the extension is logged once
+    t.global_step = 70
+    t.logger = _Logger([[0.2, 0.5, 0.09], [0.3, 0.6, 0.15]])          # every class found, below 0.5
+    t.update_warmup_gate()
+    assert t.unsup_gate_step == 70 and "ended by its limit" in t.lines[-1] and "class(es) [1, 3]" in t.lines[-1]
+    z = _gate_trainer(dice=[[0.0, 0.45, 0.0]] * 2, step=50)
+    z.warmup_limit_floor = 0.0
+    z.update_warmup_gate()
+    assert z.unsup_gate_step == 50
 
 
 def test_warmup_gate_respects_the_minimum_and_phased_methods_start_at_fine_tuning():
