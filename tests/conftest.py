@@ -64,6 +64,17 @@ def nnunet_dirs(tmp_path_factory):
             os.environ[k] = v
 
 
+def open_gate_at_limit(preprocessed_folder: str, plans: str) -> None:
+    """A few iterations find no class: the warm-up gate must still open at its limit for the semi-supervised code
+    paths to run (by default it waits past the limit until every class is found): floor 0 in the setting."""
+    path = os.path.join(preprocessed_folder, plans + ".json")
+    with open(path) as f:
+        content = json.load(f)
+    content["semicl"]["trainer"]["warmup_limit_floor"] = 0.0
+    with open(path, "w") as f:
+        json.dump(content, f, indent=1)
+
+
 @pytest.fixture(scope="session")
 def phantom(nnunet_dirs):
     """The synthetic 3D phantom dataset, planned (2d, 3d_fullres + tiny variants) with a 20% setting."""
@@ -77,14 +88,7 @@ def phantom(nnunet_dirs):
              r"phantom\d+", "--name", "phases", "--epochs", "4", "--iterations", "2", "--val-iterations", "1"])
     pre = os.path.join(nnunet_dirs.preprocessed, DATASET)
     for plans in (PLANS, PHASES_PLANS):
-        # a few iterations find no class: the warm-up gate must still open at its limit for the semi-supervised
-        # code paths to run (by default it waits past the limit for every class to be found)
-        path = os.path.join(pre, plans + ".json")
-        with open(path) as f:
-            content = json.load(f)
-        content["semicl"]["trainer"]["warmup_limit_floor"] = 0.0
-        with open(path, "w") as f:
-            json.dump(content, f, indent=1)
+        open_gate_at_limit(pre, plans)
     return SimpleNamespace(id=DATASET_ID, name=DATASET, raw=raw, pre=pre, results=nnunet_dirs.results,
                            plans=PLANS, setting=SETTING, phases_plans=PHASES_PLANS, dirs=nnunet_dirs)
 

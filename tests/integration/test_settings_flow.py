@@ -7,7 +7,7 @@ import pytest
 
 from nnunet_semicl.data.splits import DEFAULT_SETTING_FILE
 from nnunet_semicl.errors import SplitError
-from tests.conftest import TRAIN_ENV, run_cmd
+from tests.conftest import TRAIN_ENV, open_gate_at_limit, run_cmd
 from tests.integration.nnunet_helpers import env, make_trainer, output_folder, stock_train
 
 pytestmark = pytest.mark.integration
@@ -22,9 +22,11 @@ def test_the_promised_command_trains_with_the_default_setting(phantom):
     default_file = os.path.join(phantom.pre, DEFAULT_SETTING_FILE)
     trainer, cfg = "nnUNetTrainerACTIONpp", "2d_tiny"
     try:
-        # the same setting as the fixture's (identical files), now also the dataset's default
+        # the same setting as the fixture's, now also the dataset's default (--overwrite: the fixture added the
+        # tests' warm-up floor to the plans file, put back below for the other tests)
         cli("split", phantom.id, "--fraction", "0.2", "--group", r"phantom\d+", "--name", phantom.setting,
-            "--epochs", "2", "--iterations", "3", "--val-iterations", "1", "--default")
+            "--epochs", "2", "--iterations", "3", "--val-iterations", "1", "--default", "--overwrite")
+        open_gate_at_limit(phantom.pre, phantom.plans)
         assert json.load(open(default_file))["setting"] == phantom.setting
         stock_train(phantom.id, cfg, 0, "-tr", trainer)
         folder = output_folder(phantom, trainer, cfg, plans="nnUNetPlans")
