@@ -14,12 +14,14 @@ written under ``--workdir`` (default ``./nnunet_semicl_demo``), never to your ow
 """
 import json
 import os
+import random
 import shutil
 import sys
 import time
 
 from nnunet_semicl.dataset_conversion.synthetic import DATASET, DATASET_ID
 from nnunet_semicl.launch import module_main, nnunet_env, run_command, training_progress
+from nnunet_semicl.seeding import SEED_ENV, parse_seed
 LABELS = ("RV", "MLV", "LVC")
 
 
@@ -35,6 +37,9 @@ def add_arguments(p):
     p.add_argument("--configuration", default=None, help="default: 2d_tiny on CPU, 2d on CUDA")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--overwrite", action="store_true", help="delete an existing --workdir first")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed shared by the trainings (NNUNET_SEMICL_SEED), so that their comparison is paired; "
+                        "default: a new random one, printed")
 
 
 def _step(msg):
@@ -53,13 +58,17 @@ def run(args):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cuda = device == "cuda"
-    # ~800 iterations on CPU: shorter runs are dominated by run-to-run variance, and the methods'
-    # pre-training phases (the papers' first 25-50% of training) need room (docs/demo.md: with 600,
-    # ACTION++ once entered fine-tuning without RV and LVC and the pseudo-labels kept them out)
+    # ~800 iterations on CPU: the semi-supervised terms start only once the supervised warm-up has found every
+    # class, and need room after it (docs/demo.md: with 640, LabeledOnly once never found LVC and ACTION++ lost
+    # RV and LVC)
     epochs = args.epochs or (50 if cuda else 20)
     iterations = args.iterations or (100 if cuda else 40)
     configuration = args.configuration or ("2d" if cuda else "2d_tiny")
 
+    # one seed for every training: same initialisation and, on CPU, same batches, so a semi-supervised trainer's
+    # warm-up repeats LabeledOnly's and the table shows what its unsupervised terms add (nnunet_semicl/seeding.py)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2 ** 31)
+    parse_seed(seed, f"--seed {seed}", "leave --seed out")
     work = os.path.abspath(args.workdir)
     if os.path.exists(work) and os.listdir(work):
         if not args.overwrite:
@@ -71,11 +80,12 @@ def run(args):
         os.makedirs(d, exist_ok=True)
     env = nnunet_env(device, training=False, dirs=dirs)
     # on CUDA, 4 augmentation workers (on CPU the training settings run augmentation in-process)
-    train_env = nnunet_env(device, training=True, dirs=dirs, overrides={"nnUNet_n_proc_DA": "4"} if cuda else None)
+    train_env = nnunet_env(device, training=True, dirs=dirs,
+                           overrides={SEED_ENV: str(seed), **({"nnUNet_n_proc_DA": "4"} if cuda else {})})
     py = [sys.executable, "-m", "nnunet_semicl.cli"]
     t0 = time.time()
     print(f"nnunet_semicl demo on {device}: {args.trainers} on {configuration}, {epochs} epochs x {iterations} "
-          f"iterations, {args.fraction:.0%} labeled; workdir {work}", flush=True)
+          f"iterations, {args.fraction:.0%} labeled, seed {seed} (--seed {seed} repeats it); workdir {work}", flush=True)
 
     _step("1/6 synthetic dataset")
     _run(py + ["synthetic", "--id", str(DATASET_ID), "--patients", str(args.patients), "--test-patients",

@@ -19,6 +19,7 @@ from nnunet_semicl.data.splits import (PLANS_BLOCK, UNLABELED_KEY, CaseSets, Spl
                                        resolve_case_sets, setting_block, truly_unlabeled_cases)
 from nnunet_semicl.files import load_json, save_json
 from nnunet_semicl.modules.ema import unwrap
+from nnunet_semicl.seeding import SEED_ENV, seed_everything, seed_from_env
 
 #: written into the run's fold folder: which cases were labeled and unlabeled, and from which setting
 CASE_SETS_FILE = "semicl_case_sets.json"
@@ -86,6 +87,24 @@ class nnUNetTrainerLabeledOnly(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.case_sets: Optional[CaseSets] = None
         self._apply_setting_overrides()
+
+    # ------------------------------------------------------------------------------------------
+    # an optional seed (NNUNET_SEMICL_SEED): paired comparisons between trainers (seeding.py)
+    # ------------------------------------------------------------------------------------------
+    def initialize(self):
+        seed = seed_from_env()
+        if seed is not None and not self.was_initialized:
+            seed_everything(seed)   # the network's initialisation (built by nnU-Net's initialize)
+        super().initialize()
+
+    def on_train_start(self):
+        super().on_train_start()
+        seed = seed_from_env()
+        if seed is not None:
+            # again once everything is built: trainers that build more (heads, loaders) than LabeledOnly then
+            # start their first step from the same generator state; a --c continuation from its epoch
+            seed_everything(seed + self.current_epoch)
+            self.print_to_log_file(f"Random generators seeded from {SEED_ENV}={seed} (epoch {self.current_epoch})")
 
     # ------------------------------------------------------------------------------------------
     # setting

@@ -44,6 +44,26 @@ def make_trainer(dataset_id, configuration, fold, trainer, plans, continue_train
                                  torch.device("cpu"))
 
 
+def train_epochs(trainer, n):
+    """nnU-Net's run_training loop for the first ``n`` epochs, then a latest checkpoint (an interruption)."""
+    trainer.on_train_start()
+    for _ in range(n):
+        trainer.on_epoch_start()
+        trainer.on_train_epoch_start()
+        outs = [trainer.train_step(next(trainer.dataloader_train)) for _ in range(trainer.num_iterations_per_epoch)]
+        trainer.on_train_epoch_end(outs)
+        with torch.no_grad():
+            trainer.on_validation_epoch_start()
+            vals = [trainer.validation_step(next(trainer.dataloader_val))
+                    for _ in range(trainer.num_val_iterations_per_epoch)]
+            trainer.on_validation_epoch_end(vals)
+        trainer.on_epoch_end()
+    # nnU-Net saves before on_epoch_end advances the epoch (on_train_end compensates the same way)
+    trainer.current_epoch -= 1
+    trainer.save_checkpoint(os.path.join(trainer.output_folder, "checkpoint_latest.pth"))
+    trainer.current_epoch += 1
+
+
 def output_folder(phantom, trainer, configuration, fold=0, plans=None):
     return os.path.join(phantom.results, phantom.name, f"{trainer}__{plans or phantom.plans}__{configuration}",
                         f"fold_{fold}")

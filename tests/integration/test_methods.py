@@ -7,7 +7,7 @@ import SimpleITK as sitk
 import torch
 
 from tests.conftest import TRAIN_ENV
-from tests.integration.nnunet_helpers import env, make_trainer, output_folder, stock_train
+from tests.integration.nnunet_helpers import env, make_trainer, output_folder, stock_train, train_epochs
 
 pytestmark = pytest.mark.integration
 
@@ -82,26 +82,6 @@ def test_phase_schedule():
     assert phases(nnUNetTrainerMONA, 6) == ["local"] * 2 + ["finetune"] * 4
 
 
-def _train_epochs(trainer, n):
-    """nnU-Net's run_training loop for the first ``n`` epochs, then a latest checkpoint (an interruption)."""
-    trainer.on_train_start()
-    for _ in range(n):
-        trainer.on_epoch_start()
-        trainer.on_train_epoch_start()
-        outs = [trainer.train_step(next(trainer.dataloader_train)) for _ in range(trainer.num_iterations_per_epoch)]
-        trainer.on_train_epoch_end(outs)
-        with torch.no_grad():
-            trainer.on_validation_epoch_start()
-            vals = [trainer.validation_step(next(trainer.dataloader_val))
-                    for _ in range(trainer.num_val_iterations_per_epoch)]
-            trainer.on_validation_epoch_end(vals)
-        trainer.on_epoch_end()
-    # nnU-Net saves before on_epoch_end advances the epoch (on_train_end compensates the same way)
-    trainer.current_epoch -= 1
-    trainer.save_checkpoint(os.path.join(trainer.output_folder, "checkpoint_latest.pth"))
-    trainer.current_epoch += 1
-
-
 def _assert_state_equal(saved: dict, module_state: dict, what: str):
     assert set(saved) == set(module_state), what
     for k, v in saved.items():
@@ -121,7 +101,7 @@ def test_resume_restores_every_state_across_phases(phantom, trainer, cfg, stop):
     fold = 1  # its own output folder: --c prefers a checkpoint_final.pth, e.g. one left by the fold-0 tests
     with env(**TRAIN_ENV):
         t = make_trainer(phantom.id, cfg, fold, trainer, phantom.phases_plans)
-        _train_epochs(t, stop)
+        train_epochs(t, stop)
         ckpt = torch.load(os.path.join(t.output_folder, "checkpoint_latest.pth"), map_location="cpu",
                           weights_only=False)
         for dl in (t.dataloader_train, t.dataloader_val, t.dataloader_unlabeled):

@@ -1,4 +1,8 @@
+import random
+
+import numpy as np
 import pytest
+import torch
 
 from nnunet_semicl import cli
 from nnunet_semicl.errors import ConversionError, EvaluationError, InputError, SplitError
@@ -19,3 +23,27 @@ def test_cli_reports_input_errors_with_exit_status_2(argv, monkeypatch, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(f"nnunet_semicl {argv[0]}: error: Environment variable(s) ['nnUNet_preprocessed'] not set")
+
+
+def test_seed_from_env_accepts_integers_and_names_the_variable_otherwise():
+    from nnunet_semicl.seeding import SEED_ENV, seed_everything, seed_from_env
+
+    assert seed_from_env({}) is None and seed_from_env({SEED_ENV: " "}) is None
+    assert seed_from_env({SEED_ENV: "42"}) == 42 and seed_from_env({SEED_ENV: str(2 ** 32 - 1)}) == 2 ** 32 - 1
+    for bad in ("abc", "1.5", "-1", str(2 ** 32)):
+        with pytest.raises(InputError, match=SEED_ENV):
+            seed_from_env({SEED_ENV: bad})
+    seed_everything(3)
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    seed_everything(3)
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_demo_refuses_a_bad_seed_before_writing_anything(tmp_path):
+    from nnunet_semicl import demo
+
+    work = tmp_path / "demo"
+    with pytest.raises(InputError, match="--seed -3"):
+        demo.main(["--workdir", str(work), "--seed", "-3", "--device", "cpu"])
+    assert not work.exists()
