@@ -44,6 +44,26 @@ def confidence_weighted_ce(student_logits: torch.Tensor, labels: torch.Tensor, c
     return weighted.sum() / n_positive
 
 
+def confidence_masked_ce(student_logits: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor,
+                         valid: torch.Tensor = None, threshold: float = 0.97) -> torch.Tensor:
+    """``sum_{b,i} 1[conf(b,i) >= threshold] * CE(p_s(b,i), y(b,i)) / #{valid pixels}``: the per-pixel mask of
+    FixMatch / UniMatch / AD-MT, in place of ACTION's per-image weight ``rho_b``.
+
+    :func:`confidence_weighted_ce` trains every pixel of an image toward the teacher's argmax, the unconfident
+    ones too (object boundaries, a class the teacher is unsure of); here only confident pixels get a loss. The
+    mean over all valid pixels keeps the official loss's scaling with the share of confident pixels. Same
+    arguments; a scalar, fp32; zero (keeping the graph) when no valid pixel is confident.
+    """
+    logits = student_logits.float()
+    if valid is None:
+        valid = torch.ones_like(labels, dtype=torch.bool)
+    confident = valid & (confidence >= threshold)
+    if not bool(confident.any()):
+        return logits.sum() * 0.0
+    ce = F.cross_entropy(logits, labels.long(), reduction="none")
+    return (ce * confident).sum() / valid.sum()
+
+
 def masked_soft_dice(student_logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
                      include_background: bool = False, smooth: float = 1e-5) -> torch.Tensor:
     """``1 - mean_c Dice_c`` of the student's softmax against hard (pseudo-)labels over the ``mask`` pixels.

@@ -124,6 +124,11 @@ class nnUNetTrainerACTIONpp_momentum09(nnUNetTrainerACTIONpp):
     unsup_momentum = 0.9
 
 
+class nnUNetTrainerACTIONpp_pixelMask(nnUNetTrainerACTIONpp):
+    """Only confident pixels get the pseudo-label loss (``pseudo_label_pixel_mask``; docs/demo.md)."""
+    pseudo_label_pixel_mask = True
+
+
 class nnUNetTrainerACTIONpp_phased(ThreeStagesMixin, nnUNetTrainerACTIONpp):
     """The paper's three stages in one run, with pre-training++ (scheduled relational temperatures)."""
 

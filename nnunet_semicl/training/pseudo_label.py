@@ -13,3 +13,8 @@ class nnUNetTrainerPseudoLabel(nnUNetTrainerSemiSupervised):
 
 class nnUNetTrainerPseudoLabel_noRampUp(PapersScheduleMixin, nnUNetTrainerPseudoLabel):
     """The papers' recipe: the pseudo-label loss at full weight from the first iteration."""
+
+
+class nnUNetTrainerPseudoLabel_pixelMask(nnUNetTrainerPseudoLabel):
+    """Only confident pixels get the pseudo-label loss (``pseudo_label_pixel_mask``; docs/demo.md)."""
+    pseudo_label_pixel_mask = True

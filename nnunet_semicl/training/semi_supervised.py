@@ -35,7 +35,7 @@ from torch import autocast, nn
 
 from nnunet_semicl.augment import StrongAugmentation, copy_paste_masks
 from nnunet_semicl.data.unlabeled_loader import nnUNetUnlabeledDataLoader, weak_transforms
-from nnunet_semicl.losses.pseudo_label_losses import confidence_weighted_ce, masked_soft_dice
+from nnunet_semicl.losses.pseudo_label_losses import confidence_masked_ce, confidence_weighted_ce, masked_soft_dice
 from nnunet_semicl.modules.distributed import average_gradients, broadcast_module
 from nnunet_semicl.modules.distribution_alignment import DistributionAlignment
 from nnunet_semicl.modules.ema import EMATeacher, unwrap
@@ -58,6 +58,8 @@ class nnUNetTrainerSemiSupervised(TrainingDynamicsMixin, nnUNetTrainerLabeledOnl
     pseudo_label_dice_weight = 0.0    # opt-in: + this x per-class Dice on the confident pseudo-labels (UniMatch,
                                       # BCP, AD-MT), so a rare class is not swamped by background in the pixel CE
                                       # (0.5, with copy-paste and argmax alignment: worse on ACDC, performance.md 3)
+    pseudo_label_pixel_mask = False   # opt-in: only confident pixels get the pseudo-label CE (FixMatch, UniMatch)
+                                      # instead of ACTION's per-image weight rho_b over every pixel (demo.md)
     labeled_copy_paste = False        # opt-in (measured as above). BCP: once the unsupervised terms are on, each
                                       # unlabeled image shares its
     copy_paste_side = 2.0 / 3.0       # patch with a labeled one (a box of this side, inside or outside), and
@@ -299,7 +301,8 @@ class nnUNetTrainerSemiSupervised(TrainingDynamicsMixin, nnUNetTrainerLabeledOnl
     def pseudo_label_loss(self, ctx: StepContext) -> torch.Tensor:
         t = ctx.strong_targets
         logits = ctx.unlabeled_logits()
-        loss = confidence_weighted_ce(logits, t["pseudo_label"], t["confidence"], ctx.valid, self.confidence_threshold)
+        ce = confidence_masked_ce if self.pseudo_label_pixel_mask else confidence_weighted_ce
+        loss = ce(logits, t["pseudo_label"], t["confidence"], ctx.valid, self.confidence_threshold)
         if self.pseudo_label_dice_weight > 0:
             confident = ctx.valid & (t["confidence"] >= self.confidence_threshold)
             loss = loss + self.pseudo_label_dice_weight * masked_soft_dice(logits, t["pseudo_label"], confident)

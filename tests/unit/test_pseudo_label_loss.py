@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from nnunet_semicl.losses.pseudo_label_losses import confidence_weighted_ce, pseudo_labels
+from nnunet_semicl.losses.pseudo_label_losses import confidence_masked_ce, confidence_weighted_ce, pseudo_labels
 
 
 def naive(logits, labels, conf, valid, thr):
@@ -71,3 +71,35 @@ def test_images_without_confident_pixels_count_in_the_mean():
     got = confidence_weighted_ce(logits, labels, conf, None, threshold=0.97)
     ce0 = torch.nn.functional.cross_entropy(logits[:1], labels[:1])
     assert math.isclose(float(got), float(ce0) / 2, rel_tol=1e-5)
+
+
+def test_pixel_masked_ce_known_value_and_only_confident_pixels_get_gradient():
+    torch.manual_seed(1)
+    logits = torch.randn(2, 3, 4, 5, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 4, 5))
+    conf = torch.rand(2, 4, 5)
+    valid = torch.rand(2, 4, 5) > 0.25
+    loss = confidence_masked_ce(logits, labels, conf, valid, threshold=0.5)
+    expected, n_valid = 0.0, int(valid.sum())
+    for idx in valid.nonzero():
+        b, i, j = idx.tolist()
+        if conf[b, i, j] >= 0.5:
+            expected -= float(torch.log_softmax(logits[b, :, i, j].detach(), 0)[labels[b, i, j]])
+    assert math.isclose(float(loss.detach()), expected / n_valid, rel_tol=1e-5)
+    loss.backward()
+    no_loss = ~(valid & (conf >= 0.5))
+    assert float(logits.grad.abs().sum(1)[no_loss].max()) == 0.0
+    assert float(logits.grad.abs().sum(1)[~no_loss].min()) > 0.0
+    # the per-image weight of the official loss trains unconfident pixels too
+    logits.grad = None
+    confidence_weighted_ce(logits, labels, conf, valid, threshold=0.5).backward()
+    assert float(logits.grad.abs().sum(1)[valid & (conf < 0.5)].min()) > 0.0
+
+
+def test_pixel_masked_ce_without_confident_pixels_is_zero_with_graph():
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    loss = confidence_masked_ce(logits, torch.zeros(2, 4, 4, dtype=torch.long), torch.full((2, 4, 4), 0.5),
+                                threshold=0.97)
+    assert float(loss.detach()) == 0.0
+    loss.backward()
+    assert logits.grad is not None and float(logits.grad.abs().sum()) == 0.0
