@@ -1,4 +1,6 @@
 """RingBuffer: FIFO order, wrap-around, labels, state_dict round trip, shape checks."""
+import io
+
 import pytest
 import torch
 
@@ -120,6 +122,34 @@ def test_state_dict_round_trip():
     # a buffer of a different size refuses the state
     with pytest.raises(RuntimeError):
         RingBuffer(6, (2,), with_labels=True).load_state_dict(sd)
+
+
+def test_partly_filled_buffer_saves_only_its_filled_rows_and_restores_them():
+    a = RingBuffer(1000, (4,), with_labels=True)
+    a.push(_items(0, 3, d=4), torch.tensor([0, 2, 1]))
+    sd = a.state_dict()
+    assert sd["items"].shape == (3, 4) and sd["labels"].shape == (3,)
+    assert sd["items"].untyped_storage().nbytes() == 3 * 4 * 4     # a copy, not a view of the 1000 rows
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    assert buf.tell() < 4000                                        # the full buffer would be 16 kB of items
+    buf.seek(0)
+    b = RingBuffer(1000, (4,), with_labels=True)
+    b.load_state_dict(torch.load(buf))
+    assert b.items.shape == (1000, 4) and len(b) == 3 and int(b.ptr) == 3
+    assert torch.equal(a.get()[0], b.get()[0]) and torch.equal(a.get()[1], b.get()[1])
+    assert torch.equal(a.items, b.items) and torch.equal(a.labels, b.labels)   # unused rows as a fresh buffer
+    a.push(_items(3, 2, d=4), torch.tensor([1, 1]))
+    b.push(_items(3, 2, d=4), torch.tensor([1, 1]))
+    assert torch.equal(a.get()[0], b.get()[0])
+    # an empty buffer saves no rows; a full one saves all of them
+    assert RingBuffer(1000, (4,)).state_dict()["items"].shape == (0, 4)
+    full = RingBuffer(3, (4,))
+    full.push(_items(0, 4, d=4))
+    assert full.state_dict()["items"].shape == (3, 4)
+    # a full buffer of 3 is not mistaken for a compact save of a larger one (ptr 1 != count 3)
+    with pytest.raises(RuntimeError):
+        RingBuffer(1000, (4,)).load_state_dict(full.state_dict())
 
 
 def test_wrong_shapes_and_arguments_raise():
