@@ -1,10 +1,10 @@
 """Fixed-size FIFO ring buffers kept on the device.
 
 Everything lives in registered buffers, so a queue moves with ``.to(device)`` and is saved and
-restored through ``state_dict()`` (nnU-Net checkpoints, ``--c``). A buffer that is not full yet saves only
-its filled rows: MONA/ARCO's empty banks would otherwise add ~290 MB to every checkpoint of a short run. Pushing is vectorised: no Python
-loop over items. Under torch.distributed, ``push(..., gather=True)`` enqueues the items of all ranks
-so that every rank keeps an identical queue.
+restored through ``state_dict()`` (nnU-Net checkpoints, ``--c``); a buffer that is not full yet saves only
+its filled rows (MONA/ARCO's empty banks would add ~290 MB to every checkpoint of a short run). Pushing is
+vectorised: no Python loop over items. Under torch.distributed, ``push(..., gather=True)`` enqueues the
+items of all ranks so that every rank keeps an identical queue.
 """
 from typing import Optional, Sequence, Tuple
 
