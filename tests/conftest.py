@@ -47,6 +47,25 @@ def run_cmd(args, env=None, timeout=600, check=True):
     return proc
 
 
+def cli_in_process(*args) -> None:
+    """``nnunet_semicl ARGS`` through its ``main`` in this process (a set-up step, not the thing under test)."""
+    from nnunet_semicl.cli import main
+
+    assert main([str(a) for a in args]) == 0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_progress_png_in_process():
+    """Trainings run in the test process skip ``progress.png``: matplotlib draws its 30 x 72 inch figure in ~0.6 s,
+    once per epoch, i.e. ~40 s of the suite. The console-script trainings (subprocesses) still draw it, and
+    ``test_stock_train_predict_evaluate`` checks that it is written."""
+    from nnunet_semicl.training.loss_logger import SemiCLLocalLogger
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SemiCLLocalLogger, "plot_progress_png", lambda self, output_folder: None)
+        yield
+
+
 @pytest.fixture(scope="session")
 def nnunet_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("nnunet")
@@ -81,11 +100,12 @@ def phantom(nnunet_dirs):
     raw = generate_dataset(nnunet_dirs.raw, DATASET_ID, n_patients=10, n_test_patients=2, verbose=False)
     run_cmd(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d", "3d_fullres", "-npfp", "2",
              "-np", "2", "2", "--verify_dataset_integrity"])
-    run_cmd([sys.executable, "-m", "nnunet_semicl.cli", "tiny-config", str(DATASET_ID), "-c", "2d", "3d_fullres"])
-    run_cmd([sys.executable, "-m", "nnunet_semicl.cli", "split", str(DATASET_ID), "--fraction", "0.2", "--group",
-             r"phantom\d+", "--name", SETTING, "--epochs", "2", "--iterations", "3", "--val-iterations", "1"])
-    run_cmd([sys.executable, "-m", "nnunet_semicl.cli", "split", str(DATASET_ID), "--fraction", "0.2", "--group",
-             r"phantom\d+", "--name", "phases", "--epochs", "4", "--iterations", "2", "--val-iterations", "1"])
+    # our commands in this process (their console scripts are run as subprocesses elsewhere): saves an import each
+    cli_in_process("tiny-config", DATASET_ID, "-c", "2d", "3d_fullres")
+    cli_in_process("split", DATASET_ID, "--fraction", "0.2", "--group", r"phantom\d+", "--name", SETTING,
+                   "--epochs", "2", "--iterations", "3", "--val-iterations", "1")
+    cli_in_process("split", DATASET_ID, "--fraction", "0.2", "--group", r"phantom\d+", "--name", "phases",
+                   "--epochs", "4", "--iterations", "2", "--val-iterations", "1")
     pre = os.path.join(nnunet_dirs.preprocessed, DATASET)
     for plans in (PLANS, PHASES_PLANS):
         open_gate_at_limit(pre, plans)

@@ -6,13 +6,12 @@ the ResEnc plans, a setting with a 1 epoch x 2 iterations schedule; each trainer
 checkpoint predicts a test image through nnU-Net's predictor (strict load of the plain network).
 """
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TRAIN_ENV, run_cmd
+from tests.conftest import TRAIN_ENV, cli_in_process, run_cmd
 from tests.integration.nnunet_helpers import env, make_trainer
 
 pytestmark = pytest.mark.integration
@@ -27,10 +26,9 @@ TRAINERS = ["nnUNetTrainerLabeledOnly", "nnUNetTrainerPseudoLabel", "nnUNetTrain
 def resenc(phantom):
     run_cmd(["nnUNetv2_plan_and_preprocess", "-d", str(phantom.id), "-pl", "nnUNetPlannerResEncM", "-c", "2d",
              "-npfp", "1", "-np", "1"])
-    cli = [sys.executable, "-m", "nnunet_semicl.cli"]
-    run_cmd(cli + ["tiny-config", str(phantom.id), "-c", "2d", "--plans", PLANS])
-    run_cmd(cli + ["split", str(phantom.id), "--fraction", "0.2", "--group", r"phantom\d+", "--name",
-                   phantom.setting, "--plans", PLANS, "--epochs", "1", "--iterations", "2", "--val-iterations", "1"])
+    cli_in_process("tiny-config", phantom.id, "-c", "2d", "--plans", PLANS)
+    cli_in_process("split", phantom.id, "--fraction", "0.2", "--group", r"phantom\d+", "--name", phantom.setting,
+                   "--plans", PLANS, "--epochs", "1", "--iterations", "2", "--val-iterations", "1")
     return f"{PLANS}_{phantom.setting}"
 
 

@@ -1,20 +1,15 @@
 """Which cases a training uses without -p (the dataset's default setting), and images added later (issue 12)."""
 import json
 import os
-import sys
 
 import pytest
 
 from nnunet_semicl.data.splits import DEFAULT_SETTING_FILE
 from nnunet_semicl.errors import SplitError
-from tests.conftest import TRAIN_ENV, open_gate_at_limit, run_cmd
+from tests.conftest import TRAIN_ENV, cli_in_process, open_gate_at_limit, run_cmd
 from tests.integration.nnunet_helpers import env, make_trainer, output_folder, stock_train
 
 pytestmark = pytest.mark.integration
-
-
-def cli(*args, check=True):
-    return run_cmd([sys.executable, "-m", "nnunet_semicl.cli", *map(str, args)], check=check)
 
 
 def test_the_promised_command_trains_with_the_default_setting(phantom):
@@ -24,8 +19,8 @@ def test_the_promised_command_trains_with_the_default_setting(phantom):
     try:
         # the same setting as the fixture's, now also the dataset's default (--overwrite: the fixture added the
         # tests' warm-up floor to the plans file, put back below for the other tests)
-        cli("split", phantom.id, "--fraction", "0.2", "--group", r"phantom\d+", "--name", phantom.setting,
-            "--epochs", "2", "--iterations", "3", "--val-iterations", "1", "--default", "--overwrite")
+        cli_in_process("split", phantom.id, "--fraction", "0.2", "--group", r"phantom\d+", "--name", phantom.setting,
+                       "--epochs", "2", "--iterations", "3", "--val-iterations", "1", "--default", "--overwrite")
         open_gate_at_limit(phantom.pre, phantom.plans)
         assert json.load(open(default_file))["setting"] == phantom.setting
         stock_train(phantom.id, cfg, 0, "-tr", trainer)
@@ -65,9 +60,9 @@ def test_images_added_after_a_setting_join_its_unlabeled_cases(nnunet_dirs, tmp_
     did, name = 994, "Dataset994_SemiCLLate"
     generate_dataset(nnunet_dirs.raw, did, name="SemiCLLate", n_patients=6, n_test_patients=0, dim=2, verbose=False)
     run_cmd(["nnUNetv2_plan_and_preprocess", "-d", str(did), "-c", "2d", "-npfp", "1", "-np", "1"])
-    cli("tiny-config", did, "-c", "2d")
-    cli("split", did, "--labeled", "2", "--group", r"phantom\d+", "--name", "lab2", "--epochs", "1",
-        "--iterations", "2", "--val-iterations", "1")
+    cli_in_process("tiny-config", did, "-c", "2d")
+    cli_in_process("split", did, "--labeled", "2", "--group", r"phantom\d+", "--name", "lab2", "--epochs", "1",
+                   "--iterations", "2", "--val-iterations", "1")
     pre = os.path.join(nnunet_dirs.preprocessed, name)
     setting = json.load(open(os.path.join(pre, "splits_semicl_lab2.json")))["folds"][0]
 
