@@ -17,7 +17,6 @@ for _k, _v in CPU_MALLOC_ENV.items():
     os.environ.setdefault(_k, _v)
 
 import subprocess  # noqa: E402
-import sys
 from types import SimpleNamespace
 
 import pytest  # noqa: E402

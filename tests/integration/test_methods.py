@@ -12,10 +12,10 @@ from tests.integration.nnunet_helpers import env, make_trainer, output_folder, s
 pytestmark = pytest.mark.integration
 
 # trainer -> {epoch: terms that must be finite in that epoch} for the 4-epoch "phases" setting (2 iterations per
-# epoch). ARCO-SAG differs from ARCO only in its sampler (unit-tested); its real step runs in the mixed-precision test
-# below and its stock training and prediction in test_resenc.py. The defaults compute no unsupervised term, relational pre-training included (MONA/ARCO), before the warm-up
+# epoch). The defaults compute no unsupervised term, relational pre-training included (MONA/ARCO), before the warm-up
 # gate opens (here at its limit, the end of epoch 1); ACTION's defaults fine-tune only; the papers' variants have the
-# pre-training terms from iteration 0.
+# pre-training terms from iteration 0. ARCO-SAG differs from ARCO only in its sampler (unit-tested): its real step runs
+# in the mixed-precision test below, its stock training and prediction in test_resenc.py.
 FINETUNE_MONA = {"sup", "unsup", "contrast", "eqv", "nn"}
 PHASE_TERMS = {
     "nnUNetTrainerACTIONpp": {0: {"sup"}, 1: {"sup"}, 2: {"sup", "unsup", "anco", "saacl"}},

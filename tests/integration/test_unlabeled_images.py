@@ -10,7 +10,7 @@ from nnunet_semicl.data.splits import UNLABELED_KEY
 from nnunet_semicl.errors import InputError
 from nnunet_semicl.data.unlabeled_images import add_unlabeled_images, labeled_only_fingerprint, read_checked
 from nnunet_semicl.dataset_conversion.synthetic import PhantomSpec, generate_dataset, write_phantom_images
-from tests.conftest import TRAIN_ENV, cli_in_process, run_cmd
+from tests.conftest import TRAIN_ENV, run_cmd
 from tests.integration.nnunet_helpers import env, make_trainer
 
 pytestmark = pytest.mark.integration
@@ -79,7 +79,7 @@ def test_add_unlabeled_images_keeps_fingerprint_and_feeds_the_unlabeled_stream(n
     run_cmd(["nnUNetv2_plan_and_preprocess", "-d", "991", "-c", "2d", "-npfp", "1", "-np", "1",
              "--verify_dataset_integrity"])
     assert json.load(open(fp_path)) == after
-    cli_in_process("tiny-config", 991, "-c", "2d")
+    run_cmd(["nnunet_semicl", "tiny-config", "991", "-c", "2d"])   # the installed console script itself
 
     # no -p needed: the trainer takes the images without annotation as the unlabeled stream
     with env(**TRAIN_ENV):
