@@ -53,20 +53,14 @@ def cli_in_process(*args) -> None:
     assert main([str(a) for a in args]) == 0
 
 
-@pytest.fixture(scope="session", autouse=True)
-def no_progress_png_in_process():
-    """Trainings run in the test process skip ``progress.png``: matplotlib draws its 30 x 72 inch figure in ~0.6 s,
-    once per epoch, i.e. ~40 s of the suite. The console-script trainings (subprocesses) still draw it, and
-    ``test_stock_train_predict_evaluate`` checks that it is written."""
-    from nnunet_semicl.training.loss_logger import SemiCLLocalLogger
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(SemiCLLocalLogger, "plot_progress_png", lambda self, output_folder: None)
-        yield
-
-
 @pytest.fixture(scope="session")
 def nnunet_dirs(tmp_path_factory):
+    """nnU-Net's three folders in a temporary directory, and the CPU settings, for the whole session.
+
+    Trainings run in the test process also skip ``progress.png`` here: matplotlib draws its 30 x 72 inch figure in
+    ~0.6 s, once per epoch, i.e. ~40 s of the suite. The console-script trainings (subprocesses) still draw it, and
+    ``test_stock_train_predict_evaluate`` checks that it is written. (Patched after the environment is set, so the
+    import cannot read nnU-Net's folders before they exist.)"""
     root = tmp_path_factory.mktemp("nnunet")
     dirs = {k: str(root / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
     for d in dirs.values():
@@ -74,7 +68,11 @@ def nnunet_dirs(tmp_path_factory):
     old = {k: os.environ.get(k) for k in list(dirs) + list(CPU_ENV)}
     os.environ.update(dirs)
     os.environ.update(CPU_ENV)
-    yield SimpleNamespace(root=str(root), **{k.split("_")[1]: v for k, v in dirs.items()})
+    from nnunet_semicl.training.loss_logger import SemiCLLocalLogger
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SemiCLLocalLogger, "plot_progress_png", lambda self, output_folder: None)
+        yield SimpleNamespace(root=str(root), **{k.split("_")[1]: v for k, v in dirs.items()})
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
