@@ -17,7 +17,7 @@ for _k, _v in CPU_MALLOC_ENV.items():
     os.environ.setdefault(_k, _v)
 
 import subprocess  # noqa: E402
-from types import SimpleNamespace
+from types import SimpleNamespace  # noqa: E402
 
 import pytest  # noqa: E402
 
