@@ -124,6 +124,10 @@ def _cmd_tiny_config(args):
         kw["patch_size"] = args.patch_size
     if args.batch_size:
         kw["batch_size"] = args.batch_size
+    if args.feature_divisor:
+        kw["feature_divisor"] = args.feature_divisor
+    if args.max_features:
+        kw["max_features"] = args.max_features
     for c in args.c:
         written = add_tiny_configuration(base, c, None if len(args.c) > 1 else args.name, [args.plans],
                                          overwrite=args.overwrite, **kw)
@@ -187,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plans", default="nnUNetPlans")
     s.add_argument("--patch-size", type=int, nargs="+", default=None)
     s.add_argument("--batch-size", type=int, default=None)
+    s.add_argument("--feature-divisor", type=int, default=None,
+                   help="divide the parent's feature widths by this (default 4)")
+    s.add_argument("--max-features", type=int, default=None, help="cap on the feature width (default 64)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=_cmd_tiny_config)
 

@@ -36,6 +36,28 @@ def test_tiny_configuration_is_consistent():
         make_tiny_configuration(PLANS, "3d_fullres", patch_size=[10, 30, 30])
 
 
+def test_tiny_configuration_width_options():
+    # the demo's network: half the parent's widths, capped at 128 (nnunet_semicl/demo.py TINY_WIDTH)
+    kw = make_tiny_configuration(PLANS, "3d_fullres", feature_divisor=2, max_features=128)["architecture"]["arch_kwargs"]
+    assert kw["features_per_stage"] == [16, 32, 64, 128]
+    kw = make_tiny_configuration(PLANS, "3d_fullres", feature_divisor=1, max_features=100)["architecture"]["arch_kwargs"]
+    assert kw["features_per_stage"] == [32, 64, 100, 100]
+    with pytest.raises(InputError, match="feature divisor"):
+        make_tiny_configuration(PLANS, "3d_fullres", feature_divisor=0)
+
+
+def test_tiny_config_command_passes_the_width_options(tmp_path, monkeypatch):
+    from nnunet_semicl import cli
+    base = tmp_path / "Dataset001_X"
+    base.mkdir()
+    (base / "nnUNetPlans.json").write_text(json.dumps(PLANS))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    monkeypatch.setattr("nnunet_semicl.data.dataset_lookup.resolve_dataset_name", lambda *a, **k: "Dataset001_X")
+    cli.main(["tiny-config", "1", "-c", "3d_fullres", "--feature-divisor", "2", "--max-features", "128"])
+    tiny = json.loads((base / "nnUNetPlans.json").read_text())["configurations"]["3d_fullres_tiny"]
+    assert tiny["architecture"]["arch_kwargs"]["features_per_stage"] == [16, 32, 64, 128]
+
+
 def test_tiny_configuration_builds_with_nnunet(tmp_path):
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
