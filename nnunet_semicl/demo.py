@@ -9,7 +9,7 @@ Every step is a stock nnU-Net command (or one of ours), run exactly as a user wo
 5. ``nnUNetv2_predict`` on the held-out images and ``nnUNetv2_evaluate_folder``
 6. a per-class Dice table
 
-It takes 7 to 8.5 minutes on an idle 2-core CPU (docs/demo.md) and uses CUDA when it is available. Everything is
+It takes about 8 minutes on an idle 2-core CPU (docs/demo.md) and uses CUDA when it is available. Everything is
 written under ``--workdir`` (default ``./nnunet_semicl_demo``), never to your own nnU-Net folders.
 """
 import json
