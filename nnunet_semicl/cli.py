@@ -120,14 +120,9 @@ def _cmd_tiny_config(args):
     name = resolve_dataset_name(args.dataset, need_preprocessed=True)
     base = os.path.join(os.environ["nnUNet_preprocessed"], name)
     kw = {}
-    if args.patch_size:
-        kw["patch_size"] = args.patch_size
-    if args.batch_size:
-        kw["batch_size"] = args.batch_size
-    if args.feature_divisor:
-        kw["feature_divisor"] = args.feature_divisor
-    if args.max_features:
-        kw["max_features"] = args.max_features
+    for key in ("patch_size", "batch_size", "feature_divisor", "max_features"):
+        if getattr(args, key) is not None:  # a 0 reaches the checks of make_tiny_configuration
+            kw[key] = getattr(args, key)
     for c in args.c:
         written = add_tiny_configuration(base, c, None if len(args.c) > 1 else args.name, [args.plans],
                                          overwrite=args.overwrite, **kw)

@@ -38,15 +38,16 @@ def test_tiny_configuration_is_consistent():
 
 def test_tiny_configuration_width_options():
     # the demo's network: half the parent's widths, capped at 128 (nnunet_semicl/demo.py TINY_WIDTH)
-    kw = make_tiny_configuration(PLANS, "3d_fullres", feature_divisor=2, max_features=128)["architecture"]["arch_kwargs"]
-    assert kw["features_per_stage"] == [16, 32, 64, 128]
-    kw = make_tiny_configuration(PLANS, "3d_fullres", feature_divisor=1, max_features=100)["architecture"]["arch_kwargs"]
-    assert kw["features_per_stage"] == [32, 64, 100, 100]
-    with pytest.raises(InputError, match="feature divisor"):
-        make_tiny_configuration(PLANS, "3d_fullres", feature_divisor=0)
+    def widths(**kw):
+        return make_tiny_configuration(PLANS, "3d_fullres", **kw)["architecture"]["arch_kwargs"]["features_per_stage"]
+    assert widths(feature_divisor=2, max_features=128) == [16, 32, 64, 128]
+    assert widths(feature_divisor=1, max_features=100) == [32, 64, 100, 100]
+    for bad in ({"feature_divisor": 0}, {"max_features": 0}, {"batch_size": 0}):
+        with pytest.raises(InputError, match="must be at least 1"):
+            make_tiny_configuration(PLANS, "3d_fullres", **bad)
 
 
-def test_tiny_config_command_passes_the_width_options(tmp_path, monkeypatch):
+def test_tiny_config_command_passes_the_width_options(tmp_path, monkeypatch, capsys):
     from nnunet_semicl import cli
     base = tmp_path / "Dataset001_X"
     base.mkdir()
@@ -56,6 +57,9 @@ def test_tiny_config_command_passes_the_width_options(tmp_path, monkeypatch):
     cli.main(["tiny-config", "1", "-c", "3d_fullres", "--feature-divisor", "2", "--max-features", "128"])
     tiny = json.loads((base / "nnUNetPlans.json").read_text())["configurations"]["3d_fullres_tiny"]
     assert tiny["architecture"]["arch_kwargs"]["features_per_stage"] == [16, 32, 64, 128]
+    with pytest.raises(SystemExit) as exit_:  # a 0 is refused, not ignored
+        cli.main(["tiny-config", "1", "-c", "3d_fullres", "--overwrite", "--batch-size", "0"])
+    assert exit_.value.code == 2 and "batch size (0) must be at least 1" in capsys.readouterr().err
 
 
 def test_tiny_configuration_builds_with_nnunet(tmp_path):
