@@ -25,7 +25,7 @@ from nnunet_semicl.seeding import SEED_ENV, parse_seed
 LABELS = ("RV", "MLV", "LVC")
 #: the demo's CPU network: half nnU-Net's 2d widths (16-32-64-128), not tiny-config's quarter (8-64). With
 #: 8 features in the first stage, LabeledOnly's 800 iterations on 4 labeled images stayed in the "whole heart
-#: is myocardium" minimum for some seeds (docs/demo.md); the wider network costs about 4% more time.
+#: is myocardium" minimum for some seeds (docs/demo.md); LabeledOnly trains about 4% longer.
 TINY_WIDTH = ("--feature-divisor", "2", "--max-features", "128")
 
 

@@ -43,9 +43,10 @@ def make_tiny_configuration(plans: dict, parent: str, patch_size: Optional[Seque
     Defaults: patch at most 32 voxels per axis in 3D and 64 in 2D (rounded down to the stride
     product), at most 4 stages, feature widths divided by 4 and capped at 64.
     """
-    if feature_divisor < 1 or max_features < 1 or (batch_size is not None and batch_size < 1):
-        raise InputError(f"feature divisor ({feature_divisor}), maximum feature width ({max_features}) and batch "
-                         f"size ({batch_size}) must be at least 1.")
+    given = {"--feature-divisor": feature_divisor, "--max-features": max_features, "--batch-size": batch_size}
+    bad = {k: v for k, v in given.items() if v is not None and v < 1}
+    if bad:
+        raise InputError(f"tiny configuration: {', '.join(f'{k} {v}' for k, v in bad.items())}: must be at least 1.")
     cfg = resolved_configuration(plans, parent)
     arch = copy.deepcopy(cfg["architecture"])
     kw = arch["arch_kwargs"]

@@ -47,3 +47,26 @@ def test_demo_refuses_a_bad_seed_before_writing_anything(tmp_path):
     with pytest.raises(InputError, match="--seed -3"):
         demo.main(["--workdir", str(work), "--seed", "-3", "--device", "cpu"])
     assert not work.exists()
+
+
+def test_demo_builds_its_cpu_network_with_the_wider_widths(tmp_path, monkeypatch):
+    # the demo's tiny-config call must carry TINY_WIDTH (the 8-wide network failed some seeds, docs/demo.md)
+    from nnunet_semicl import cli, demo
+
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def record(argv, env, quiet=False):
+        calls.append([str(a) for a in argv])
+        if "split" in argv:
+            raise Stop
+
+    monkeypatch.setattr(demo, "_run", record)
+    with pytest.raises(Stop):
+        demo.main(["--workdir", str(tmp_path / "demo"), "--seed", "1", "--device", "cpu"])
+    tiny = [c for c in calls if "tiny-config" in c]
+    assert len(tiny) == 1
+    args = cli.build_parser().parse_args(tiny[0][tiny[0].index("tiny-config"):])
+    assert (args.feature_divisor, args.max_features, args.c) == (2, 128, ["2d"])

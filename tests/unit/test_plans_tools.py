@@ -42,8 +42,9 @@ def test_tiny_configuration_width_options():
         return make_tiny_configuration(PLANS, "3d_fullres", **kw)["architecture"]["arch_kwargs"]["features_per_stage"]
     assert widths(feature_divisor=2, max_features=128) == [16, 32, 64, 128]
     assert widths(feature_divisor=1, max_features=100) == [32, 64, 100, 100]
-    for bad in ({"feature_divisor": 0}, {"max_features": 0}, {"batch_size": 0}):
-        with pytest.raises(InputError, match="must be at least 1"):
+    for bad, named in (({"feature_divisor": 0}, "--feature-divisor 0"), ({"max_features": 0}, "--max-features 0"),
+                       ({"batch_size": 0}, "--batch-size 0")):
+        with pytest.raises(InputError, match=f"{named}: must be at least 1"):
             make_tiny_configuration(PLANS, "3d_fullres", **bad)
 
 
@@ -59,7 +60,7 @@ def test_tiny_config_command_passes_the_width_options(tmp_path, monkeypatch, cap
     assert tiny["architecture"]["arch_kwargs"]["features_per_stage"] == [16, 32, 64, 128]
     with pytest.raises(SystemExit) as exit_:  # a 0 is refused, not ignored
         cli.main(["tiny-config", "1", "-c", "3d_fullres", "--overwrite", "--batch-size", "0"])
-    assert exit_.value.code == 2 and "batch size (0) must be at least 1" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "--batch-size 0: must be at least 1" in capsys.readouterr().err
 
 
 def test_tiny_configuration_builds_with_nnunet(tmp_path):
