@@ -35,7 +35,7 @@ import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from nnunet_semicl.errors import EvaluationError, InputError
-from nnunet_semicl.files import incomplete_file_problem, load_json, save_json
+from nnunet_semicl.files import find_training_summary, incomplete_file_problem, load_json, save_json
 from nnunet_semicl.launch import exit_2_on, module_main  # CLI shape shared with convert-*
 
 METRICS = ("dice", "jaccard", "hd95_mm", "asd_mm", "hd95_voxel", "asd_voxel")
@@ -224,8 +224,13 @@ def _find_dataset_json(candidates: Sequence[Optional[str]]) -> Optional[str]:
 def evaluate_folders(pred_dir: str, ref_dir: str, labels: Optional[Sequence[int]] = None,
                      label_names: Optional[Dict[int, str]] = None, dataset_json: Optional[str] = None,
                      file_ending: Optional[str] = None, convention: str = "nan", num_processes: int = 1,
-                     output: Optional[str] = None, method_name: Optional[str] = None, verbose: bool = True) -> dict:
-    """Evaluate every reference case; write ``output`` (JSON) and the markdown beside it; return the result."""
+                     output: Optional[str] = None, method_name: Optional[str] = None, verbose: bool = True,
+                     model_folder: Optional[str] = None) -> dict:
+    """Evaluate every reference case; write ``output`` (JSON) and the markdown beside it; return the result.
+
+    The trainer's training summary (whether its unsupervised terms ever ran) is read from ``model_folder``
+    (a fold's results folder), else from the prediction folder's parent (nnU-Net's ``fold_X/validation``),
+    printed and recorded."""
     import numpy as np
 
     if convention not in CONVENTIONS:
@@ -296,6 +301,7 @@ def evaluate_folders(pred_dir: str, ref_dir: str, labels: Optional[Sequence[int]
         "library": _medpy_version(), "metric_definitions": METRIC_DEFINITIONS,
         "n_cases": len(refs), "ignored_predictions": ignored, "warnings": warnings,
         "per_case": per_case, "per_class": per_class, "average": average,
+        "training": find_training_summary(model_folder, os.path.dirname(os.path.abspath(pred_dir))),
     }
     if output is None:
         output = os.path.join(pred_dir, "summary_semicl.json")
@@ -306,6 +312,8 @@ def evaluate_folders(pred_dir: str, ref_dir: str, labels: Optional[Sequence[int]
     result["output_json"], result["output_markdown"] = output, md_path
     if verbose:
         print(paper_table(result))
+        if result["training"]:
+            print(f"Training ({result['training'].get('trainer')}): {result['training'].get('message')}")
         if ignored:
             print(f"NOTE: {len(ignored)} prediction(s) without reference were not evaluated: {', '.join(ignored[:8])}")
         print(f"Wrote {output} and {md_path}")
@@ -420,6 +428,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="empty-mask convention (default nan; ssl4mis reproduces the papers' scripts)")
     p.add_argument("--name", default=None, help="method name for the table row (default: the prediction folder)")
     p.add_argument("-np", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("-m", "--model", default=None, help="the fold's results folder (.../fold_0): its training summary "
+                                                       "(did the unsupervised terms ever run?) is printed and recorded "
+                                                       "(default: the prediction folder's parent, as for fold_0/validation)")
     p.add_argument("-q", "--quiet", action="store_true")
 
 
@@ -437,7 +448,7 @@ def run(args) -> None:
             raise EvaluationError("Give the reference folder (-r .../labelsTs) or the dataset (-d 27).")
         evaluate_folders(args.pred, ref, labels=args.labels, dataset_json=dataset_json, file_ending=args.file_ending,
                          convention=args.empty, num_processes=args.np, output=args.output, method_name=args.name,
-                         verbose=not args.quiet)
+                         verbose=not args.quiet, model_folder=args.model)
 
 
 def main(argv=None):

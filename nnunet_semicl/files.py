@@ -25,6 +25,9 @@ from typing import List, Optional
 from nnunet_semicl.errors import InputError
 
 PARTIAL_PREFIX = ".semicl_partial_"
+#: written by our trainers into the fold's results folder at the end of training: whether the unsupervised terms
+#: ever ran (a run whose warm-up gate never opened is LabeledOnly training under the method's name)
+TRAINING_SUMMARY_FILE = "semicl_training_summary.json"
 _CHUNK = 1 << 20
 
 
@@ -153,3 +156,11 @@ def remove_stale_partials(root: str, what: str) -> List[str]:
             shutil.rmtree(os.path.join(root, d), ignore_errors=True)
             removed.append(os.path.join(root, d))
     return removed
+
+
+def find_training_summary(*folders: Optional[str]) -> Optional[dict]:
+    """The first ``TRAINING_SUMMARY_FILE`` found in ``folders`` (None entries skipped), or None."""
+    for folder in folders:
+        if folder and os.path.isfile(os.path.join(folder, TRAINING_SUMMARY_FILE)):
+            return load_json(os.path.join(folder, TRAINING_SUMMARY_FILE))
+    return None

@@ -1,6 +1,6 @@
 """Temperature and loss-weight schedules (pure functions of the training position)."""
 import math
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 
 def cosine_temperature(t: float, period: float, tau_min: float, tau_max: float) -> float:
@@ -42,14 +42,31 @@ def ramped_weight(step: int, start: Optional[int], length: float) -> float:
 
 
 def classes_below(class_dice: Sequence[float], floor: float) -> list:
-    """Foreground classes (1-based) whose online-validation Dice is below ``floor`` (NaN counts as below)."""
-    return [i + 1 for i, v in enumerate(class_dice) if not float(v) >= floor]
+    """Foreground classes (1-based) whose online-validation Dice is below ``floor``; NaN (no evidence: the
+    class was absent from the validation patches) is not below."""
+    return [i + 1 for i, v in enumerate(class_dice) if float(v) < floor]
 
 
-def warmup_complete(step: int, min_steps: int, class_dice: Sequence[Sequence[float]], threshold: float) -> bool:
-    """The supervised warm-up rule: at least ``min_steps`` iterations done, and every foreground class's
-    online-validation Dice at least ``threshold`` in each of the given epochs (``class_dice``: one
-    sequence of per-class Dice per recent epoch; NaN, an absent class, counts as not reached)."""
-    if step < min_steps or len(class_dice) == 0:
+def recent_class_dice(history: Sequence[Sequence[float]], n: int) -> List[List[float]]:
+    """Per foreground class, its last ``n`` finite online-validation Dice values (oldest first).
+
+    nnU-Net's online Dice is NaN for a class absent from an epoch's validation patches: that epoch is no
+    evidence for that class, neither for nor against it, so it is skipped for that class alone."""
+    if not history:
+        return []
+    per_class: List[List[float]] = [[] for _ in history[-1]]
+    for epoch in reversed(history):
+        for c, v in enumerate(list(epoch)[: len(per_class)]):
+            if len(per_class[c]) < n and math.isfinite(float(v)):
+                per_class[c].append(float(v))
+    return [values[::-1] for values in per_class]
+
+
+def warmup_complete(step: int, min_steps: int, class_dice: Sequence[Sequence[float]], threshold: float,
+                    epochs: int) -> bool:
+    """The supervised warm-up rule: at least ``min_steps`` iterations done, and every foreground class has
+    ``epochs`` pieces of evidence (:func:`recent_class_dice`), each at least ``threshold``."""
+    if step < min_steps:
         return False
-    return all(len(d) > 0 and all(v >= threshold for v in d) for d in class_dice)
+    recent = recent_class_dice(class_dice, epochs)
+    return len(recent) > 0 and all(len(v) == epochs and min(v) >= threshold for v in recent)

@@ -35,7 +35,7 @@ from typing import Dict, Optional
 from nnunet_semicl.benchmarking.common import (add_update_docs_argument, command_line, fmt, format_machine,
                                                machine_info, markdown_table, shared_acdc_folder,
                                                update_docs_if_asked)
-from nnunet_semicl.files import load_json, save_json
+from nnunet_semicl.files import find_training_summary, load_json, save_json
 from nnunet_semicl.launch import nnunet_env, run_command, training_progress
 
 DATASET_ID = 27
@@ -336,6 +336,11 @@ def train_one(dirs, opts, trainer: str, setting: str, log: str, redo: bool, over
         save_json({"wall_s": prev + time.time() - t, "pretrained": pretrained}, record_file)
         row = {"status": "trained" + (f" ({extra[0]})" if extra and extra[0] in ("--val", "--c") else "")}
     row.update(read_summary(summary))
+    training = find_training_summary(fold)
+    if training is not None:   # a method whose unsupervised terms never ran is LabeledOnly training: say so
+        row["unsupervised_terms_ran"] = training.get("unsupervised_terms_ran")
+        if not training.get("unsupervised_terms_ran"):
+            print(f"    {training.get('message')}")
     row["wall_s"] = load_json(record_file).get("wall_s") if os.path.isfile(record_file) else None
     row["s_per_it"] = seconds_per_iteration(os.path.join(fold, "checkpoint_final.pth"),
                                             int(overrides["num_iterations_per_epoch"]))
@@ -420,6 +425,9 @@ def format_accuracy_markdown(report: dict) -> str:
     rows = []
     for trainer, per in report["results"].items():
         cells = [f"{trainer} (`{WARM_TRAINER}`)" if trainer == WARM_ROW else f"`{trainer}`"]
+        silent = sum(1 for r in per.values() if r for x in r.get("runs") or [] if x.get("unsupervised_terms_ran") is False)
+        if silent:   # such a run trained as LabeledOnly would
+            cells[0] += f" (**{silent} run(s) whose unsupervised terms never ran**)"
         for s in settings:
             r = per.get(s)
             runs = (r or {}).get("runs") or []

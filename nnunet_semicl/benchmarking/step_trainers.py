@@ -15,8 +15,8 @@ DEFAULT_TRAINERS = (STOCK, "nnUNetTrainerLabeledOnly", "nnUNetTrainerPseudoLabel
 METHODS = ("nnUNetTrainerACTION", "nnUNetTrainerACTIONpp", "nnUNetTrainerMONA", "nnUNetTrainerARCO",
            "nnUNetTrainerARCO_SAG")
 #: pre-training phases (``--pretrain``); ARCO's pre-training is MONA's; ACTION's defaults fine-tune only
-PRETRAIN_ENTRIES = ("nnUNetTrainerACTION_phased@global", "nnUNetTrainerACTION_phased@local",
-                    "nnUNetTrainerACTIONpp_phased@global", "nnUNetTrainerACTIONpp_phased@local", "nnUNetTrainerMONA@local")
+PRETRAIN_ENTRIES = ("nnUNetTrainerACTION_paper@global", "nnUNetTrainerACTION_paper@local",
+                    "nnUNetTrainerACTIONpp_paper@global", "nnUNetTrainerACTIONpp_paper@local", "nnUNetTrainerMONA@local")
 SMOKE_TRAINERS = (STOCK, MEAN_TEACHER)
 #: entry suffix: the trainer with ``nnUNet_compile=t`` and ``allow_compile = True`` (our trainers default to eager)
 COMPILED = "+compile"

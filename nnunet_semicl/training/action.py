@@ -8,10 +8,12 @@ The paper's three stages run as phases of ONE nnU-Net training (decision 4 of me
 * ``finetune`` (stage iii, last 50%): ``(CE + Dice) + L_unsup + 0.01 L_anco`` (paper: 0.5 (CE + Dice)) with ReCo-style
   anatomical contrast on labeled (ground truth) and confident unlabeled (pseudo-label) pixels.
 
-Those phases are ``ThreeStagesMixin`` (``nnUNetTrainerACTION_phased``). The default trainers fine-tune from the
-first epoch and let the warm-up gate decide when the fine-tuning terms start: in a run from scratch the
-pre-training phases overlap the supervised warm-up and only take iterations from fine-tuning
-(docs/performance.md 3: ACTION++ 0.762 against 0.731 with the phases, two runs each).
+Those phases are ``ThreeStagesMixin`` (``nnUNetTrainerACTION_paper``, the literal recipe). The default runs the
+same terms without phases: from the warm-up gate on, the relational distillation (global + local) and the
+fine-tuning terms together, gated and ramped like every unsupervised term. In a run from scratch the pre-training
+phases overlap the supervised warm-up and only take iterations from fine-tuning (docs/performance.md 3: ACTION++
+0.762 fine-tuning only against 0.731 with the phases, two runs each); running the distillation alongside keeps
+the component ACTION is named for without that cost (docs/methods/action.md, naming rule).
 
 The phases, relational heads and queues are ``nnUNetTrainerRelationalPretraining``'s
 (``training/relational_pretraining.py``, shared with MONA); this module adds the anatomical contrast.
@@ -37,9 +39,11 @@ class ThreeStagesMixin:
 
 
 class nnUNetTrainerACTION(nnUNetTrainerRelationalPretraining):
-    # ---- phases: fine-tuning only, its terms from the warm-up gate on (ThreeStagesMixin: the paper's stages) ----
+    # ---- phases: no pre-training phase; the relational distillation (global + local) runs alongside the
+    # fine-tuning terms from the warm-up gate on, gated and ramped like them (ThreeStagesMixin: the paper's stages)
     global_phase_fraction = 0.0
     local_phase_fraction = 0.0
+    relational_in_finetune = True
     # ---- anatomical contrast (stage iii; paper values) -------------------------------------------
     supervised_weight = 1.0           # CE + Dice during fine-tuning; the paper's 0.5 (the _noRampUp variants) assumes a
                                       # converged pre-trained model: in a short run from scratch the labels still teach
@@ -50,7 +54,7 @@ class nnUNetTrainerACTION(nnUNetTrainerRelationalPretraining):
     anco_weak_threshold = 0.7         # unlabeled pixels take part when the teacher is this confident
     anco_queries = 256
     anco_negatives = 512
-    loss_terms = ("sup", "unsup", "global", "local", "anco")
+    term_weights = {**nnUNetTrainerRelationalPretraining.term_weights, "anco": "anco_weight"}
 
     def contrast_targets(self, ctx: StepContext, size) -> Tuple[torch.Tensor, torch.Tensor]:
         """Labels and participating pixels of ``cat(labeled, strong unlabeled)`` at ``size``.
@@ -79,22 +83,8 @@ class nnUNetTrainerACTION(nnUNetTrainerRelationalPretraining):
                 "anco": self.unsup_weight(self.anco_weight) * self.anatomical_contrast(ctx, self.representation(ctx))}
 
 
-class nnUNetTrainerACTION_phased(ThreeStagesMixin, nnUNetTrainerACTION):
-    """The paper's three stages in one run: relational pre-training (global, then local) before fine-tuning."""
-
-
-class nnUNetTrainerACTION_noPretrain(nnUNetTrainerACTION):
-    """Stage iii only, e.g. after ``nnUNetTrainerACTIONPretrain`` with ``-pretrained_weights
-    .../checkpoint_final.pth``. The same as the default since that fine-tunes only; the name is kept for that
-    recipe and for model folders trained under it."""
-
-
-class nnUNetTrainerACTIONPretrain(nnUNetTrainerACTION):
-    """Stages i and ii only (half the epochs each); its checkpoint feeds ``-pretrained_weights``."""
-    global_phase_fraction = 0.5
-    local_phase_fraction = 0.5
-
-
-class nnUNetTrainerACTION_noRampUp(PapersScheduleMixin, ThreeStagesMixin, nnUNetTrainerACTION):
-    """The official recipe: the three stages, each term at full weight from the first iteration of its stage."""
+class nnUNetTrainerACTION_paper(PapersScheduleMixin, ThreeStagesMixin, nnUNetTrainerACTION):
+    """The official recipe: the three stages (global, local, fine-tuning), each term at full weight from the first
+    iteration of its stage, the labeled loss halved in fine-tuning."""
+    relational_in_finetune = False
     supervised_weight = 0.5

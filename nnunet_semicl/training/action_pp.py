@@ -5,11 +5,13 @@ schedule (methods.md section 4).
   positives = the anchor's teacher view, queue entries of its class and its class centre (weight
   lambda_a); class centres are a regular simplex fixed in closed form and matched every step to
   running class centroids by an optimal one-to-one assignment.
-* **ATS**: ``tau(t) = tau_min + (tau_max - tau_min) (1 + cos(2 pi t / T)) / 2`` per iteration, one period
-  over the whole training (the paper's best); it sets the temperature of the anatomical contrast
-  and of SAACL during fine-tuning, and raises the relational distillation's student and teacher
-  temperatures toward tau_max during pre-training ("pre-training++"). The official code's variant
-  (per epoch, ten cycles) is ``nnUNetTrainerACTIONpp_officialATS``.
+* **ATS**: ``tau(t) = tau_min + (tau_max - tau_min) (1 + cos(2 pi t / T)) / 2`` per iteration (the paper's
+  best); it sets the temperature of the anatomical contrast and of SAACL, and scales the relational
+  distillation's student and teacher
+  temperatures (both by one factor, so the teacher stays sharper) during pre-training ("pre-training++") and
+  whenever the distillation runs. It counts from the iteration at which the fine-tuning terms start, one period
+  over their run, as the official code cycles over its fine-tuning run. The official code's form (per epoch,
+  ten cycles) is the setting ``ats_per_epoch=true ats_period_fraction=0.1``.
 
 Deviations from the official code are listed in docs/methods/action_pp.md.
 """
@@ -36,19 +38,30 @@ class nnUNetTrainerACTIONpp(nnUNetTrainerACTION):
     centre_momentum = 0.1             # eta of the running class centroids
     centre_seed = 0
     representation_dim = 128          # the paper's d (ACTION's 512 in 2D is the official code's)
-    # ---- ATS (paper best: 0.1 -> 1.0, one cosine period over all iterations) ---------------------
+    # ---- ATS (paper best: 0.1 -> 1.0, one cosine period over the fine-tuning terms' run) -----------
     ats_tau_min = 0.1
     ats_tau_max = 1.0
-    ats_period_fraction = 1.0         # period as a fraction of the training; the official code uses 0.1
+    ats_period_fraction = 1.0         # period as a fraction of the fine-tuning terms' run; the official code: 0.1
     ats_per_epoch = False             # the official code recomputes tau once per epoch
-    loss_terms = nnUNetTrainerACTION.loss_terms + ("saacl",)
+    term_weights = {**nnUNetTrainerACTION.term_weights, "saacl": "saacl_weight"}
 
     # ------------------------------------------------------------------------------------------
+    def ats_window(self) -> Tuple[int, int]:
+        """(first iteration, length) of the run the ATS cycles over: the fine-tuning terms' run, from the iteration
+        at which they start (warm-up gate or fine-tuning, whichever is later) to the end of training, as the
+        official code cycles over its fine-tuning run."""
+        start = self.unsup_start_step()
+        start = self.earliest_unsup_step() if start is None else start
+        return start, max(1, self.total_iterations - start)
+
     def ats_position(self) -> Tuple[float, float]:
-        """(t, period) in iterations, or in epochs with ``ats_per_epoch``."""
+        """(t, period) in iterations (in epochs with ``ats_per_epoch``), counted from the window's start."""
+        start, length = self.ats_window()
+        t = max(0, self.global_step - start)
         if self.ats_per_epoch:
-            return float(self.current_epoch), self.ats_period_fraction * self.num_epochs
-        return float(self.global_step), self.ats_period_fraction * self.num_epochs * self.num_iterations_per_epoch
+            ipe = self.num_iterations_per_epoch
+            return float(t // ipe), self.ats_period_fraction * length / ipe
+        return float(t), self.ats_period_fraction * length
 
     def ats_temperature(self, tau_min: float = None, tau_max: float = None) -> float:
         t, period = self.ats_position()
@@ -56,26 +69,32 @@ class nnUNetTrainerACTIONpp(nnUNetTrainerACTION):
                                   self.ats_tau_max if tau_max is None else tau_max)
 
     def relational_temperatures(self) -> Tuple[float, float]:
-        """Pre-training++: both temperatures follow one cosine period over the pre-training phases, starting
-        (and ending) at their base value and reaching tau_max half-way.
+        """The relational terms' (student, teacher) temperatures, both scaled by one ATS factor (1 ..
+        tau_max / tau_min), so the teacher stays as much sharper than the student as ACTION's 0.1 / 0.01: the
+        targets never become as flat as the student (a teacher at the student's temperature gives no signal).
 
-        The cosine of the whole training starts at tau_max = 1.0, where the relational distributions over
-        the queue are flat and the distillation loss is ~0: pre-training did nothing (issue 11). Anchoring
-        the period at the base temperatures keeps the released code's range (base -> 1.0) with a signal."""
-        _, e_fine = self.phase_starts()
-        period = max(1.0, float(e_fine * self.num_iterations_per_epoch))
-        t = float(self.global_step) + period / 2.0   # cosine_temperature is at tau_min half a period in
-        return (cosine_temperature(t, period, self.relational_tau_student, self.ats_tau_max),
-                cosine_temperature(t, period, self.relational_tau_teacher, self.ats_tau_max))
+        * fine-tuning (the default's distillation runs there): the factor follows the ATS;
+        * pre-training++ (the ``_paper`` recipe's phases): one cosine period over the pre-training, starting and
+          ending at the base values (the cosine's start at tau_max would leave pre-training without a signal:
+          issue 11), tau_max / tau_min times the base half-way."""
+        if self.phase() == "finetune":
+            factor = self.ats_temperature() / self.ats_tau_min
+        else:
+            period = max(1.0, float(self.earliest_unsup_step()))
+            t = float(self.global_step) + period / 2.0   # cosine_temperature is at tau_min half a period in
+            factor = cosine_temperature(t, period, 1.0, self.ats_tau_max / self.ats_tau_min)
+        return self.relational_tau_student * factor, self.relational_tau_teacher * factor
 
     def teacher_sees_labeled(self) -> bool:
         return self.phase() == "finetune"  # SAACL's positives are the teacher's view of labeled pixels
 
     def build_head_teachers(self):
-        return super().build_head_teachers() + ("rep",)
+        return super().build_head_teachers() + self.finetune_head_teachers()
 
     def build_state(self):
         state = super().build_state()
+        if not self.has_finetune():
+            return state
         d = self.default_dim(self.representation_dim)
         state["saacl_queue"] = RingBuffer(self.saacl_queue_size, (d,), with_labels=True)
         state["centres"] = AdaptiveCentreAllocation(self.label_manager.num_segmentation_heads, d,
@@ -112,33 +131,8 @@ class nnUNetTrainerACTIONpp(nnUNetTrainerACTION):
                 "saacl": self.unsup_weight(self.saacl_weight) * self.saacl(ctx, rep, tau)}
 
 
-class nnUNetTrainerACTIONpp_officialATS(nnUNetTrainerACTIONpp):
-    """The released code's temperature schedule: recomputed per epoch, ten cosine cycles."""
-    ats_per_epoch = True
-    ats_period_fraction = 0.1
-
-
-class nnUNetTrainerACTIONpp_momentum09(nnUNetTrainerACTIONpp):
-    """Fine-tuning with the official code's SGD momentum 0.9 (nnU-Net's 0.99 before): the momentum comparison of
-    docs/performance.md 3."""
-    unsup_momentum = 0.9
-
-
-class nnUNetTrainerACTIONpp_pixelMask(nnUNetTrainerACTIONpp):
-    """Only confident pixels get the pseudo-label loss (``pseudo_label_pixel_mask``; docs/demo.md)."""
-    pseudo_label_pixel_mask = True
-
-
-class nnUNetTrainerACTIONpp_phased(ThreeStagesMixin, nnUNetTrainerACTIONpp):
-    """The paper's three stages in one run, with pre-training++ (scheduled relational temperatures)."""
-
-
-class nnUNetTrainerACTIONpp_noPretrain(nnUNetTrainerACTIONpp):
-    """Fine-tuning only, e.g. after nnUNetTrainerACTIONPretrain with -pretrained_weights. The same as the default
-    since that fine-tunes only; the name is kept for that recipe and for model folders trained under it (runs 10
-    and 11 of docs/performance.md 3)."""
-
-
-class nnUNetTrainerACTIONpp_noRampUp(PapersScheduleMixin, ThreeStagesMixin, nnUNetTrainerACTIONpp):
-    """The official recipe: the three stages, each term at full weight from the first iteration of its stage."""
+class nnUNetTrainerACTIONpp_paper(PapersScheduleMixin, ThreeStagesMixin, nnUNetTrainerACTIONpp):
+    """The official recipe: the three stages with pre-training++ (scheduled relational temperatures), each term at
+    full weight from the first iteration of its stage, the labeled loss halved in fine-tuning."""
+    relational_in_finetune = False
     supervised_weight = 0.5

@@ -52,7 +52,7 @@ class nnUNetTrainerMONA(nnUNetTrainerRelationalPretraining):
     global_phase_fraction = 0.0
     local_phase_fraction = 1.0 / 3.0
     supervised_weight = 1.0            # CE + Dice (methods.md 2.6)
-    representation_activation = True   # MONA/ARCO's projection has a nonlinearity
+    representation_activation = False  # as released: two 1x1 convolutions, no nonlinearity (train_arco_2d.py)
     # ---- tailness: U2PL-style memory-bank contrast (paper / code values) -------------------------
     contrast_weight = 0.01
     contrast_tau = 0.5
@@ -80,7 +80,8 @@ class nnUNetTrainerMONA(nnUNetTrainerRelationalPretraining):
     nn_pool_size = 36
     nn_grid = 4                        # image embedding: the representation pooled to 4 cells per axis
     nn_query = "teacher"
-    loss_terms = ("sup", "unsup", "global", "local", "contrast", "eqv", "nn")
+    term_weights = {**nnUNetTrainerRelationalPretraining.term_weights, "contrast": "contrast_weight",
+                    "eqv": "equivariance_weight", "nn": "nn_weight"}
 
     # ------------------------------------------------------------------------------------------
     def build_sampler(self) -> PixelSampler:
@@ -91,17 +92,19 @@ class nnUNetTrainerMONA(nnUNetTrainerRelationalPretraining):
         return self.phase() == "finetune"
 
     def build_head_teachers(self):
-        return super().build_head_teachers() + ("rep",)
+        return super().build_head_teachers() + self.finetune_head_teachers()
 
     def build_state(self):
         state = super().build_state()
+        self.sampler = self.build_sampler()
+        if not self.has_finetune():
+            return state
         k = self.label_manager.num_segmentation_heads
         d = self.default_dim(self.representation_dim)
         state["bank"] = ClassMemoryBank(k, d, [self.bank_background_size] + [self.bank_size] * (k - 1),
                                         dtype=self.bank_dtype or (torch.float16 if self.device.type == "cuda"
                                                                   else torch.float32))
         state["nn_pool"] = NearestNeighbourPool(self.nn_pool_size, embedding_dim(d, self.spatial_dims, self.nn_grid))
-        self.sampler = self.build_sampler()
         return state
 
     def strong_view_targets(self, ctx: StepContext):
@@ -148,6 +151,16 @@ class nnUNetTrainerMONA(nnUNetTrainerRelationalPretraining):
                                          negative_threshold=self.negative_threshold,
                                          negative_rule=self.negative_rule, gather=True)
 
+    def equivariance_mask(self, ctx: StepContext) -> torch.Tensor:
+        """Pixels of ``cat(labeled, strong unlabeled)`` the equivariance acts on, as released: ground-truth
+        foreground on labeled images; on unlabeled ones the teacher's pseudo-label foreground where the teacher's
+        confidence is at least ``equivariance_threshold`` (both in the strong view's geometry)."""
+        y = ctx.labeled_target_full()
+        labeled = (y != 0) & ctx.labeled_valid(self.label_manager.ignore_label)
+        t = ctx.strong_targets
+        unlabeled = (t["pseudo_label"] != 0) & (t["confidence"] >= self.equivariance_threshold) & ctx.valid
+        return torch.cat([labeled, unlabeled])
+
     def consistency(self, ctx: StepContext) -> torch.Tensor:
         if self.equivariance_target == "teacher":
             target = ctx.strong_targets["teacher_probs"]
@@ -157,14 +170,12 @@ class nnUNetTrainerMONA(nnUNetTrainerRelationalPretraining):
         x = torch.cat([ctx.x_labeled, ctx.x_strong.to(ctx.x_labeled.dtype)])
         with torch.no_grad():
             probs = torch.softmax(ctx.full_logits().detach().float(), dim=1)
-            content = torch.cat([torch.ones_like(ctx.valid[:1]).expand(ctx.n_labeled, *ctx.valid.shape[1:]),
-                                 ctx.valid])
-            mask = confident_foreground_mask(probs, self.equivariance_threshold) & content
             grid = random_smooth_grid(x.shape[0], x.shape[2:], magnitude=0.0, scale=self.equivariance_scale,
                                       p_mirror=self.equivariance_mirror,
                                       max_rotation=math.radians(self.equivariance_rotation), device=x.device)
             target = warp(probs, grid)
-            mask = warp(mask[:, None].to(torch.uint8), grid)[:, 0].bool() & warp_valid_mask(grid)
+            mask = warp(self.equivariance_mask(ctx)[:, None].to(torch.uint8), grid)[:, 0].bool() & \
+                warp_valid_mask(grid)
         return equivariance_loss(full_resolution(self.network(warp(x, grid))), target, mask)
 
     def diversity(self, ctx: StepContext, rep: torch.Tensor, t_rep: torch.Tensor) -> torch.Tensor:
@@ -186,11 +197,6 @@ class nnUNetTrainerMONA(nnUNetTrainerRelationalPretraining):
                 "nn": self.unsup_weight(self.nn_weight) * self.diversity(ctx, rep, t_rep)}
 
 
-class nnUNetTrainerMONA_teacherEquivariance(nnUNetTrainerMONA):
-    """Equivariance against the teacher's probabilities moved through the strong view (no extra forward)."""
-    equivariance_target = "teacher"
-
-
 class nnUNetTrainerARCO(nnUNetTrainerMONA):
     """ARCO-SG (the paper's best): stratified sampling over spatial strata (image x grid cell)."""
     sampler_antithetic = False
@@ -206,14 +212,9 @@ class nnUNetTrainerARCO_SAG(nnUNetTrainerARCO):
     sampler_antithetic = True
 
 
-class nnUNetTrainerARCO_indexStrata(nnUNetTrainerARCO):
-    """ARCO-SG with the released code's strata: blocks of the sqrt(N) x sqrt(N) re-laid candidate list."""
-    sampler_strata = "index"
-
-
-class nnUNetTrainerMONA_noRampUp(PapersScheduleMixin, nnUNetTrainerMONA):
+class nnUNetTrainerMONA_paper(PapersScheduleMixin, nnUNetTrainerMONA):
     """The official recipe: fine-tuning terms at full weight from the first fine-tuning iteration."""
 
 
-class nnUNetTrainerARCO_noRampUp(PapersScheduleMixin, nnUNetTrainerARCO):
+class nnUNetTrainerARCO_paper(PapersScheduleMixin, nnUNetTrainerARCO):
     """The official recipe: fine-tuning terms at full weight from the first fine-tuning iteration."""

@@ -4,17 +4,8 @@ It is the common core of ACTION, ACTION++, MONA and ARCO (methods.md 2.5): EMA-t
 pseudo-labels on the weak view, a strong view (CutMix, colour, blur, warp) for the student, and
 ``L = L_sup + L_unsup``. Every method's gain should be measured against it.
 """
-from nnunet_semicl.training.semi_supervised import PapersScheduleMixin, nnUNetTrainerSemiSupervised
+from nnunet_semicl.training.semi_supervised import nnUNetTrainerSemiSupervised
 
 
 class nnUNetTrainerPseudoLabel(nnUNetTrainerSemiSupervised):
     pass
-
-
-class nnUNetTrainerPseudoLabel_noRampUp(PapersScheduleMixin, nnUNetTrainerPseudoLabel):
-    """The papers' recipe: the pseudo-label loss at full weight from the first iteration."""
-
-
-class nnUNetTrainerPseudoLabel_pixelMask(nnUNetTrainerPseudoLabel):
-    """Only confident pixels get the pseudo-label loss (``pseudo_label_pixel_mask``; docs/demo.md)."""
-    pseudo_label_pixel_mask = True

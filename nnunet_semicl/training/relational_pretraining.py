@@ -10,6 +10,11 @@ resumes in the right phase:
   is this phase alone);
 * ``finetune``: the method's own terms (:meth:`finetune_losses`), computed on a pixel representation
   from the ``rep`` head; at its start the teacher restarts from the student (as in the official code).
+  With ``relational_in_finetune`` (ACTION, ACTION++) the global and local terms run here too, gated and
+  ramped like every unsupervised term: the distillation without pre-training phases (docs/methods/action.md).
+
+Only what a configuration uses is built: no relational head, EMA twin or queue when no phase runs its
+term, no representation head when there is no fine-tuning.
 
 Pre-training uses photometric strong views only (ISD); fine-tuning the full strong augmentation.
 The method subclasses set the phase fractions and add their fine-tuning terms.
@@ -43,12 +48,15 @@ class nnUNetTrainerRelationalPretraining(nnUNetTrainerSemiSupervised):
     local_window_fraction = 0.25
     local_pooled = None               # None: 8 cells per axis in 2D (64-px windows -> 8x8), 4 in 3D
     pretrain_supervised_weight = 1.0  # CE + Dice during pre-training (methods.md 2.6)
+    relational_in_finetune = False    # True: the global and local terms also run during fine-tuning (ACTION's
+                                      # default recipe: the distillation alongside the fine-tuning terms)
     # ---- pixel representation of the fine-tuning's contrastive terms -----------------------------
     representation_dim = None         # None: 512 in 2D, 128 in 3D
     representation_stride = 4         # representation at >= 1/4 resolution in-plane (ReCo's feature stride)
     representation_max_voxels = 16384  # ... and at most this many voxels per sample (3D memory bound)
     representation_activation = False  # ACTION's head: two linear layers
     uses_features = True
+    term_weights = {**nnUNetTrainerSemiSupervised.term_weights, "global": "global_weight", "local": "local_weight"}
 
     # ------------------------------------------------------------------------------------------
     # phases
@@ -63,6 +71,25 @@ class nnUNetTrainerRelationalPretraining(nnUNetTrainerSemiSupervised):
         epoch = self.current_epoch if epoch is None else epoch
         e_local, e_fine = self.phase_starts()
         return "global" if epoch < e_local else ("local" if epoch < e_fine else "finetune")
+
+    def has_finetune(self) -> bool:
+        return self.phase_starts()[1] < self.num_epochs
+
+    def uses_global_term(self) -> bool:
+        """Whether any phase runs the global relational term (the local phase runs it too)."""
+        e_local, e_fine = self.phase_starts()
+        return e_fine > 0 or (self.relational_in_finetune and self.has_finetune())
+
+    def uses_local_term(self) -> bool:
+        e_local, e_fine = self.phase_starts()
+        return e_fine > e_local or (self.relational_in_finetune and self.has_finetune())
+
+    def term_runs(self, term: str) -> bool:
+        if term == "global":
+            return self.uses_global_term()
+        if term == "local":
+            return self.uses_local_term()
+        return term == "sup" or self.has_finetune()   # every other term is a fine-tuning term
 
     def earliest_unsup_step(self) -> int:
         return self.phase_starts()[1] * self.num_iterations_per_epoch
@@ -118,28 +145,35 @@ class nnUNetTrainerRelationalPretraining(nnUNetTrainerSemiSupervised):
         return value or (512 if self.spatial_dims == 2 else 128)
 
     def build_heads(self):
-        dim2 = self.spatial_dims == 2
         channels = self.tap_channels()
-        n_classes = self.label_manager.num_segmentation_heads
-        rep_dim = self.default_dim(self.representation_dim)
-        t = self.representation_taps()
-        return {
-            "global": GlobalRelationalHead(channels[0], self.default_dim(self.global_dim),
-                                           pool_cells=self.global_pool_cells, spatial_dims=self.spatial_dims),
-            "local": LocalRelationalHead(n_classes, self.local_window_fraction, self.local_pooled or (8 if dim2 else 4)),
-            "rep": RepresentationHead(channels[: t + 1], rep_dim, rep_dim, self.spatial_dims,
-                                      activation=self.representation_activation),
-        }
+        heads = {}
+        if self.uses_global_term():
+            heads["global"] = GlobalRelationalHead(channels[0], self.default_dim(self.global_dim),
+                                                   pool_cells=self.global_pool_cells, spatial_dims=self.spatial_dims)
+        if self.uses_local_term():
+            heads["local"] = LocalRelationalHead(self.label_manager.num_segmentation_heads, self.local_window_fraction,
+                                                 self.local_pooled or (8 if self.spatial_dims == 2 else 4))
+        if self.has_finetune():
+            rep_dim = self.default_dim(self.representation_dim)
+            heads["rep"] = RepresentationHead(channels[: self.representation_taps() + 1], rep_dim, rep_dim,
+                                              self.spatial_dims, activation=self.representation_activation)
+        return heads
 
     def build_head_teachers(self):
-        return ("global", "local")
+        return tuple(n for n in ("global", "local") if n in self.heads)
+
+    def finetune_head_teachers(self):
+        """The ``rep`` head's EMA twin, for methods whose fine-tuning needs teacher representations."""
+        return ("rep",) if self.has_finetune() else ()
 
     def build_state(self):
-        global_dim = self.default_dim(self.global_dim)
-        n_win, emb = self.heads["local"].window_layout(self.configuration_manager.patch_size)
-        return {**super().build_state(),
-                "global_queue": RingBuffer(self.relational_queue_size, (global_dim,)),
-                "local_queue": RingBuffer(self.relational_queue_size, (n_win, emb))}
+        state = super().build_state()
+        if "global" in self.heads:
+            state["global_queue"] = RingBuffer(self.relational_queue_size, (self.default_dim(self.global_dim),))
+        if "local" in self.heads:
+            n_win, emb = self.heads["local"].window_layout(self.configuration_manager.patch_size)
+            state["local_queue"] = RingBuffer(self.relational_queue_size, (n_win, emb))
+        return state
 
     # ------------------------------------------------------------------------------------------
     # losses
@@ -162,7 +196,12 @@ class nnUNetTrainerRelationalPretraining(nnUNetTrainerSemiSupervised):
         head = self.heads["local"]
         student = head.predict(head.project(ctx.unlabeled_logits()))
         with torch.no_grad():
-            teacher = self.head_teachers["local"].model.project(ctx.teacher_logits)
+            teacher_logits = ctx.teacher_logits
+            if self.phase() == "finetune":
+                # the student sees the full strong view (CutMix, warp): windows compare like with like once the
+                # teacher's weak-view logits follow the same mixing and geometry
+                teacher_logits, _ = self.augmentation_for_step().replay(ctx.strong_params, teacher_logits.float())
+            teacher = self.head_teachers["local"].model.project(teacher_logits)
         queue = self.state_modules["local_queue"]
         tau_s, tau_t = self.relational_temperatures()
         loss = relational_kl_loss(student, teacher, queue.get()[0].permute(1, 0, 2), tau_s, tau_t)
@@ -175,7 +214,11 @@ class nnUNetTrainerRelationalPretraining(nnUNetTrainerSemiSupervised):
     def compute_losses(self, ctx: StepContext) -> Dict[str, torch.Tensor]:
         phase = self.phase()
         if phase == "finetune":
-            return self.finetune_losses(ctx)
+            terms = self.finetune_losses(ctx)
+            if self.relational_in_finetune:
+                terms["global"] = self.unsup_weight(self.global_weight) * self.global_distillation(ctx)
+                terms["local"] = self.unsup_weight(self.local_weight) * self.local_distillation(ctx)
+            return terms
         terms = {"sup": self.pretrain_supervised_weight * self.supervised_loss(ctx),
                  "global": self.relational_weight(self.global_weight, 0) * self.global_distillation(ctx)}
         if phase == "local":

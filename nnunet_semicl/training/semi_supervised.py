@@ -29,12 +29,14 @@ import numpy as np
 import torch
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from batchgenerators.utilities.file_and_folder_operations import join
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
 
 from nnunet_semicl.augment import StrongAugmentation, copy_paste_masks
 from nnunet_semicl.data.unlabeled_loader import nnUNetUnlabeledDataLoader, weak_transforms
+from nnunet_semicl.files import TRAINING_SUMMARY_FILE, save_json
 from nnunet_semicl.losses.pseudo_label_losses import confidence_masked_ce, confidence_weighted_ce, masked_soft_dice
 from nnunet_semicl.modules.distributed import average_gradients, broadcast_module
 from nnunet_semicl.modules.distribution_alignment import DistributionAlignment
@@ -68,7 +70,21 @@ class nnUNetTrainerSemiSupervised(TrainingDynamicsMixin, nnUNetTrainerLabeledOnl
     grad_clip_norm = 12.0             # nnU-Net's value, applied to network + heads together
     uses_features = False             # tap decoder features of student and teacher
     allow_compile = False             # hooks + EMA copy + custom step: not yet verified with torch.compile
-    loss_terms = ("sup", "unsup")     # logged per epoch and drawn in progress.png
+    #: the method's table of loss terms: each term and the class attribute holding its weight at full strength
+    #: (the unsupervised ones are multiplied by the schedule's ramp); logged per epoch, drawn in progress.png
+    term_weights = {"sup": "supervised_weight", "unsup": "pseudo_label_weight"}
+
+    @property
+    def loss_terms(self):
+        return tuple(self.term_weights)
+
+    def term_runs(self, term: str) -> bool:
+        """Whether some phase of this configuration computes ``term`` (methods with phases refine this)."""
+        return True
+
+    def active_terms(self) -> Dict[str, float]:
+        """Every term some phase of this configuration computes, with its weight at full strength."""
+        return {t: float(getattr(self, a)) for t, a in self.term_weights.items() if self.term_runs(t)}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -205,9 +221,13 @@ class nnUNetTrainerSemiSupervised(TrainingDynamicsMixin, nnUNetTrainerLabeledOnl
             t.sync(self.heads[name])
 
     def on_train_end(self):
-        super().on_train_end()
+        super().on_train_end()   # saves checkpoint_final.pth (with semicl.unsupervised_terms_ran)
         if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
             self.dataloader_unlabeled._finish()
+        summary = self.training_summary()
+        self.print_to_log_file(summary["message"])   # the final line of the training log
+        if self.local_rank == 0:
+            save_json(summary, join(self.output_folder, TRAINING_SUMMARY_FILE))
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
@@ -413,6 +433,7 @@ class nnUNetTrainerSemiSupervised(TrainingDynamicsMixin, nnUNetTrainerLabeledOnl
             "state_modules": self.state_modules.state_dict(),
             "global_step": self.global_step,
             "unsup_gate_step": self.unsup_gate_step,
+            "unsupervised_terms_ran": self.unsupervised_terms_ran(),
         })
         return state
 

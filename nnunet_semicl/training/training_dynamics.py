@@ -17,9 +17,10 @@ from typing import Optional
 import numpy as np
 import torch
 
+from nnunet_semicl.files import TRAINING_SUMMARY_FILE as SUMMARY_FILE
 from nnunet_semicl.losses.pseudo_label_losses import pseudo_labels
 from nnunet_semicl.modules.distribution_alignment import label_shares
-from nnunet_semicl.schedules import classes_below, ramped_weight, warmup_complete
+from nnunet_semicl.schedules import classes_below, ramped_weight, recent_class_dice, warmup_complete
 
 
 class TrainingDynamicsMixin:
@@ -116,45 +117,70 @@ class TrainingDynamicsMixin:
         return self.unsup_scale() > 0
 
     def update_warmup_gate(self) -> None:
-        """End the supervised warm-up when the rule holds (called after each epoch's online validation)."""
+        """End the supervised warm-up when the rule holds (called after each epoch's online validation).
+
+        A NaN online Dice (the class was absent from the epoch's validation patches) is no evidence for that
+        epoch: the rule looks further back for that class (``recent_class_dice``)."""
         if self.unsup_gate_step is not None:
             return
-        history = self.logger.get_value("dice_per_class_or_region", step=None) or []
-        recent = [list(map(float, d)) for d in history[-self.warmup_dice_epochs:]]
-        if len(recent) < self.warmup_dice_epochs:
-            recent = []
+        history = [list(map(float, d)) for d in (self.logger.get_value("dice_per_class_or_region", step=None) or [])]
+        n = self.warmup_dice_epochs
+        recent = recent_class_dice(history, n)
+        shown = [[round(v, 3) for v in c] for c in recent]
         min_steps = int(self.warmup_min_fraction * self.total_iterations)
-        if warmup_complete(self.global_step, min_steps, recent, self.warmup_dice_threshold):
+        if warmup_complete(self.global_step, min_steps, history, self.warmup_dice_threshold, n):
             self.unsup_gate_step = self.global_step
             self.print_to_log_file(
                 f"Supervised warm-up complete at iteration {self.global_step} (epoch {self.current_epoch}): every "
-                f"foreground class reached online-validation Dice >= {self.warmup_dice_threshold} in the last "
-                f"{self.warmup_dice_epochs} epochs ({[[round(v, 3) for v in d] for d in recent]}). "
+                f"foreground class reached online-validation Dice >= {self.warmup_dice_threshold} in its last "
+                f"{n} epochs with evidence (per class: {shown}). "
                 f"{self.unsup_start_text()}, ramped over {int(self.rampup_fraction * self.total_iterations)} iterations.")
         elif self.global_step >= int(self.warmup_max_fraction * self.total_iterations):
-            last = recent[-1] if recent else (history[-1] if history else [])
-            not_found = classes_below(last, self.warmup_limit_floor)
+            latest = [c[-1] if c else float("nan") for c in recent]   # each class's latest evidence
+            no_evidence = [c + 1 for c, v in enumerate(recent) if not v]
+            not_found = classes_below(latest, self.warmup_limit_floor)
             if not_found:   # supervised until the model finds them: at worst the run is LabeledOnly's
                 if not getattr(self, "_warmup_extension_logged", False):
                     self._warmup_extension_logged = True
                     self.print_to_log_file(
                         f"WARNING: supervised warm-up continues past its limit ({self.warmup_max_fraction:g} of the "
                         f"training, iteration {self.global_step}): foreground class(es) {not_found} not found yet "
-                        f"(online-validation Dice {[round(float(v), 3) for v in last]} < {self.warmup_limit_floor:g}); "
-                        f"their own pseudo-labels would erase them. The unsupervised terms start once every class "
-                        f"reaches {self.warmup_limit_floor:g}.")
+                        f"(latest online-validation Dice per class {[round(v, 3) for v in latest]} < "
+                        f"{self.warmup_limit_floor:g}); their own pseudo-labels would erase them. The unsupervised "
+                        f"terms start once every class reaches {self.warmup_limit_floor:g}; if none does, this run "
+                        f"trains as nnUNetTrainerLabeledOnly would (the final log line and "
+                        f"{SUMMARY_FILE} say so).")
                 return
             self.unsup_gate_step = self.global_step
-            # below the threshold in any of the epochs the rule looks at (not only the last one)
-            looked_at = recent or [last]
-            below = sorted({c for d in looked_at for c in classes_below(d, self.warmup_dice_threshold)})
+            below = sorted({c + 1 for c, v in enumerate(recent) if v and min(v) < self.warmup_dice_threshold})
             self.print_to_log_file(
                 f"WARNING: supervised warm-up ended by its limit ({self.warmup_max_fraction:g} of the training, "
                 f"iteration {self.global_step}) with foreground class(es) {below} below online-validation Dice "
-                f"{self.warmup_dice_threshold} in the last {len(looked_at)} epoch(s) "
-                f"({[[round(float(v), 3) for v in d] for d in looked_at]}). "
-                f"{self.unsup_start_text()}"
+                f"{self.warmup_dice_threshold} in their last {n} epochs with evidence (per class: {shown})"
+                + (f" and class(es) {no_evidence} absent from every online validation so far" if no_evidence else "")
+                + f". {self.unsup_start_text()}"
                 + ("; the distribution alignment guards those classes." if self.distribution_alignment else "."))
+
+    def unsupervised_terms_ran(self) -> bool:
+        """Whether any unsupervised term has had a non-zero weight in this run so far."""
+        start = self.unsup_start_step()
+        return start is not None and self.global_step > start
+
+    def training_summary(self) -> dict:
+        """What the results folder records about the unsupervised terms (``SUMMARY_FILE``)."""
+        ran = self.unsupervised_terms_ran()
+        start = self.unsup_start_step()
+        if ran:
+            message = (f"Unsupervised terms ran from iteration {start} to {self.global_step} (warm-up gate at "
+                       f"iteration {self.unsup_gate_step}).")
+        else:
+            why = ("the supervised warm-up gate never opened" if self.unsup_gate_step is None else
+                   f"they were to start at iteration {start}, at or after the end ({self.global_step})")
+            message = (f"WARNING: the unsupervised terms never turned on ({why}): this run trained as "
+                       f"nnUNetTrainerLabeledOnly would, not as {type(self).__name__}. Report it as such.")
+        return {"trainer": type(self).__name__, "unsupervised_terms_ran": ran, "unsup_gate_step": self.unsup_gate_step,
+                "unsup_start_step": start, "iterations": self.global_step, "total_iterations": self.total_iterations,
+                "message": message}
 
     def labeled_class_shares(self) -> torch.Tensor:
         """Class shares of the labeled cases' segmentations (at most ``alignment_max_cases`` of them)."""

@@ -1,4 +1,6 @@
 """ACTION, ACTION++, MONA and ARCO trainers on the synthetic phantoms: every phase, resume, predict."""
+import glob
+import json
 import os
 
 import numpy as np
@@ -13,15 +15,15 @@ pytestmark = pytest.mark.integration
 
 # trainer -> {epoch: terms that must be finite in that epoch} for the 4-epoch "phases" setting (2 iterations per
 # epoch). The defaults compute no unsupervised term, relational pre-training included (MONA/ARCO), before the warm-up
-# gate opens (here at its limit, the end of epoch 1); ACTION's defaults fine-tune only; the papers' variants have the
-# pre-training terms from iteration 0. ARCO-SAG differs from ARCO only in its sampler (unit-tested): its real step runs
+# gate opens (here at its limit, the end of epoch 1); ACTION's defaults have no phases: the relational distillation
+# runs alongside the fine-tuning terms from the gate; the papers' recipes have the pre-training terms from iteration 0. ARCO-SAG differs from ARCO only in its sampler (unit-tested): its real step runs
 # in the mixed-precision test below, its stock training and prediction in test_resenc.py.
 FINETUNE_MONA = {"sup", "unsup", "contrast", "eqv", "nn"}
 PHASE_TERMS = {
-    "nnUNetTrainerACTIONpp": {0: {"sup"}, 1: {"sup"}, 2: {"sup", "unsup", "anco", "saacl"}},
+    "nnUNetTrainerACTIONpp": {0: {"sup"}, 1: {"sup"}, 2: {"sup", "unsup", "anco", "saacl", "global", "local"}},
     "nnUNetTrainerARCO": {0: {"sup"}, 1: {"sup"}, 2: FINETUNE_MONA},
-    "nnUNetTrainerACTION_noRampUp": {0: {"sup", "global"}, 1: {"sup", "global", "local"}, 2: {"sup", "unsup", "anco"}},
-    "nnUNetTrainerMONA_noRampUp": {0: {"sup", "global", "local"}, 2: FINETUNE_MONA},
+    "nnUNetTrainerACTION_paper": {0: {"sup", "global"}, 1: {"sup", "global", "local"}, 2: {"sup", "unsup", "anco"}},
+    "nnUNetTrainerMONA_paper": {0: {"sup", "global", "local"}, 2: FINETUNE_MONA},
 }
 
 
@@ -50,36 +52,61 @@ def test_method_trains_every_phase_through_stock_entry_and_predicts(phantom, tra
                   if k.startswith("train_loss_") and np.isfinite(v[epoch])}
         assert finite == terms, (epoch, finite)
     assert ckpt["semicl"]["global_step"] == 4 * 2
-    assert set(ckpt["semicl"]["heads"]) and set(ckpt["semicl"]["head_teachers"])
+    heads = {k.split(".")[0] for k in ckpt["semicl"]["heads"]}
+    assert heads == {"global", "local", "rep"} and {k.split(".")[0] for k in ckpt["semicl"]["head_teachers"]}
     # the class-collapse guard is part of every method's state (not of the papers' recipe), and the gate opened
-    if not trainer.endswith("_noRampUp"):
+    if not trainer.endswith("_paper"):
         assert ckpt["semicl"]["state_modules"]["alignment.initialised"]
         assert ckpt["semicl"]["unsup_gate_step"] == 4
     else:
         assert ckpt["semicl"]["unsup_gate_step"] == 0
+    assert ckpt["semicl"]["unsupervised_terms_ran"]
+    summary = json.load(open(os.path.join(folder, "semicl_training_summary.json")))
+    assert summary["unsupervised_terms_ran"] and summary["trainer"] == trainer
+    assert summary["message"] in open(sorted(glob.glob(os.path.join(folder, "training_log_*.txt")))[-1]).read()
     seg = predict_one(os.path.dirname(folder), os.path.join(phantom.raw, "imagesTs", "phantom010_frame01_0000.nii.gz"),
                       str(tmp_path / "pred"))
     assert seg.shape == (10, 64, 64) and set(np.unique(seg)) <= {0, 1, 2, 3}
 
 
 def test_phase_schedule():
-    from nnunet_semicl.training.action import (nnUNetTrainerACTION, nnUNetTrainerACTION_noPretrain,
-                                               nnUNetTrainerACTION_phased, nnUNetTrainerACTIONPretrain)
-    from nnunet_semicl.training.action_pp import nnUNetTrainerACTIONpp, nnUNetTrainerACTIONpp_phased
+    from nnunet_semicl.training.action import nnUNetTrainerACTION, nnUNetTrainerACTION_paper
+    from nnunet_semicl.training.action_pp import nnUNetTrainerACTIONpp, nnUNetTrainerACTIONpp_paper
     from nnunet_semicl.training.mona import nnUNetTrainerMONA
 
-    def phases(cls, n):
+    def phases(cls, n, **settings):
         t = cls.__new__(cls)   # only the phase arithmetic, no nnU-Net state
         t.num_epochs = n
+        for k, v in settings.items():
+            setattr(t, k, v)
         return [t.phase(e) for e in range(n)]
 
-    for phased in (nnUNetTrainerACTION_phased, nnUNetTrainerACTIONpp_phased):
+    for phased in (nnUNetTrainerACTION_paper, nnUNetTrainerACTIONpp_paper):
         assert phases(phased, 8) == ["global"] * 2 + ["local"] * 2 + ["finetune"] * 4
         assert phases(phased, 1000).count("finetune") == 500
-    for fine_tuning_only in (nnUNetTrainerACTION, nnUNetTrainerACTIONpp, nnUNetTrainerACTION_noPretrain):
-        assert phases(fine_tuning_only, 4) == ["finetune"] * 4
-    assert phases(nnUNetTrainerACTIONPretrain, 4) == ["global"] * 2 + ["local"] * 2
+    for no_phases in (nnUNetTrainerACTION, nnUNetTrainerACTIONpp):
+        assert phases(no_phases, 4) == ["finetune"] * 4
+    # the two-stage recipe's first training (-pretrained_weights feeds the second): setting keys
+    assert phases(nnUNetTrainerACTION, 4, global_phase_fraction=0.5, local_phase_fraction=0.5) == \
+        ["global"] * 2 + ["local"] * 2
     assert phases(nnUNetTrainerMONA, 6) == ["local"] * 2 + ["finetune"] * 4
+
+
+@pytest.mark.parametrize("settings,heads,state", [
+    ({}, {"global", "local", "rep"}, {"global_queue", "local_queue", "saacl_queue", "centres"}),
+    ({"relational_in_finetune": False}, {"rep"}, {"saacl_queue", "centres"}),             # no distillation
+    ({"relational_in_finetune": False, "global_phase_fraction": 0.5, "local_phase_fraction": 0.5},
+     {"global", "local"}, {"global_queue", "local_queue"}),                                # pre-training only
+])
+def test_only_what_a_configuration_uses_is_built(phantom, settings, heads, state):
+    """No head, EMA twin or queue for a term no phase runs (issue 27 item 8)."""
+    with env(**TRAIN_ENV):
+        t = make_trainer(phantom.id, "2d_tiny", 0, "nnUNetTrainerACTIONpp", phantom.phases_plans)
+        for k, v in settings.items():
+            setattr(t, k, v)
+        t.initialize()
+    assert set(t.heads) == heads and set(t.head_teachers) == heads
+    assert set(t.state_modules) - {"alignment"} == state
 
 
 def _assert_state_equal(saved: dict, module_state: dict, what: str):
@@ -91,7 +118,7 @@ def _assert_state_equal(saved: dict, module_state: dict, what: str):
 @pytest.mark.parametrize("trainer,cfg,stop", [
     # the papers' recipe (relational terms from iteration 0: queues filled), interrupted at the boundary into
     # fine-tuning (0 global, 1 local); the defaults' relational terms wait for the gate (test above)
-    ("nnUNetTrainerACTION_noRampUp", "2d_tiny", 2),
+    ("nnUNetTrainerACTION_paper", "2d_tiny", 2),
     ("nnUNetTrainerACTIONpp", "3d_fullres_tiny", 3),  # inside fine-tuning: SAACL queue, centroids, ATS position
     ("nnUNetTrainerARCO", "2d_tiny", 3),          # inside fine-tuning, after the warm-up: banks and NN pool
 ])
@@ -117,7 +144,8 @@ def test_resume_restores_every_state_across_phases(phantom, trainer, cfg, stop):
         _assert_state_equal(s["state_modules"], t2.state_modules.state_dict(), "queues/banks/centres")
         assert t2.current_epoch == stop and t2.global_step == stop * 2 and t2.phase() == "finetune"
         assert t.unsup_gate_step is not None and t2.unsup_gate_step == t.unsup_gate_step   # warm-up not redone
-        if trainer == "nnUNetTrainerACTION_noRampUp":   # the papers' recipe: relational terms from iteration 0
+        # the papers' recipe: relational terms from iteration 0; the default: beside the fine-tuning terms
+        if trainer in ("nnUNetTrainerACTION_paper", "nnUNetTrainerACTIONpp"):
             assert len(t2.state_modules["global_queue"]) > 0 and len(t2.state_modules["local_queue"]) > 0
         if trainer == "nnUNetTrainerACTIONpp":
             assert len(t2.state_modules["saacl_queue"]) > 0 and bool(t2.state_modules["centres"].seen.any())
@@ -130,7 +158,7 @@ def test_resume_restores_every_state_across_phases(phantom, trainer, cfg, stop):
             assert torch.equal(opt[pid]["momentum_buffer"].cpu(), st["momentum_buffer"])
         t2.run_training()                                      # finishes the remaining epochs
         assert t2.current_epoch == 4 and t2.global_step == 8
-        if trainer == "nnUNetTrainerACTION_noRampUp":  # the resumed run did the phase switch itself
+        if trainer == "nnUNetTrainerACTION_paper":  # the resumed run did the phase switch itself
             assert "fine-tuning starts; teacher re-initialised" in open(t2.log_file).read()
         log = t2.logger.get_value("train_losses", None)
         assert len(log) == 4 and np.all(np.isfinite(log))
@@ -162,7 +190,8 @@ def test_fine_tuning_step_under_mixed_precision(phantom, trainer, monkeypatch):
     _check_labeled_copy_paste(seen[-1])
     finite = {k for k, v in outs[-1].items() if np.isfinite(v)}
     expected = {"loss", "train_loss_sup", "train_loss_unsup"} | (
-        {"train_loss_anco", "train_loss_saacl"} if trainer == "nnUNetTrainerACTIONpp"
+        {"train_loss_anco", "train_loss_saacl", "train_loss_global", "train_loss_local"}
+        if trainer == "nnUNetTrainerACTIONpp"
         else {"train_loss_contrast", "train_loss_eqv", "train_loss_nn"})
     assert finite == expected
 

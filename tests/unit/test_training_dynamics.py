@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from nnunet_semicl.losses.pseudo_label_losses import pseudo_labels
 from nnunet_semicl.modules.distribution_alignment import DistributionAlignment, class_mean, label_shares
-from nnunet_semicl.schedules import classes_below, ramped_weight, warmup_complete
+from nnunet_semicl.schedules import classes_below, ramped_weight, recent_class_dice, warmup_complete
 
 
 def test_ramped_weight_is_zero_before_the_start_then_sigmoid_from_it():
@@ -22,13 +22,41 @@ def test_ramped_weight_is_zero_before_the_start_then_sigmoid_from_it():
 
 def test_warmup_rule():
     ok = [[0.6, 0.7, 0.9], [0.55, 0.8, 0.9]]
-    assert warmup_complete(200, 180, ok, 0.5)
-    assert not warmup_complete(100, 180, ok, 0.5)                         # too early
-    assert classes_below([0.0, 0.1, float("nan"), 0.5], 0.1) == [1, 3]    # 1-based; NaN (absent) is below
-    assert not warmup_complete(200, 180, [[0.6, 0.7, 0.9], [0.45, 0.8, 0.9]], 0.5)  # one class below once
-    assert not warmup_complete(200, 180, [[0.6, float("nan"), 0.9]], 0.5)  # a class never predicted
-    assert not warmup_complete(200, 180, [], 0.5)                          # no validation yet
-    assert not warmup_complete(200, 180, [[]], 0.5)
+    assert warmup_complete(200, 180, ok, 0.5, 2)
+    assert not warmup_complete(100, 180, ok, 0.5, 2)                         # too early
+    assert classes_below([0.0, 0.1, 0.05, 0.5], 0.1) == [1, 3]               # 1-based
+    assert not warmup_complete(200, 180, [[0.6, 0.7, 0.9], [0.45, 0.8, 0.9]], 0.5, 2)  # one class below once
+    assert not warmup_complete(200, 180, [[0.6, float("nan"), 0.9]] * 3, 0.5, 2)  # no evidence for class 2 yet
+    assert not warmup_complete(200, 180, [], 0.5, 2)                          # no validation yet
+    assert not warmup_complete(200, 180, [[]], 0.5, 2)
+
+
+def test_nan_online_dice_is_no_evidence_not_below():
+    """nnU-Net's online Dice is NaN for a class absent from an epoch's validation patches: that epoch says nothing
+    about the class (issue 27 item 5); the rule looks further back for it, and the floor does not count it."""
+    nan = float("nan")
+    history = [[0.55, 0.6, 0.9], [0.7, nan, 0.9], [0.6, 0.65, 0.8], [0.6, nan, 0.85]]
+    assert recent_class_dice(history, 2) == [[0.6, 0.6], [0.6, 0.65], [0.8, 0.85]]
+    assert warmup_complete(200, 180, history, 0.5, 2)                # was refused: NaN counted as "below"
+    assert classes_below([0.3, nan, 0.05], 0.1) == [3]               # NaN is not below the floor
+    # at the limit, a class absent from every online validation does not hold the gate for ever
+    t = _gate_trainer(dice=[[0.6, nan, 0.9]] * 3, step=50)
+    t.update_warmup_gate()
+    assert t.unsup_gate_step == 50 and "absent from every online validation" in t.lines[-1]
+
+
+def test_a_run_whose_gate_never_opened_says_so():
+    """The final log line, the checkpoint and the results-folder summary say when no unsupervised term ran."""
+    t = _gate_trainer("nnUNetTrainerACTIONpp", dice=[[0.0, 0.6, 0.6]] * 2, step=50)
+    t.update_warmup_gate()                                           # class 1 never found: the gate holds
+    t.global_step = 100
+    assert t.unsup_gate_step is None and not t.unsupervised_terms_ran()
+    summary = t.training_summary()
+    assert summary["unsupervised_terms_ran"] is False and summary["unsup_gate_step"] is None
+    assert "never turned on" in summary["message"] and "nnUNetTrainerLabeledOnly" in summary["message"]
+    assert "nnUNetTrainerACTIONpp" in summary["message"]
+    t.unsup_gate_step = 60
+    assert t.unsupervised_terms_ran() and t.training_summary()["message"].startswith("Unsupervised terms ran from")
 
 
 def _collapsing_teacher(n=4096):
@@ -122,8 +150,12 @@ class _Logger:
         return self.dice
 
 
-def _gate_trainer(cls_name="nnUNetTrainerSemiSupervised", dice=(), step=0, epochs=10, iters=10):
-    """Only the gate's arithmetic of a trainer (no nnU-Net state): logger, schedule, log lines."""
+PHASED = {"global_phase_fraction": 0.25, "local_phase_fraction": 0.25, "relational_in_finetune": False}
+
+
+def _gate_trainer(cls_name="nnUNetTrainerSemiSupervised", dice=(), step=0, epochs=10, iters=10, **settings):
+    """Only the gate's arithmetic of a trainer (no nnU-Net state): logger, schedule, log lines; ``settings``:
+    setting keys (``split --set``)."""
     import nnunet_semicl.training.action as action
     import nnunet_semicl.training.action_pp as action_pp
     import nnunet_semicl.training.semi_supervised as semi
@@ -134,6 +166,8 @@ def _gate_trainer(cls_name="nnUNetTrainerSemiSupervised", dice=(), step=0, epoch
     t.logger = _Logger([list(d) for d in dice])
     t.lines = []
     t.print_to_log_file = lambda *a, **k: t.lines.append(" ".join(map(str, a)))
+    for k, v in settings.items():
+        setattr(t, k, v)
     return t
 
 
@@ -187,7 +221,7 @@ def test_warmup_gate_respects_the_minimum_and_phased_methods_start_at_fine_tunin
     t = _gate_trainer(dice=[[0.9, 0.9, 0.9]] * 2, step=5)
     t.update_warmup_gate()
     assert t.unsup_gate_step is None                                  # before 10 % of the iterations
-    a = _gate_trainer("nnUNetTrainerACTION_phased", dice=[[0.9, 0.9, 0.9]] * 2, step=20)
+    a = _gate_trainer("nnUNetTrainerACTION", dice=[[0.9, 0.9, 0.9]] * 2, step=20, **PHASED)
     a.update_warmup_gate()
     assert a.phase_starts() == (2, 4)
     assert a.unsup_gate_step == 20 and a.unsup_start_step() == 40     # fine-tuning starts at epoch 4
@@ -200,7 +234,7 @@ def test_relational_pretraining_terms_wait_for_the_gate_and_ramp_from_their_phas
     """The relational terms are unsupervised terms: no teacher and no unlabeled batch before the warm-up gate
     opens, then ramped from the later of the gate and the phase that adds them; the papers' variant keeps
     them at full weight from iteration 0."""
-    a = _gate_trainer("nnUNetTrainerACTION_phased", dice=[[0.1, 0.9, 0.9]] * 2, step=12)   # 10 epochs x 10 its
+    a = _gate_trainer("nnUNetTrainerACTION", dice=[[0.1, 0.9, 0.9]] * 2, step=12, **PHASED)   # 10 epochs x 10 its
     a.update_warmup_gate()
     assert a.phase() == "global" and a.unsup_gate_step is None
     assert not a.uses_unlabeled_now() and a.relational_weight(1.0, 0) == 0.0
@@ -211,34 +245,32 @@ def test_relational_pretraining_terms_wait_for_the_gate_and_ramp_from_their_phas
     a.global_step, a.current_epoch = 27, 2                            # local phase (epochs 2-3)
     assert a.relational_weight(1.0, 0) == pytest.approx(math.exp(-5.0 * 0.25 ** 2))   # 15 of 20 ramp its
     assert a.relational_weight(1.0, 2) == pytest.approx(math.exp(-5.0 * 0.65 ** 2))   # local: from its phase
-    from nnunet_semicl.training.action import nnUNetTrainerACTION_noRampUp
-    p = _gate_trainer("nnUNetTrainerACTION_noRampUp")
+    from nnunet_semicl.training.action import nnUNetTrainerACTION_paper
+    p = _gate_trainer("nnUNetTrainerACTION_paper")
     p.unsup_gate_step = 0                                              # what start_training_dynamics sets
-    assert isinstance(p, nnUNetTrainerACTION_noRampUp) and p.uses_unlabeled_now()
+    assert isinstance(p, nnUNetTrainerACTION_paper) and p.uses_unlabeled_now()
     assert p.relational_weight(1.0, 0) == 1.0
 
 
 def test_papers_schedule_variant_has_no_gate_and_no_ramp():
-    from nnunet_semicl.training.action_pp import nnUNetTrainerACTIONpp, nnUNetTrainerACTIONpp_noRampUp
-    v = nnUNetTrainerACTIONpp_noRampUp
+    from nnunet_semicl.training.action_pp import nnUNetTrainerACTIONpp, nnUNetTrainerACTIONpp_paper
+    v = nnUNetTrainerACTIONpp_paper
     assert issubclass(v, nnUNetTrainerACTIONpp)
     assert (v.unsup_warmup, v.rampup_fraction, v.balance_deep_supervision, v.distribution_alignment) == \
         (False, 0.0, False, False)
     # the paper halves the labeled loss in fine-tuning; the from-scratch default keeps it at 1
-    from nnunet_semicl.training.action import nnUNetTrainerACTION, nnUNetTrainerACTION_noRampUp
-    assert v.supervised_weight == nnUNetTrainerACTION_noRampUp.supervised_weight == 0.5
+    from nnunet_semicl.training.action import nnUNetTrainerACTION, nnUNetTrainerACTION_paper
+    assert v.supervised_weight == nnUNetTrainerACTION_paper.supervised_weight == 0.5
     assert nnUNetTrainerACTIONpp.supervised_weight == nnUNetTrainerACTION.supervised_weight == 1.0
-    # ... and its three stages (25 / 25 / 50 %); the defaults fine-tune only, from the warm-up gate on
-    for papers in (v, nnUNetTrainerACTION_noRampUp):
+    # ... and its three stages (25 / 25 / 50 %); the defaults have no phases: every term from the warm-up gate on
+    for papers in (v, nnUNetTrainerACTION_paper):
         assert (papers.global_phase_fraction, papers.local_phase_fraction) == (0.25, 0.25)
     assert (nnUNetTrainerACTIONpp.global_phase_fraction, nnUNetTrainerACTIONpp.local_phase_fraction) == (0.0, 0.0)
 
 
 def test_unsup_momentum_follows_the_schedule_and_none_keeps_the_optimizer_momentum():
-    from nnunet_semicl.training.action_pp import nnUNetTrainerACTIONpp_momentum09
     params = [torch.nn.Parameter(torch.zeros(2))]
-    t = _gate_trainer("nnUNetTrainerACTIONpp_momentum09", dice=[[0.9, 0.9, 0.9]] * 2, step=20)
-    assert isinstance(t, nnUNetTrainerACTIONpp_momentum09)
+    t = _gate_trainer("nnUNetTrainerACTIONpp", dice=[[0.9, 0.9, 0.9]] * 2, step=20, unsup_momentum=0.9)
     t.optimizer = torch.optim.SGD(params, 0.01, momentum=0.99, nesterov=True)
     t.initial_momentum = 0.99
     t.apply_unsup_momentum()
@@ -306,11 +338,11 @@ def test_masked_soft_dice_values_masking_and_class_balance():
 
 
 def test_papers_variants_turn_off_copy_paste_and_the_pseudo_label_dice():
-    from nnunet_semicl.training.action_pp import nnUNetTrainerACTIONpp, nnUNetTrainerACTIONpp_noRampUp
+    from nnunet_semicl.training.action_pp import nnUNetTrainerACTIONpp, nnUNetTrainerACTIONpp_paper
     # opt-in (measured worse on ACDC in one run): off by default, and off in the papers' variants too
     assert not nnUNetTrainerACTIONpp.labeled_copy_paste and nnUNetTrainerACTIONpp.pseudo_label_dice_weight == 0.0
-    assert not nnUNetTrainerACTIONpp_noRampUp.labeled_copy_paste
-    assert nnUNetTrainerACTIONpp_noRampUp.pseudo_label_dice_weight == 0.0
+    assert not nnUNetTrainerACTIONpp_paper.labeled_copy_paste
+    assert nnUNetTrainerACTIONpp_paper.pseudo_label_dice_weight == 0.0
 
 
 def test_alignment_and_logged_shares_count_only_the_unlabeled_pixels_of_a_copy_paste_mix():
