@@ -38,6 +38,9 @@ from nnunet_semicl.errors import SplitError
 SCHEDULE_OPTIONS = {"num_epochs": "--epochs", "num_iterations_per_epoch": "--iterations",
                     "num_val_iterations_per_epoch": "--val-iterations", "save_every": "--save-every",
                     "initial_lr": "--set"}
+#: the type of each schedule key, as a default would give it (an int for the counts, a float for the rate)
+_SCHEDULE_DEFAULTS = {"num_epochs": [1], "num_iterations_per_epoch": [1], "num_val_iterations_per_epoch": [1],
+                      "save_every": [1], "initial_lr": [1.0]}
 #: class attributes that look like hyperparameters but are not settings
 NOT_SETTABLE = {
     "loss_terms": "it names the terms a method's compute_losses returns (part of the method, not a setting)",
@@ -177,8 +180,8 @@ def _convert(key: str, value, default) -> Tuple[bool, object, str]:
 
 def _range_rule(key: str):
     """(predicate, description) of the values a key may take beyond its type, or None."""
-    if key in ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "save_every",
-               "unlabeled_batch_size") or key in NONE_DEFAULT_TYPES and NONE_DEFAULT_TYPES[key] is int:
+    if (key in ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "save_every")
+            or NONE_DEFAULT_TYPES.get(key) is int):   # counts and sizes (unlabeled_batch_size, representation_dim ...)
         return (lambda v: v >= 1), "a whole number >= 1"
     if key == "initial_lr" or "tau" in key.split("_"):
         return (lambda v: v > 0), "a positive number"
@@ -209,10 +212,6 @@ def _check_value(key: str, value, defaults: Sequence[object]) -> Tuple[Optional[
     if rule and converted is not None and not isinstance(converted, (tuple, str)) and not rule[0](converted):
         return None, f"must be {rule[1]}"
     return converted, None
-
-
-_SCHEDULE_DEFAULTS = {"num_epochs": [1], "num_iterations_per_epoch": [1], "num_val_iterations_per_epoch": [1],
-                      "save_every": [1], "initial_lr": [1.0]}
 
 
 def _unknown(key: str, known: Iterable[str], where: str, trainer: str) -> SplitError:
@@ -265,7 +264,7 @@ def validate_overrides(trainer_class: type, overrides: dict, where: str,
         if defaults is None:
             if key in others:
                 owners = sorted(others[key])
-                skipped[key] = (f"not a hyperparameter of {name}; it is one of {', '.join(owners[:3])}"
+                skipped[key] = (f"not a hyperparameter of {name}; it belongs to {', '.join(owners[:3])}"
                                 + (" ..." if len(owners) > 3 else ""))
                 continue
             raise _unknown(key, list(own) + list(SCHEDULE_OPTIONS) + list(others), where, name)
@@ -284,9 +283,7 @@ def check_setting_overrides(overrides: dict, where: str, trainer_classes: Sequen
         raise SplitError(f"{where}: the trainer block must be a JSON object {{KEY: VALUE}}, got {overrides!r}.")
     tables = [(c.__name__, hyperparameters(c)) for c in trainer_classes]
     for key, value in overrides.items():
-        if key in NOT_SETTABLE:
-            validate_overrides(object, {key: value}, where)   # raises the structural refusal
-        if key in _SCHEDULE_DEFAULTS:
+        if key in NOT_SETTABLE or key in _SCHEDULE_DEFAULTS:   # the same refusal / check with or without a trainer
             validate_overrides(object, {key: value}, where)
             continue
         owners = [(n, t[key]) for n, t in tables if key in t]
