@@ -44,8 +44,9 @@ def _cmd_split(args):
     from nnunet_semicl.data.dataset_lookup import resolve_dataset_name
     from nnunet_semicl.data.setting_files import (check_default_setting_writable, check_setting_writable,
                                                   default_setting_content, write_default_setting, write_setting)
+    from nnunet_semicl.data.overrides import check_setting_overrides, parse_set_options
     from nnunet_semicl.data.splits import (check_folds_against_unlabeled, check_folds_keep_groups,
-                                           check_trainer_overrides, compile_group_regex, default_folds, make_setting,
+                                           compile_group_regex, default_folds, make_setting,
                                            read_folds, truly_unlabeled_cases, with_unlabeled_images)
     from nnunet_semicl.errors import InputError
     from nnunet_semicl.files import load_json, save_json
@@ -54,7 +55,8 @@ def _cmd_split(args):
     overrides = {k: v for k, v in (("num_epochs", args.epochs), ("num_iterations_per_epoch", args.iterations),
                                    ("num_val_iterations_per_epoch", args.val_iterations),
                                    ("save_every", args.save_every)) if v is not None}
-    check_trainer_overrides(overrides, "nnunet_semicl split")
+    overrides = parse_set_options(args.set, overrides)
+    check_setting_overrides(overrides, "nnunet_semicl split", _exported_trainers() if args.set else ())
     if args.group is not None:
         compile_group_regex(args.group)
     name = resolve_dataset_name(args.dataset, need_preprocessed=True)
@@ -97,6 +99,15 @@ def _cmd_split(args):
         path = write_default_setting(base, default, args.overwrite)
         print(f"Default setting of {name}: '{setting}' ({path}); our trainers use it when no -p is given:\n"
               f"  nnUNetv2_train {name} CONFIG FOLD -tr nnUNetTrainerACTIONpp")
+
+
+def _exported_trainers() -> list:
+    """Every trainer class nnU-Net finds in this package (``--set`` keys must be a hyperparameter of one)."""
+    import inspect
+
+    from nnunet_semicl.trainers import nnunet_semicl_trainers
+
+    return [c for n, c in vars(nnunet_semicl_trainers).items() if inspect.isclass(c) and n.startswith("nnUNetTrainer")]
 
 
 def _default_setting_name(args) -> str:
@@ -166,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-every", type=int, default=None,
                    help="write checkpoint_latest every N epochs (default: about ten times per schedule, at most "
                         "every 50 epochs as nnU-Net)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a trainer hyperparameter for this setting (repeatable), e.g. --set "
+                        "distribution_alignment=false; VALUE is a JSON literal or a plain string; checked against "
+                        "the trainer at training start (docs/trainers.md)")
     s.add_argument("--default", action="store_true",
                    help="make this setting the dataset's default: our trainers use it when no -p is given "
                         "(the converters make 5pct the default)")

@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from nnunet_semicl.data.overrides import check_setting_overrides
 from nnunet_semicl.errors import SplitError, short_list
 from nnunet_semicl.files import load_json
 
@@ -295,35 +296,11 @@ def validate_fold_sets(sets: dict, train_cases: Sequence[str], fold_name: str,
                          f"semi-supervised training. Label fewer cases, or add unlabeled images with "
                          f"`nnunet_semicl add-unlabeled`.")
 
-#: trainer attributes a setting may override through ``"semicl": {"trainer": {...}}`` (written by
-#: ``nnunet_semicl split --epochs/--iterations/--val-iterations/--save-every``), with the option that sets each
-OVERRIDABLE = {"num_epochs": "--epochs", "num_iterations_per_epoch": "--iterations",
-               "num_val_iterations_per_epoch": "--val-iterations", "save_every": "--save-every",
-               "initial_lr": "initial_lr", "unlabeled_batch_size": "unlabeled_batch_size",
-               "warmup_limit_floor": "warmup_limit_floor"}
+#: a setting's trainer block (``"semicl": {"trainer": {...}}``) is checked by data/overrides.py; this name stays
+#: for callers that check a block without a trainer class (``nnunet_semicl split``)
+check_trainer_overrides = check_setting_overrides
 #: nnU-Net's own checkpoint interval (epochs); shorter schedules save more often (:func:`default_save_every`)
 NNUNET_SAVE_EVERY = 50
-
-
-def check_trainer_overrides(overrides: dict, where: str) -> None:
-    """Refuse unknown keys and values a training cannot run with (0 epochs, negative iterations ...)."""
-    unknown = sorted(set(overrides) - set(OVERRIDABLE))
-    if unknown:
-        raise SplitError(f"{where}: unknown trainer override(s) {unknown} in the '{PLANS_BLOCK}' block; allowed: "
-                         f"{list(OVERRIDABLE)}.")
-    for key, value in overrides.items():
-        if key == "initial_lr":
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
-            rule = "a positive number"
-        elif key == "warmup_limit_floor":   # e.g. 0 for runs too short to find every class (tests)
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
-            rule = "a Dice between 0 and 1"
-        else:
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-            rule = "a whole number >= 1"
-        if not ok:
-            raise SplitError(f"{where}: {OVERRIDABLE[key]} ({key}) must be {rule}, got {value!r}. Pass a valid "
-                             f"value (e.g. {OVERRIDABLE[key]} 5), or leave it out for nnU-Net's default.")
 
 
 def default_save_every(num_epochs: int) -> int:

@@ -115,13 +115,27 @@ class nnUNetTrainerLabeledOnly(nnUNetTrainer):
         return setting_block(self.plans_manager.plans, self.dataset_json, self.preprocessed_dataset_folder_base) or {}
 
     def _apply_setting_overrides(self) -> None:
-        overrides = self.semicl_block.get("trainer", {}) or {}
-        check_trainer_overrides(overrides, f"plans '{self.plans_manager.plans_name}'")
+        """Apply the setting's trainer block (``split --epochs ... --set KEY=VALUE``): each key checked by name and
+        type against this trainer class (data/overrides.py), logged, and recorded in the results folder."""
+        from nnunet_semicl.data.overrides import OVERRIDES_FILE, related_trainers, validate_overrides
+
+        block = self.semicl_block
+        where = block.get("default_file") or f"plans '{self.plans_manager.plans_name}' ('{PLANS_BLOCK}' block)"
+        overrides, skipped = validate_overrides(type(self), block.get("trainer", {}) or {}, where,
+                                                related_trainers(nnUNetTrainerLabeledOnly))
+        defaults = {k: getattr(self, k) for k in overrides}
         for k, v in overrides.items():
             setattr(self, k, v)
         if overrides:
-            where = self.semicl_block.get("default_file") or f"the plans' '{PLANS_BLOCK}' block"
-            self.print_to_log_file(f"Trainer settings from {where}: {overrides}")
+            self.print_to_log_file(f"Trainer settings from {where} (recorded in {OVERRIDES_FILE}): "
+                                   + ", ".join(f"{k}: {defaults[k]!r} -> {v!r}" for k, v in overrides.items()))
+        if skipped:
+            self.print_to_log_file(f"Setting keys not applied to {type(self).__name__}: "
+                                   + "; ".join(f"{k} ({why})" for k, why in skipped.items()))
+        if self.local_rank == 0:
+            save_json({"trainer": type(self).__name__, "setting": block.get("setting"), "source": where,
+                       "overrides": {k: {"default": defaults[k], "value": v} for k, v in overrides.items()},
+                       "not_applied": skipped}, join(self.output_folder, OVERRIDES_FILE))
         if "save_every" not in overrides and self.save_every > default_save_every(self.num_epochs):
             # nnU-Net saves every 50 epochs: a short schedule would never write checkpoint_latest for --c
             self.save_every = default_save_every(self.num_epochs)

@@ -218,10 +218,16 @@ def test_differs_from_file_ignores_only_created_by(tmp_path):
 
 def test_trainer_overrides_accept_the_warmup_floor_and_refuse_bad_values():
     from nnunet_semicl.data.splits import check_trainer_overrides
-    check_trainer_overrides({"warmup_limit_floor": 0.0, "num_epochs": 2}, "plans 'x'")
-    check_trainer_overrides({"warmup_limit_floor": 1}, "plans 'x'")
-    for bad in (1.5, -0.1, True, "0.1"):
+    from nnunet_semicl.training.training_dynamics import TrainingDynamicsMixin
+    trainers = [TrainingDynamicsMixin]
+    check_trainer_overrides({"warmup_limit_floor": 0.0, "num_epochs": 2}, "plans 'x'", trainers)
+    check_trainer_overrides({"warmup_limit_floor": 1}, "plans 'x'", trainers)
+    for bad in (1.5, -0.1):
         with pytest.raises(SplitError, match=r"warmup_limit_floor.*a Dice between 0 and 1"):
-            check_trainer_overrides({"warmup_limit_floor": bad}, "plans 'x'")
-    with pytest.raises(SplitError, match="unknown trainer override"):
-        check_trainer_overrides({"warmup_dice_threshold": 0.3}, "plans 'x'")
+            check_trainer_overrides({"warmup_limit_floor": bad}, "plans 'x'", trainers)
+    for bad in (True, "0.1"):
+        with pytest.raises(SplitError, match=r"warmup_limit_floor must be a number"):
+            check_trainer_overrides({"warmup_limit_floor": bad}, "plans 'x'", trainers)
+    check_trainer_overrides({"warmup_dice_threshold": 0.3}, "plans 'x'", trainers)   # any hyperparameter (--set)
+    with pytest.raises(SplitError, match="unknown trainer setting 'warmup_dice_treshold'.*warmup_dice_threshold"):
+        check_trainer_overrides({"warmup_dice_treshold": 0.3}, "plans 'x'", trainers)
