@@ -264,11 +264,13 @@ def average_runs(rows: list) -> dict:
 def seconds_per_iteration(checkpoint: str, iterations: int) -> Optional[float]:
     """Median epoch duration (its validation iterations included) / training iterations per epoch."""
     import numpy as np
-    import torch
+
+    from nnunet_semicl.training.labeled_only import read_checkpoint
 
     if not os.path.isfile(checkpoint):
         return None
-    log = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
+    # weights_only=True (read_checkpoint): a checkpoint in the work folder could come from anywhere
+    log = read_checkpoint(checkpoint, map_location="cpu")["logging"]
     durations = np.array(log["epoch_end_timestamps"]) - np.array(log["epoch_start_timestamps"])
     return float(np.median(durations)) / iterations if len(durations) else None
 

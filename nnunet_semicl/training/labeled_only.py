@@ -17,6 +17,7 @@ from nnunet_semicl.data.splits import (PLANS_BLOCK, UNLABELED_KEY, CaseSets, Spl
                                        check_folds_against_unlabeled, check_resumed_case_sets,
                                        check_trainer_overrides, default_folds, default_save_every, read_folds,
                                        resolve_case_sets, setting_block, truly_unlabeled_cases)
+from nnunet_semicl.errors import InputError
 from nnunet_semicl.files import load_json, save_json
 from nnunet_semicl.modules.ema import unwrap
 from nnunet_semicl.seeding import SEED_ENV, seed_everything, seed_from_env
@@ -25,8 +26,9 @@ from nnunet_semicl.seeding import SEED_ENV, seed_everything, seed_from_env
 CASE_SETS_FILE = "semicl_case_sets.json"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be loaded; the message names the file and what to do instead."""
+class CheckpointError(InputError, RuntimeError):
+    """A checkpoint that cannot be loaded; the message names the file and what to do instead (an InputError:
+    ``nnunet_semicl`` commands report it without a traceback)."""
 
 
 def _numpy_safe_globals() -> list:
