@@ -34,6 +34,7 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from nnunet_semicl.argtypes import non_negative_int, positive_int
 from nnunet_semicl.errors import EvaluationError, InputError
 from nnunet_semicl.files import incomplete_file_problem, load_json, save_json
 from nnunet_semicl.launch import exit_2_on, module_main  # CLI shape shared with convert-*
@@ -412,14 +413,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                          "labelsTs and label names from its dataset.json")
     p.add_argument("-o", "--output", default=None, help="output JSON (default PRED/summary_semicl.json); the "
                                                         "markdown goes beside it (.md)")
-    p.add_argument("--labels", type=int, nargs="+", default=None, help="label values to evaluate (default: the "
-                                                                       "dataset.json labels)")
+    p.add_argument("--labels", type=non_negative_int, nargs="+", default=None,
+                   help="label values to evaluate (default: the "
+                        "dataset.json labels)")
     p.add_argument("--dataset-json", default=None, help="dataset.json for label names and the file ending")
     p.add_argument("--file-ending", default=None, help="default: from dataset.json, else .nii.gz")
     p.add_argument("--empty", choices=CONVENTIONS, default="nan",
                    help="empty-mask convention (default nan; ssl4mis reproduces the papers' scripts)")
     p.add_argument("--name", default=None, help="method name for the table row (default: the prediction folder)")
-    p.add_argument("-np", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("-np", type=positive_int, default=1, help="worker processes (default 1)")
     p.add_argument("-q", "--quiet", action="store_true")
 
 

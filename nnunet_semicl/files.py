@@ -153,3 +153,14 @@ def remove_stale_partials(root: str, what: str) -> List[str]:
             shutil.rmtree(os.path.join(root, d), ignore_errors=True)
             removed.append(os.path.join(root, d))
     return removed
+
+
+def check_writable(folder: str, why: str) -> None:
+    """Refuse a folder this process cannot write to, before a command writes anything (no rollback needed)."""
+    probe = folder
+    while probe and not os.path.exists(probe):   # a folder still to be created: its nearest existing parent
+        parent = os.path.dirname(probe)
+        probe = parent if parent != probe else ""
+    if probe and not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{probe} is not writable ({why}). Give yourself write access (e.g. `chmod u+w {probe}`) "
+                         f"or use a copy of the dataset you can write to, then run the command again.")
