@@ -19,6 +19,8 @@ from nnunet_semicl.data.splits import (PLANS_BLOCK, UNLABELED_KEY, CaseSets, Spl
                                        check_trainer_overrides, default_folds, default_save_every, read_folds,
                                        resolve_case_sets, setting_block, truly_unlabeled_cases)
 from nnunet_semicl.errors import InputError
+from nnunet_semicl.training.compatibility import (check_plans_dataset, check_pretrained_weights,
+                                                  check_resumed_trainer, pretrained_weights_path, requested_dataset)
 from nnunet_semicl.files import load_json, save_json
 from nnunet_semicl.modules.ema import unwrap
 from nnunet_semicl.seeding import SEED_ENV, seed_everything, seed_from_env
@@ -140,6 +142,9 @@ class nnUNetTrainerLabeledOnly(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        # nnU-Net reads the data of the plans' dataset_name: refuse another dataset's plans (copied with -p)
+        check_plans_dataset(self.plans_manager.plans_name, self.plans_manager.dataset_name,
+                            self.preprocessed_dataset_folder_base, dataset_json, requested_dataset())
         self.case_sets: Optional[CaseSets] = None
         self._apply_setting_overrides()
 
@@ -148,9 +153,23 @@ class nnUNetTrainerLabeledOnly(nnUNetTrainer):
     # ------------------------------------------------------------------------------------------
     def initialize(self):
         seed = seed_from_env()
-        if seed is not None and not self.was_initialized:
+        first = not self.was_initialized
+        if seed is not None and first:
             seed_everything(seed)   # the network's initialisation (built by nnU-Net's initialize)
         super().initialize()
+        if first:
+            self.check_pretrained_weights(pretrained_weights_path())
+
+    def check_pretrained_weights(self, filename: Optional[str]) -> None:
+        """``nnUNetv2_train -pretrained_weights FILE`` loads FILE right after ``initialize()``, with
+        ``weights_only=False`` and an assertion per mismatching weight: read it safely here first, and refuse
+        weights that do not fit this network (compatibility.check_pretrained_weights says which are accepted)."""
+        if not filename:
+            return
+        checkpoint = read_checkpoint(filename, map_location="cpu")
+        saved = check_pretrained_weights(filename, checkpoint, self._unwrapped_network().state_dict(),
+                                         type(self).__name__)
+        self.print_to_log_file(f"-pretrained_weights: {filename}, written by {saved}")
 
     def on_train_start(self):
         super().on_train_start()
@@ -330,6 +349,7 @@ class nnUNetTrainerLabeledOnly(nnUNetTrainer):
         if not self.was_initialized:
             self.initialize()
         checkpoint = read_checkpoint(filename_or_checkpoint, map_location=self.device)
+        check_resumed_trainer(filename_or_checkpoint, checkpoint, type(self).__name__)
         self._log_resume_source(filename_or_checkpoint, checkpoint)
         semicl = checkpoint.get("semicl", {})
         del checkpoint   # nnU-Net reads the file again: do not hold two copies of the weights
