@@ -165,3 +165,22 @@ def test_check_writable_refuses_a_read_only_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda path, mode: path != str(tmp_path))
     with pytest.raises(InputError, match="not writable"):
         check_writable(str(tmp_path / "new"), "test")
+
+
+def test_no_numeric_option_takes_a_bare_int_or_float():
+    """Every numeric option takes its type from argtypes.py (docs/contributing.md); `synthetic`'s own parser is
+    checked by its own tests."""
+    import ast
+    import pathlib
+
+    package = pathlib.Path(__file__).resolve().parents[2] / "nnunet_semicl"
+    bare = []
+    for path in sorted(package.rglob("*.py")):
+        if path.name == "synthetic.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+                for k in node.keywords:
+                    if k.arg == "type" and isinstance(k.value, ast.Name) and k.value.id in ("int", "float"):
+                        bare.append(f"{path.name}:{node.lineno} {ast.unparse(node.args[0])}")
+    assert not bare, bare
