@@ -19,11 +19,11 @@ from nnunet_semicl.data.splits import (PLANS_BLOCK, UNLABELED_KEY, CaseSets, Spl
                                        check_trainer_overrides, default_folds, default_save_every, read_folds,
                                        resolve_case_sets, setting_block, truly_unlabeled_cases)
 from nnunet_semicl.errors import InputError
-from nnunet_semicl.training.compatibility import (check_plans_dataset, check_pretrained_weights,
-                                                  check_resumed_trainer, pretrained_weights_path, requested_dataset)
 from nnunet_semicl.files import load_json, save_json
 from nnunet_semicl.modules.ema import unwrap
 from nnunet_semicl.seeding import SEED_ENV, seed_everything, seed_from_env
+from nnunet_semicl.training.compatibility import (check_plans_dataset, check_pretrained_weights,
+                                                  check_resumed_trainer, pretrained_weights_path, requested_dataset)
 
 #: written into the run's fold folder: which cases were labeled and unlabeled, and from which setting
 CASE_SETS_FILE = "semicl_case_sets.json"
