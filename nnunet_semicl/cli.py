@@ -20,6 +20,7 @@ import shlex
 import sys
 
 from nnunet_semicl import ext_trainer_path
+from nnunet_semicl.argtypes import open_fraction, positive_int, seed_int
 from nnunet_semicl.launch import cli_error
 
 # sub-commands implemented in other modules: (name, module, help); each module has add_arguments(p) and run(args)
@@ -41,7 +42,7 @@ def _cmd_ext_path(args):
 
 
 def _cmd_split(args):
-    from nnunet_semicl.data.dataset_lookup import resolve_dataset_name
+    from nnunet_semicl.data.dataset_lookup import check_dataset_json, resolve_dataset_name
     from nnunet_semicl.data.setting_files import (check_default_setting_writable, check_setting_writable,
                                                   default_setting_content, write_default_setting, write_setting)
     from nnunet_semicl.data.overrides import check_setting_overrides, parse_set_options
@@ -61,7 +62,8 @@ def _cmd_split(args):
         compile_group_regex(args.group)
     name = resolve_dataset_name(args.dataset, need_preprocessed=True)
     base = os.path.join(os.environ["nnUNet_preprocessed"], name)
-    dataset_json = load_json(os.path.join(base, "dataset.json"))
+    dataset_json = check_dataset_json(load_json(os.path.join(base, "dataset.json")), os.path.join(base, "dataset.json"),
+                                      keys=("file_ending",))
     ending = dataset_json["file_ending"]
     gt = os.path.join(base, "gt_segmentations")
     ids = sorted(f[: -len(ending)] for f in os.listdir(gt) if f.endswith(ending)) if os.path.isdir(gt) else []
@@ -163,18 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("split", help="write a labeled/unlabeled setting beside splits_final.json")
     s.add_argument("dataset", help="dataset id or name")
     g = s.add_mutually_exclusive_group(required=True)
-    g.add_argument("--labeled", type=int, help="number of labeled groups (patients with --group) per fold")
-    g.add_argument("--fraction", type=float, help="fraction of the annotated groups to label, in (0, 1)")
+    g.add_argument("--labeled", type=positive_int, help="number of labeled groups (patients with --group) per fold")
+    g.add_argument("--fraction", type=open_fraction, help="fraction of the annotated groups to label, in (0, 1)")
     g.add_argument("--labeled-cases", nargs="+", help="explicit case or group ids to label")
     s.add_argument("--group", default=None, help="regex whose match (first group) is the patient id, e.g. "
                                                  "'patient\\d+'; cases of one patient are labeled together")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=seed_int, default=0, help="random seed of the labeled draw (0 .. 2**32-1)")
     s.add_argument("--name", default=None, help="setting name (default: e.g. 10pct or lab3)")
     s.add_argument("--plans", default="nnUNetPlans", help="base plans identifier (default nnUNetPlans)")
-    s.add_argument("--epochs", type=int, default=None, help="override num_epochs for our trainers")
-    s.add_argument("--iterations", type=int, default=None, help="override num_iterations_per_epoch")
-    s.add_argument("--val-iterations", type=int, default=None, help="override num_val_iterations_per_epoch")
-    s.add_argument("--save-every", type=int, default=None,
+    s.add_argument("--epochs", type=positive_int, default=None, help="override num_epochs for our trainers")
+    s.add_argument("--iterations", type=positive_int, default=None, help="override num_iterations_per_epoch")
+    s.add_argument("--val-iterations", type=positive_int, default=None, help="override num_val_iterations_per_epoch")
+    s.add_argument("--save-every", type=positive_int, default=None,
                    help="write checkpoint_latest every N epochs (default: about ten times per schedule, at most "
                         "every 50 epochs as nnU-Net)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -191,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dataset", help="dataset id or name (must exist in nnUNet_raw)")
     s.add_argument("-i", "--input", required=True, help="folder with CASE_XXXX<file_ending> images")
     s.add_argument("--prefix", default="", help="prefix for the new case ids (to avoid clashes)")
-    s.add_argument("-np", type=int, default=2, help="processes for the fingerprint")
+    s.add_argument("-np", type=positive_int, default=2, help="processes for the fingerprint")
     s.set_defaults(func=_cmd_add_unlabeled)
 
     s = sub.add_parser("tiny-config", help="add a small inherited configuration (fast CPU runs)")
@@ -199,11 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-c", nargs="+", default=["2d"], help="parent configuration(s), e.g. 2d 3d_fullres")
     s.add_argument("--name", default=None, help="name (default <parent>_tiny)")
     s.add_argument("--plans", default="nnUNetPlans")
-    s.add_argument("--patch-size", type=int, nargs="+", default=None)
-    s.add_argument("--batch-size", type=int, default=None)
-    s.add_argument("--feature-divisor", type=int, default=None,
+    s.add_argument("--patch-size", type=positive_int, nargs="+", default=None)
+    s.add_argument("--batch-size", type=positive_int, default=None)
+    s.add_argument("--feature-divisor", type=positive_int, default=None,
                    help="divide the parent's feature widths by this (default 4)")
-    s.add_argument("--max-features", type=int, default=None, help="cap on the feature width (default 64)")
+    s.add_argument("--max-features", type=positive_int, default=None, help="cap on the feature width (default 64)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=_cmd_tiny_config)
 

@@ -19,9 +19,11 @@ import shutil
 import sys
 import time
 
+from nnunet_semicl.argtypes import non_negative_int, open_fraction, positive_int, seed_int
 from nnunet_semicl.dataset_conversion.synthetic import DATASET, DATASET_ID
 from nnunet_semicl.launch import module_main, nnunet_env, run_command, training_progress
 from nnunet_semicl.seeding import SEED_ENV, parse_seed
+
 LABELS = ("RV", "MLV", "LVC")
 #: the demo's CPU network: half nnU-Net's 2d widths (16-32-64-128), not tiny-config's quarter (8-64). With
 #: 8 features in the first stage, LabeledOnly's 800 iterations on 4 labeled images stayed in the "whole heart
@@ -33,15 +35,16 @@ def add_arguments(p):
     p.add_argument("--workdir", default="nnunet_semicl_demo", help="folder for nnUNet_raw/preprocessed/results")
     p.add_argument("--trainers", nargs="+", default=["nnUNetTrainerLabeledOnly", "nnUNetTrainerACTIONpp"],
                    help="trainers to compare (default: labeled-only vs ACTION++)")
-    p.add_argument("--fraction", type=float, default=0.1, help="labeled fraction of the training patients")
-    p.add_argument("--patients", type=int, default=20, help="training patients (2 frames each)")
-    p.add_argument("--test-patients", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=None, help="default: 20 on CPU, 50 on CUDA")
-    p.add_argument("--iterations", type=int, default=None, help="iterations per epoch (default: 40 CPU, 100 CUDA)")
+    p.add_argument("--fraction", type=open_fraction, default=0.1, help="labeled fraction of the training patients")
+    p.add_argument("--patients", type=positive_int, default=20, help="training patients (2 frames each)")
+    p.add_argument("--test-patients", type=non_negative_int, default=5)
+    p.add_argument("--epochs", type=positive_int, default=None, help="default: 20 on CPU, 50 on CUDA")
+    p.add_argument("--iterations", type=positive_int, default=None,
+                   help="iterations per epoch (default: 40 CPU, 100 CUDA)")
     p.add_argument("--configuration", default=None, help="default: 2d_tiny on CPU, 2d on CUDA")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--overwrite", action="store_true", help="delete an existing --workdir first")
-    p.add_argument("--seed", type=int, default=None,
+    p.add_argument("--seed", type=seed_int, default=None,
                    help="random seed shared by the trainings (NNUNET_SEMICL_SEED), so that their comparison is paired; "
                         "default: a new random one, printed")
 

@@ -34,6 +34,7 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from nnunet_semicl.argtypes import non_negative_int, positive_int
 from nnunet_semicl.errors import EvaluationError, InputError
 from nnunet_semicl.files import find_training_summary, incomplete_file_problem, load_json, save_json
 from nnunet_semicl.launch import exit_2_on, module_main  # CLI shape shared with convert-*
@@ -145,12 +146,29 @@ def evaluate_case(pred_file: str, ref_file: str, labels: Sequence[int], conventi
         warnings.append(f"{os.path.basename(pred_file)}: origin/direction differ from the reference (arrays are "
                         f"compared voxel by voxel)")
     pred, ref = sitk.GetArrayFromImage(pred_img), sitk.GetArrayFromImage(ref_img)
+    check_label_map(pred, pred_file)
     spacing = ref_img.GetSpacing()[::-1]
     out = {str(lab): binary_metrics(pred == lab, ref == lab, spacing, convention) for lab in labels}
-    extra_pred = sorted(set(np.unique(pred).tolist()) - set(labels) - {0})
+    found = sorted(int(v) for v in np.unique(pred).tolist())
+    extra_pred = sorted(set(found) - set(labels) - {0})
     if extra_pred:
         warnings.append(f"{os.path.basename(pred_file)}: prediction has labels {extra_pred} that are not evaluated")
-    return {"metrics": out, "warnings": warnings, "spacing_zyx": [float(s) for s in spacing]}
+    return {"metrics": out, "warnings": warnings, "spacing_zyx": [float(s) for s in spacing], "pred_labels": found}
+
+
+def check_label_map(pred, pred_file: str) -> None:
+    """A prediction must hold whole label values: soft or probability values (e.g. labels + 0.4) would compare
+    unequal to every label and change the figures silently."""
+    import numpy as np
+
+    if np.issubdtype(pred.dtype, np.integer) or pred.dtype == bool:
+        return
+    bad = ~np.isfinite(pred) | (np.round(pred) != pred)
+    if bad.any():
+        examples = ", ".join(f"{v:g}" for v in np.unique(pred[bad])[:3])
+        raise EvaluationError(f"{pred_file} holds non-integer values ({examples}; {int(bad.sum())} voxels): a "
+                              f"prediction must be a label map (whole label values, as nnUNetv2_predict writes). "
+                              f"Convert probabilities or soft outputs to labels (argmax) before evaluating.")
 
 
 def _evaluate_case_star(args):
@@ -214,6 +232,16 @@ def _labels_from_dataset_json(path: str) -> Dict[int, str]:
     return dict(sorted(out.items()))
 
 
+def _all_label_values(dj: dict) -> Optional[set]:
+    """Every value dataset.json's labels give (background and ignore included); None for region-based labels."""
+    values = set()
+    for value in (dj.get("labels") or {}).values():
+        if isinstance(value, (list, tuple)):
+            return None
+        values.add(int(value))
+    return values or None
+
+
 def _find_dataset_json(candidates: Sequence[Optional[str]]) -> Optional[str]:
     for c in candidates:
         if c and os.path.isfile(c):
@@ -270,6 +298,14 @@ def evaluate_folders(pred_dir: str, ref_dir: str, labels: Optional[Sequence[int]
     labels = [int(l) for l in labels]
     if not labels:
         raise EvaluationError("No foreground labels to evaluate; pass --labels.")
+    dataset_values = _all_label_values(dj) if dj_path else None
+    if dataset_values is not None:
+        unknown = sorted(set(labels) - dataset_values)
+        if unknown:
+            defined = ", ".join(f"{v} {n}" for v, n in sorted(names.items()))
+            raise EvaluationError(f"--labels {' '.join(map(str, unknown))}: not a label of {dj_path} (its foreground "
+                                  f"labels: {defined}). Evaluate labels the dataset defines, or pass the matching "
+                                  f"--dataset-json.")
     names = {l: names.get(l, str(l)) for l in labels}
 
     jobs = [(os.path.join(pred_dir, c + file_ending), os.path.join(ref_dir, c + file_ending), labels, convention)
@@ -293,6 +329,18 @@ def evaluate_folders(pred_dir: str, ref_dir: str, labels: Optional[Sequence[int]
     per_case = {c: r["metrics"] for c, r in zip(refs, results)}
     per_class, average = aggregate(per_case, labels)
     warnings = [w for r in results for w in r["warnings"]]
+    if dataset_values is not None:
+        foreign = {c: sorted(set(r["pred_labels"]) - dataset_values) for c, r in zip(refs, results)}
+        foreign = {c: v for c, v in foreign.items() if v}
+        if foreign:
+            values = sorted({v for vs in foreign.values() for v in vs})
+            warnings.insert(0, f"predictions of {len(foreign)} case(s) ({', '.join(list(foreign)[:5])}"
+                               f"{' ...' if len(foreign) > 5 else ''}) hold label(s) {values} that {dj_path} does not "
+                               f"define: predicted with another dataset's model? They are not evaluated.")
+    for w in warnings[:5]:
+        print(f"WARNING: {w}", file=sys.stderr)
+    if len(warnings) > 5:
+        print(f"WARNING: ... {len(warnings) - 5} more warning(s) in the output JSON", file=sys.stderr)
     result = {
         "prediction_folder": os.path.abspath(pred_dir), "reference_folder": os.path.abspath(ref_dir),
         "dataset_json": dj_path, "file_ending": file_ending, "method": method_name or os.path.basename(
@@ -420,14 +468,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                          "labelsTs and label names from its dataset.json")
     p.add_argument("-o", "--output", default=None, help="output JSON (default PRED/summary_semicl.json); the "
                                                         "markdown goes beside it (.md)")
-    p.add_argument("--labels", type=int, nargs="+", default=None, help="label values to evaluate (default: the "
-                                                                       "dataset.json labels)")
+    p.add_argument("--labels", type=non_negative_int, nargs="+", default=None,
+                   help="label values to evaluate (default: the "
+                        "dataset.json labels)")
     p.add_argument("--dataset-json", default=None, help="dataset.json for label names and the file ending")
     p.add_argument("--file-ending", default=None, help="default: from dataset.json, else .nii.gz")
     p.add_argument("--empty", choices=CONVENTIONS, default="nan",
                    help="empty-mask convention (default nan; ssl4mis reproduces the papers' scripts)")
     p.add_argument("--name", default=None, help="method name for the table row (default: the prediction folder)")
-    p.add_argument("-np", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("-np", type=positive_int, default=1, help="worker processes (default 1)")
     p.add_argument("-m", "--model", default=None, help="the fold's results folder (.../fold_0): its training summary "
                                                        "(did the unsupervised terms ever run?) is printed and recorded "
                                                        "(default: the prediction folder's parent, as for fold_0/validation)")

@@ -164,3 +164,14 @@ def find_training_summary(*folders: Optional[str]) -> Optional[dict]:
         if folder and os.path.isfile(os.path.join(folder, TRAINING_SUMMARY_FILE)):
             return load_json(os.path.join(folder, TRAINING_SUMMARY_FILE))
     return None
+
+
+def check_writable(folder: str, why: str) -> None:
+    """Refuse a folder this process cannot write to, before a command writes anything (no rollback needed)."""
+    probe = folder
+    while probe and not os.path.exists(probe):   # a folder still to be created: its nearest existing parent
+        parent = os.path.dirname(probe)
+        probe = parent if parent != probe else ""
+    if probe and not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{probe} is not writable ({why}). Give yourself write access (e.g. `chmod u+w {probe}`) "
+                         f"or use a copy of the dataset you can write to, then run the command again.")

@@ -32,6 +32,7 @@ import sys
 import time
 from typing import Dict, Optional
 
+from nnunet_semicl.argtypes import non_negative_int, positive_float, positive_int
 from nnunet_semicl.benchmarking.common import (add_update_docs_argument, command_line, fmt, format_machine,
                                                machine_info, markdown_table, shared_acdc_folder,
                                                update_docs_if_asked)
@@ -71,31 +72,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder for nnUNet_raw/preprocessed/results, logs and results (default ./nnunet_semicl_accuracy)")
     p.add_argument("--trainers", nargs="+", default=None, help=f"default: {' '.join(DEFAULT_TRAINERS)}")
     p.add_argument("--settings", nargs="+", default=None, help=f"default: {' '.join(DEFAULT_SETTINGS)}")
-    p.add_argument("--epochs", type=int, default=None, help=f"default {DEFAULT_EPOCHS}")
-    p.add_argument("--iterations", type=int, default=None, help=f"iterations per epoch (default {DEFAULT_ITERATIONS})")
-    p.add_argument("--val-iterations", type=int, default=None,
+    p.add_argument("--epochs", type=positive_int, default=None, help=f"default {DEFAULT_EPOCHS}")
+    p.add_argument("--iterations", type=positive_int, default=None,
+                   help=f"iterations per epoch (default {DEFAULT_ITERATIONS})")
+    p.add_argument("--val-iterations", type=positive_int, default=None,
                    help=f"validation iterations per epoch (default {DEFAULT_VAL_ITERATIONS})")
-    p.add_argument("--warm-epochs", type=int, default=None,
+    p.add_argument("--warm-epochs", type=non_negative_int, default=None,
                    help=f"epochs of the shared supervised warm start (nnUNetTrainerLabeledOnly) per setting; 0: every "
                         f"trainer starts from scratch (default {DEFAULT_WARM_EPOCHS})")
-    p.add_argument("--warm-iterations", type=int, default=None,
+    p.add_argument("--warm-iterations", type=positive_int, default=None,
                    help=f"iterations per warm-start epoch (default {DEFAULT_WARM_ITERATIONS})")
-    p.add_argument("--lr", type=float, default=None, help="initial learning rate of every trainer (default: nnU-Net's "
-                                                          "0.01)")
-    p.add_argument("--runs", type=int, default=1, help="runs of every trainer (run 2.. in copies of the setting; "
-                                                       "default 1)")
-    p.add_argument("--spacing", type=float, default=None, help="in-plane spacing, mm: a reduced-resolution "
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="initial learning rate of every trainer (default: nnU-Net's "
+                        "0.01)")
+    p.add_argument("--runs", type=positive_int, default=1,
+                   help="runs of every trainer (run 2.. in copies of the setting; "
+                        "default 1)")
+    p.add_argument("--spacing", type=positive_float, default=None, help="in-plane spacing, mm: a reduced-resolution "
                                                                "configuration with its own preprocessed data (default: "
                                                                "the 2d configuration's spacing and data)")
     p.add_argument("--configuration", default=None, help=f"name of the added configuration (default {CONFIGURATION}, "
                                                          f"or 2d_<spacing>mm with --spacing)")
-    p.add_argument("--patch-size", type=int, nargs=2, default=None,
+    p.add_argument("--patch-size", type=positive_int, nargs=2, default=None,
                    help=f"default {PATCH_SIZE[0]} {PATCH_SIZE[1]} (with --spacing: the median image, rounded up to "
                         f"the network's stride)")
-    p.add_argument("--batch-size", type=int, default=8, help="labeled batch size (= unlabeled) (default 8)")
-    p.add_argument("--stages", type=int, default=5, help="U-Net stages (default 5)")
-    p.add_argument("--max-features", type=int, default=MAX_FEATURES, help=f"widest stage (default {MAX_FEATURES})")
-    p.add_argument("--feature-divisor", type=int, default=2, help="nnU-Net's widths divided by this (default 2)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="labeled batch size (= unlabeled) (default 8)")
+    p.add_argument("--stages", type=positive_int, default=5, help="U-Net stages (default 5)")
+    p.add_argument("--max-features", type=positive_int, default=MAX_FEATURES,
+                   help=f"widest stage (default {MAX_FEATURES})")
+    p.add_argument("--feature-divisor", type=positive_int, default=2,
+                   help="nnU-Net's widths divided by this (default 2)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     p.add_argument("--redo", action="store_true", help="train again even when a run has finished")
     p.add_argument("--smoke", action="store_true", help="pipeline check: nnUNetTrainerLabeledOnly, 5pct, 1 epoch x 2 "
@@ -264,11 +270,13 @@ def average_runs(rows: list) -> dict:
 def seconds_per_iteration(checkpoint: str, iterations: int) -> Optional[float]:
     """Median epoch duration (its validation iterations included) / training iterations per epoch."""
     import numpy as np
-    import torch
+
+    from nnunet_semicl.training.labeled_only import read_checkpoint
 
     if not os.path.isfile(checkpoint):
         return None
-    log = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
+    # weights_only=True (read_checkpoint): a checkpoint in the work folder could come from anywhere
+    log = read_checkpoint(checkpoint, map_location="cpu")["logging"]
     durations = np.array(log["epoch_end_timestamps"]) - np.array(log["epoch_start_timestamps"])
     return float(np.median(durations)) / iterations if len(durations) else None
 

@@ -29,6 +29,7 @@ import time
 import traceback
 from typing import Dict, List
 
+from nnunet_semicl.argtypes import positive_float
 from nnunet_semicl.benchmarking.common import fmt, markdown_table
 from nnunet_semicl.benchmarking.step_trainers import COMPILED
 from nnunet_semicl.files import load_json, save_json
@@ -464,9 +465,10 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (gpu_check.json, gpu_check.md, cuda_tests.xml)")
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny configuration, 1 step: checks the pipeline")
-    p.add_argument("--budget", type=float, default=None, help="seconds for all stages (default 450, so that the "
-                                                               "command ends within 8 minutes with the kit install; "
-                                                               "900 for --dry-run)")
+    p.add_argument("--budget", type=positive_float, default=None,
+                   help="seconds for all stages (default 450, so that the "
+                        "command ends within 8 minutes with the kit install; "
+                        "900 for --dry-run)")
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     p.add_argument("--workdir", default=None, help="scratch folder (default /tmp/nnunet_semicl_gpu_check)")
     return run(p.parse_args(argv))

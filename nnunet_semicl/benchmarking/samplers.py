@@ -18,6 +18,7 @@ import os
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
+from nnunet_semicl.argtypes import positive_float, positive_int
 from nnunet_semicl.benchmarking.common import (add_update_docs_argument, command_line, fmt, format_machine,
                                                machine_info, markdown_table, shared_acdc_folder,
                                                update_docs_if_asked)
@@ -31,17 +32,19 @@ CLASS_NAMES = {0: "background", 1: "RV", 2: "MLV", 3: "LVC"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sizes", type=float, nargs="+", default=list(DEFAULT_SIZES),
+    p.add_argument("--sizes", type=positive_float, nargs="+", default=list(DEFAULT_SIZES),
                    help="candidate counts for the timing (default 1e4 1e5 1e6 1e7)")
-    p.add_argument("--images", type=int, default=4, help="images per timing mask (default 4)")
-    p.add_argument("--min-time", type=float, default=0.5, help="seconds of repeats per timing cell (default 0.5)")
-    p.add_argument("--draws", type=int, default=1000, help="draws per variance estimate (default 1000)")
-    p.add_argument("--anchors", type=int, default=256, help="pixels per draw in the variance study (default 256)")
+    p.add_argument("--images", type=positive_int, default=4, help="images per timing mask (default 4)")
+    p.add_argument("--min-time", type=positive_float, default=0.5,
+                   help="seconds of repeats per timing cell (default 0.5)")
+    p.add_argument("--draws", type=positive_int, default=1000, help="draws per variance estimate (default 1000)")
+    p.add_argument("--anchors", type=positive_int, default=256,
+                   help="pixels per draw in the variance study (default 256)")
     p.add_argument("--acdc", default=None, help="SSL4MIS ACDC folder for real slices (default: ../shared/data/"
                                                 "ACDC_ssl4mis beside the checkout when present, else phantoms)")
     p.add_argument("--source", choices=("auto", "acdc", "phantom"), default="auto")
-    p.add_argument("--strides", type=int, nargs="+", default=[1, 4], help="feature-map strides (default 1 4)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPU count)")
+    p.add_argument("--strides", type=positive_int, nargs="+", default=[1, 4], help="feature-map strides (default 1 4)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: the CPU count)")
     p.add_argument("--official", default=None,
                    help="path to a fetched copy of the official ARCO code (its code/loss_helper.py, or the folder): "
                         "adds grid_monte_carlo_sample / grid_as_monte_carlo_sample to the side-by-side table "

@@ -30,6 +30,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
+from nnunet_semicl.argtypes import non_negative_int, positive_int
 from nnunet_semicl.benchmarking.common import (add_update_docs_argument, command_line, machine_info,
                                                update_docs_if_asked)
 from nnunet_semicl.benchmarking.step_report import format_step_markdown, summarize
@@ -56,26 +57,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"trainers). Default: {' '.join(DEFAULT_TRAINERS)}")
     p.add_argument("--pretrain", action="store_true", help="also measure the pre-training phases: "
                                                            + " ".join(PRETRAIN_ENTRIES))
-    p.add_argument("--reps", type=int, default=3, help="repetitions, trainers interleaved (default 3)")
-    p.add_argument("--steps", type=int, default=10, help="timed train_step calls per measurement (default 10)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed train_step calls first (default 3)")
+    p.add_argument("--reps", type=positive_int, default=3, help="repetitions, trainers interleaved (default 3)")
+    p.add_argument("--steps", type=positive_int, default=10, help="timed train_step calls per measurement (default 10)")
+    p.add_argument("--warmup", type=non_negative_int, default=3, help="untimed train_step calls first (default 3)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch threads (default: the CPU count, as nnUNetv2_train sets it)")
     p.add_argument("--dataset", default=None,
                    help="benchmark an existing dataset of $nnUNet_preprocessed instead of the phantoms (id or name); "
                         "needs --plans naming a setting variant (e.g. nnUNetPlans_5pct)")
     p.add_argument("--plans", default=None, help=f"plans identifier (default nnUNetPlans_{SETTING} of the phantoms)")
     p.add_argument("-c", "--configuration", default=None, help="default 2d (2d_tiny with --smoke)")
-    p.add_argument("--patients", type=int, default=20, help="phantom training patients, 2 frames each (default 20)")
-    p.add_argument("--phantom-shape", type=int, nargs=3, default=[10, 64, 64], metavar=("Z", "Y", "X"),
+    p.add_argument("--patients", type=positive_int, default=20,
+                   help="phantom training patients, 2 frames each (default 20)")
+    p.add_argument("--phantom-shape", type=positive_int, nargs=3, default=[10, 64, 64], metavar=("Z", "Y", "X"),
                    help="phantom volume shape (default 10 64 64; the real 2d plan is then 64x64, batch 20)")
     p.add_argument("--compile", action="store_true", help="let nnU-Net torch.compile the stock trainer on CUDA "
                                                            "(default off for every trainer: nnUNet_compile=f)")
     p.add_argument("--smoke", action="store_true",
                    help=f"tiny check: 2d_tiny, 6 patients, {' '.join(SMOKE_TRAINERS)}, 1 rep x 2 steps (1 warm-up)")
     add_update_docs_argument(p, "step")
-    p.add_argument("--timeout", type=int, default=1800, help="seconds per measurement subprocess")
+    p.add_argument("--timeout", type=positive_int, default=1800, help="seconds per measurement subprocess")
 
 
 def resolve_options(args) -> dict:

@@ -64,7 +64,8 @@ def worker_draw(spec: dict) -> dict:
     _seed(1)
     labeled = next(trainer.dataloader_train)
     unlabeled = next(trainer.dataloader_unlabeled)
-    keep = lambda b, keys: {k: b[k] for k in keys if k in b}
+    # plain types only (the keys are a numpy array of str): the measuring process loads it with weights_only=True
+    keep = lambda b, keys: {k: ([str(c) for c in b[k]] if k == "keys" else b[k]) for k in keys if k in b}
     torch.save({"labeled": keep(labeled, ("data", "target", "keys")), "unlabeled": keep(unlabeled, ("data", "keys"))},
                spec["batch_file"])
     info = {"labeled_shape": list(labeled["data"].shape), "unlabeled_shape": list(unlabeled["data"].shape),
@@ -194,7 +195,7 @@ def worker_measure(spec: dict) -> dict:
         if i:
             data_t.append(time.perf_counter() - t)
 
-    fixed = torch.load(spec["batch_file"], weights_only=False)
+    fixed = torch.load(spec["batch_file"], weights_only=True)   # tensors, lists of tensors, case ids
     n = int(spec["warmup"]) + int(spec["steps"])
     lab = [_clone(fixed["labeled"]) for _ in range(n)]
     unl = [_clone(fixed["unlabeled"]) for _ in range(n)]

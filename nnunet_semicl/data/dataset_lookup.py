@@ -40,3 +40,24 @@ def resolve_dataset_name(dataset_name_or_id, need_raw: bool = False, need_prepro
                     else "convert or create the dataset first")
             raise InputError(f"{os.path.join(os.environ[var], name)} does not exist: {hint}.")
     return name
+
+
+#: what our commands read from a dataset.json, and what each key is (for the error message)
+DATASET_JSON_KEYS = {"file_ending": 'the image file ending, e.g. "file_ending": ".nii.gz"',
+                     "labels": 'the label values, e.g. "labels": {"background": 0, "tumour": 1}',
+                     "channel_names": 'the input channels, e.g. "channel_names": {"0": "MRI"}'}
+
+
+def check_dataset_json(dataset_json, path: str, keys=("file_ending", "labels")) -> dict:
+    """Refuse a dataset.json that lacks a key a command needs, naming the file and the key (not a KeyError)."""
+    if not isinstance(dataset_json, dict):
+        raise InputError(f"{path} is not a JSON object (nnU-Net's dataset.json format).")
+    missing = [k for k in keys if k not in dataset_json]
+    if missing:
+        raise InputError(f"{path} lacks {', '.join(repr(k) for k in missing)} (" +
+                         "; ".join(DATASET_JSON_KEYS.get(k, k) for k in missing) +
+                         "). Add it (nnU-Net's documentation/dataset_format.md), then run the command again.")
+    labels = dataset_json.get("labels")
+    if "labels" in keys and (not isinstance(labels, dict) or not labels):
+        raise InputError(f"{path}: 'labels' must be a non-empty mapping of names to label values, got {labels!r}.")
+    return dataset_json

@@ -346,6 +346,9 @@ def read_folds(preprocessed_base: str) -> Optional[List[dict]]:
     folds = load_json(path)
     if not isinstance(folds, list) or not all(isinstance(f, dict) and "train" in f and "val" in f for f in folds):
         raise SplitError(f"{path} is not a list of {{'train': [...], 'val': [...]}} folds.")
+    if not folds:
+        raise SplitError(f"{path} holds no folds ([]). Delete it (`nnunet_semicl split` and nnU-Net's training then "
+                         f"create the 5-fold split), or write the folds as [{{'train': [...], 'val': [...]}}, ...].")
     return folds
 
 

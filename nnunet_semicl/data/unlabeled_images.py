@@ -137,13 +137,20 @@ def add_unlabeled_images(dataset_name_or_id, input_folder: str, prefix: str = ""
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 
-    from nnunet_semicl.data.dataset_lookup import resolve_dataset_name
+    from nnunet_semicl.data.dataset_lookup import check_dataset_json, resolve_dataset_name
+    from nnunet_semicl.files import check_writable
 
     check_prefix(prefix)
     dataset_name = resolve_dataset_name(dataset_name_or_id, need_raw=True)
     raw = os.path.join(str(nnUNet_raw), dataset_name)
     ds_path = os.path.join(raw, "dataset.json")
-    dataset_json = load_json(ds_path)
+    dataset_json = check_dataset_json(load_json(ds_path), ds_path)
+    # refused before anything is written (not a rollback with chained tracebacks)
+    for sub in ("", "imagesTr", "labelsTr"):
+        check_writable(os.path.join(raw, sub), "add-unlabeled writes dataset.json and the new cases there")
+    if compute_fingerprint:
+        check_writable(os.path.join(str(nnUNet_preprocessed), dataset_name),
+                       "add-unlabeled writes the fingerprint there")
     ending = dataset_json["file_ending"]
     n_channels = len(dataset_json.get("channel_names", dataset_json.get("modality", {})))
     cases = _case_files(input_folder, ending, n_channels)

@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
+from nnunet_semicl.argtypes import int_at_least, positive_float, positive_int
 from nnunet_semicl.launch import exit_2_on, module_main
 from nnunet_semicl.dataset_conversion.pipeline import DatasetSpec
 from nnunet_semicl.errors import InputError
@@ -49,19 +50,22 @@ class ConverterCommand:
         p.description = self.description
         p.formatter_class = argparse.RawDescriptionHelpFormatter
         p.add_argument("-i", "--input", required=True, help=self.input_help)
-        p.add_argument("--id", type=int, default=spec.default_id, help=f"dataset id (default {spec.default_id})")
+        p.add_argument("--id", type=positive_int, default=spec.default_id,
+                       help=f"dataset id (default {spec.default_id})")
         p.add_argument("--name", default=spec.default_name, help=f"dataset name (default {spec.default_name})")
         p.add_argument("--layout", choices=("auto",) + tuple(spec.locate), default="auto")
         if spec.isotropic_spacing:
-            p.add_argument("--spacing", type=float, nargs="+", default=None, metavar="MM", help=self.spacing_help)
-        else:
-            p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
+            p.add_argument("--spacing", type=positive_float, nargs="+", default=None, metavar="MM",
                            help=self.spacing_help)
-        p.add_argument("--cv", type=int, nargs="?", const=5, default=None, metavar="K", help=self.cv_help)
+        else:
+            p.add_argument("--spacing", type=positive_float, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                           help=self.spacing_help)
+        p.add_argument("--cv", type=int_at_least(2), nargs="?", const=5, default=None, metavar="K", help=self.cv_help)
         p.add_argument("--allow-missing", action="store_true",
                        help=f"convert the protocol {spec.unit}s that are present and leave out absent ones (default: "
                             f"error)")
-        p.add_argument("-np", type=int, default=default_num_processes(), help="worker processes (default %(default)s)")
+        p.add_argument("-np", type=positive_int, default=default_num_processes(),
+                       help="worker processes (default %(default)s)")
         p.add_argument("--overwrite", action="store_true", help="replace an existing dataset and its split files")
         p.add_argument("--raw", default=None, help="raw root (default $nnUNet_raw)")
         p.add_argument("--preprocessed", default=None, help="preprocessed root for the split files "

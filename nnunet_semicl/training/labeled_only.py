@@ -5,6 +5,7 @@ augmentation, same schedule) and the base class of all our trainers: it owns the
 schedule overrides of a setting, and checkpoint I/O.
 """
 import os
+import shutil
 import tempfile
 from typing import List, Optional
 
@@ -17,16 +18,20 @@ from nnunet_semicl.data.splits import (PLANS_BLOCK, UNLABELED_KEY, CaseSets, Spl
                                        check_folds_against_unlabeled, check_resumed_case_sets,
                                        check_trainer_overrides, default_folds, default_save_every, read_folds,
                                        resolve_case_sets, setting_block, truly_unlabeled_cases)
+from nnunet_semicl.errors import InputError
 from nnunet_semicl.files import load_json, save_json
 from nnunet_semicl.modules.ema import unwrap
 from nnunet_semicl.seeding import SEED_ENV, seed_everything, seed_from_env
+from nnunet_semicl.training.compatibility import (check_plans_dataset, check_pretrained_weights,
+                                                  check_resumed_trainer, pretrained_weights_path, requested_dataset)
 
 #: written into the run's fold folder: which cases were labeled and unlabeled, and from which setting
 CASE_SETS_FILE = "semicl_case_sets.json"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be loaded; the message names the file and what to do instead."""
+class CheckpointError(InputError, RuntimeError):
+    """A checkpoint that cannot be loaded; the message names the file and what to do instead (an InputError:
+    ``nnunet_semicl`` commands report it without a traceback)."""
 
 
 def _numpy_safe_globals() -> list:
@@ -70,21 +75,76 @@ def _alternatives(filename: str) -> str:
     return f" {move} and start over by running without --c (the run's folder is then overwritten)."
 
 
+class CheckpointSaveError(CheckpointError):
+    """A checkpoint that could not be written (a full disk, a read-only folder); the previous one is unchanged."""
+
+
+class _ByteCounter:
+    """A write-only file that counts what ``torch.save`` writes (the size a checkpoint needs, without a disk)."""
+
+    def __init__(self):
+        self.n = 0
+
+    def write(self, data) -> int:
+        self.n += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def _mb(n_bytes: float) -> str:
+    return f"{n_bytes / 2 ** 20:.0f} MB"
+
+
 def save_atomically(obj: dict, filename: str) -> None:
     """``torch.save`` to ``<filename>.tmp``, flushed to disk, then renamed over ``filename``: a process killed
-    while saving (SIGKILL, power loss) leaves the previous checkpoint complete and loadable."""
+    while saving (SIGKILL, power loss) leaves the previous checkpoint complete and loadable.
+
+    A save that fails (a full disk: ENOSPC, a quota, a read-only folder) removes ``<filename>.tmp``, keeps the
+    previous ``filename`` and raises one :class:`CheckpointSaveError` that names the folder, the space the
+    checkpoint needs and the space free."""
     tmp = filename + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, filename)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, filename)
+    except OSError as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise CheckpointSaveError(_save_failure_message(obj, filename, e)) from None
+
+
+def _save_failure_message(obj: dict, filename: str, error: OSError) -> str:
+    folder = os.path.dirname(os.path.abspath(filename))
+    counter = _ByteCounter()
+    try:
+        torch.save(obj, counter)
+        needed = f"about {_mb(counter.n)}"
+    except Exception:
+        needed = "an unknown amount"
+    try:
+        free = _mb(shutil.disk_usage(folder).free) + " free"
+    except OSError:
+        free = "free space unknown"
+    kept = (f"The previous {os.path.basename(filename)} is unchanged" if os.path.isfile(filename)
+            else f"No {os.path.basename(filename)} was written")
+    return (f"Could not save the checkpoint {filename} ({error.strerror or error}): {folder} needs {needed} for "
+            f"it ({free}). {kept} and no temporary file is left. Free space there (or point nnUNet_results at a "
+            f"larger disk and move the results folder), then continue the training with --c.")
 
 
 class nnUNetTrainerLabeledOnly(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        # nnU-Net reads the data of the plans' dataset_name: refuse another dataset's plans (copied with -p)
+        check_plans_dataset(self.plans_manager.plans_name, self.plans_manager.dataset_name,
+                            self.preprocessed_dataset_folder_base, dataset_json, requested_dataset())
         self.case_sets: Optional[CaseSets] = None
         self._apply_setting_overrides()
 
@@ -93,9 +153,23 @@ class nnUNetTrainerLabeledOnly(nnUNetTrainer):
     # ------------------------------------------------------------------------------------------
     def initialize(self):
         seed = seed_from_env()
-        if seed is not None and not self.was_initialized:
+        first = not self.was_initialized
+        if seed is not None and first:
             seed_everything(seed)   # the network's initialisation (built by nnU-Net's initialize)
         super().initialize()
+        if first:
+            self.check_pretrained_weights(pretrained_weights_path())
+
+    def check_pretrained_weights(self, filename: Optional[str]) -> None:
+        """``nnUNetv2_train -pretrained_weights FILE`` loads FILE right after ``initialize()``, with
+        ``weights_only=False`` and an assertion per mismatching weight: read it safely here first, and refuse
+        weights that do not fit this network (compatibility.check_pretrained_weights says which are accepted)."""
+        if not filename:
+            return
+        checkpoint = read_checkpoint(filename, map_location="cpu")
+        saved = check_pretrained_weights(filename, checkpoint, self._unwrapped_network().state_dict(),
+                                         type(self).__name__)
+        self.print_to_log_file(f"-pretrained_weights: {filename}, written by {saved}")
 
     def on_train_start(self):
         super().on_train_start()
@@ -245,18 +319,36 @@ class nnUNetTrainerLabeledOnly(nnUNetTrainer):
             self.case_sets = CaseSets(tuple(cs["labeled"]), tuple(cs["unlabeled"]), cs.get("source", "checkpoint"))
 
     def save_checkpoint(self, filename: str) -> None:
-        # nnU-Net writes its checkpoint (whatever keys its version writes, so that stock nnUNetv2_predict
-        # loads it) to a scratch file; we add 'semicl' and replace `filename` atomically: a crash while
-        # saving never destroys the previous checkpoint.
+        # nnU-Net builds its checkpoint dict (whatever keys its version writes, so that stock nnUNetv2_predict
+        # loads it); we capture it in memory, add 'semicl' and write it once with save_atomically: a crash while
+        # saving never destroys the previous checkpoint, and a save needs the checkpoint's size free, not twice it.
         if self.local_rank != 0 or self.disable_checkpointing:
             super().save_checkpoint(filename)   # writes nothing (and says so when checkpointing is off)
             return
-        scratch = filename + ".nnunet.tmp"
-        super().save_checkpoint(scratch)
-        checkpoint = read_checkpoint(scratch)   # map_location None: every tensor stays on its device
+        checkpoint = self._nnunet_checkpoint(filename)
         checkpoint["semicl"] = self.semicl_state_dict()
-        save_atomically(checkpoint, filename)
-        os.remove(scratch)
+        try:
+            save_atomically(checkpoint, filename)
+        except CheckpointSaveError as e:
+            try:
+                self.print_to_log_file(str(e))
+            except OSError:   # the log is on the same full disk
+                pass
+            raise
+
+    def _nnunet_checkpoint(self, filename: str) -> dict:
+        """The dict nnU-Net's ``save_checkpoint`` passes to ``torch.save``, taken instead of written."""
+        captured = []
+        real_save = torch.save
+        torch.save = lambda obj, *args, **kwargs: captured.append(obj)   # nnU-Net calls torch.save(checkpoint, f)
+        try:
+            super().save_checkpoint(filename)
+        finally:
+            torch.save = real_save
+        if len(captured) != 1 or not isinstance(captured[0], dict):
+            raise RuntimeError(f"nnU-Net's save_checkpoint called torch.save {len(captured)} times (expected once "
+                               f"with the checkpoint dict): this nnU-Net version is not supported.")
+        return captured[0]
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         # A path is read here first with weights_only=True (a CheckpointError names a missing, damaged or
@@ -271,6 +363,7 @@ class nnUNetTrainerLabeledOnly(nnUNetTrainer):
         if not self.was_initialized:
             self.initialize()
         checkpoint = read_checkpoint(filename_or_checkpoint, map_location=self.device)
+        check_resumed_trainer(filename_or_checkpoint, checkpoint, type(self).__name__)
         self._log_resume_source(filename_or_checkpoint, checkpoint)
         semicl = checkpoint.get("semicl", {})
         del checkpoint   # nnU-Net reads the file again: do not hold two copies of the weights

@@ -329,3 +329,21 @@ def test_checkpoints_are_loaded_without_running_code(tmp_path, monkeypatch):
 
     from nnunet_semicl.benchmarking import warm_start
     assert "read_checkpoint(" in inspect.getsource(warm_start._WarmStart.initialize)
+
+
+def test_plans_copied_from_another_dataset_are_refused(phantom, bare, monkeypatch):
+    """Issue 31 row 6: `nnUNetv2_train 992 ... -p <plans copied from the phantom>` trained the phantom's data."""
+    from nnunet_semicl.training.compatibility import IncompatibleRunError
+
+    copied = os.path.join(bare, "nnUNetPlans_copied.json")
+    shutil.copy2(os.path.join(phantom.pre, phantom.plans + ".json"), copied)
+    try:
+        with env(nnUNet_n_proc_DA=0):
+            monkeypatch.setattr(sys, "argv", ["/venv/bin/nnUNetv2_train", str(BARE_ID), "2d_tiny", "0", "-p",
+                                              "nnUNetPlans_copied"])
+            with pytest.raises(IncompatibleRunError, match=f"belong to {phantom.name}.*not to Dataset{BARE_ID}"):
+                make_trainer(BARE_ID, "2d_tiny", 0, "nnUNetTrainerLabeledOnly", "nnUNetPlans_copied")
+            monkeypatch.setattr(sys, "argv", ["/venv/bin/nnUNetv2_train", str(phantom.id), "2d_tiny", "0"])
+            make_trainer(phantom.id, "2d_tiny", 0, "nnUNetTrainerLabeledOnly", phantom.plans)   # its own: fine
+    finally:
+        os.remove(copied)

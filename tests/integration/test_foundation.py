@@ -186,8 +186,8 @@ def test_broken_split_file_is_reported_with_its_path(phantom):
 
 @pytest.mark.parametrize("args,msg", [
     (["--labeled-cases", "phantom777"], "phantom777"),
-    (["--fraction", "1.5"], "must be in (0, 1)"),
-    (["--labeled", "0"], "at least 1"),
+    (["--fraction", "1.5"], "argument --fraction: must be a fraction strictly between 0 and 1"),
+    (["--labeled", "0"], "argument --labeled: must be a whole number >= 1"),
     (["--labeled", "50", "--group", r"phantom\d+"], "only"),
     (["--fraction", "0.2", "--group", r"nomatch\d+"], "does not match the group pattern"),
 ])

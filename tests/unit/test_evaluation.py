@@ -269,3 +269,45 @@ def test_truncated_prediction_is_refused_with_its_name(acdc_like):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(EvaluationError, match=r"b\.nii\.gz: .*truncated"):
         evaluate_folders(str(pred_dir), str(ref_dir), verbose=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# predictions that are not label maps of the dataset (issue 31, row 10)
+# ------------------------------------------------------------------------------------------------
+def test_a_label_the_dataset_does_not_define_is_warned_about(acdc_like, tmp_path, capsys):
+    ref_dir, pred_dir, _, pred = acdc_like
+    foreign = pred.copy()
+    foreign[0, 0, :] = 7
+    _write(foreign, str(pred_dir / "a.nii.gz"))
+    res = evaluate_folders(str(pred_dir), str(ref_dir), output=str(tmp_path / "r.json"), verbose=False)
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "label(s) [7]" in err and "does not define" in err and "(a)" in err
+    assert any("[7]" in w and "does not define" in w for w in res["warnings"])
+    assert json.loads((tmp_path / "r.json").read_text())["warnings"] == res["warnings"]
+
+
+def test_a_float_prediction_with_soft_values_is_refused_naming_the_file(acdc_like, tmp_path):
+    ref_dir, pred_dir, _, pred = acdc_like
+    soft = sitk.GetImageFromArray(pred.astype(np.float32) + 0.4)
+    soft.SetSpacing((1.5, 1.5, 10.0))
+    sitk.WriteImage(soft, str(pred_dir / "b.nii.gz"))
+    with pytest.raises(EvaluationError, match=r"b\.nii\.gz holds non-integer values \(0\.4, 1\.4, 2\.4"):
+        evaluate_folders(str(pred_dir), str(ref_dir), output=str(tmp_path / "r.json"), verbose=False)
+    assert not (tmp_path / "r.json").exists()
+    whole = sitk.GetImageFromArray(pred.astype(np.float32))     # float type, whole values: a label map
+    whole.SetSpacing((1.5, 1.5, 10.0))
+    sitk.WriteImage(whole, str(pred_dir / "b.nii.gz"))
+    res = evaluate_folders(str(pred_dir), str(ref_dir), output=str(tmp_path / "r.json"), verbose=False)
+    assert res["per_case"]["b"]["1"]["dice"] == pytest.approx(2 / 3)
+
+
+def test_labels_the_dataset_does_not_define_are_refused(acdc_like, tmp_path, capsys):
+    from nnunet_semicl.cli import main as cli_main
+
+    ref_dir, pred_dir, _, _ = acdc_like
+    out = tmp_path / "l.json"
+    with pytest.raises(SystemExit) as e:
+        cli_main(["evaluate", "-p", str(pred_dir), "-r", str(ref_dir), "-o", str(out), "--labels", "1", "9", "-q"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--labels 9: not a label of" in err and "1 RV, 2 MLV, 3 LVC" in err
+    assert not out.exists()

@@ -60,7 +60,8 @@ def test_tiny_config_command_passes_the_width_options(tmp_path, monkeypatch, cap
     assert tiny["architecture"]["arch_kwargs"]["features_per_stage"] == [16, 32, 64, 128]
     with pytest.raises(SystemExit) as exit_:  # a 0 is refused, not ignored
         cli.main(["tiny-config", "1", "-c", "3d_fullres", "--overwrite", "--batch-size", "0"])
-    assert exit_.value.code == 2 and "--batch-size 0: must be at least 1" in capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert "argument --batch-size: must be a whole number >= 1, got 0" in capsys.readouterr().err
 
 
 def test_tiny_configuration_builds_with_nnunet(tmp_path):
