@@ -8,17 +8,22 @@ against this. Distribution alignment multiplies the teacher's class probabilitie
 labeled data and ``running_mean`` an EMA of the teacher's class distribution on unlabeled pixels.
 A vanishing class is pushed back up, where the teacher still gives it some probability.
 
-This module's defaults (``statistic="argmax"``, ``boost_only=True``; the trainers pass their
-``alignment_statistic`` / ``alignment_boost_only``, ReMixMatch's form by default, the configuration of
-the measured ACTION++ run in docs/performance.md section 3): the running distribution is that of the
-teacher's argmax, and only under-predicted foreground classes are
-raised (ratios clipped to ``[1, max_ratio]``, background never changed). ReMixMatch's form (mean
-probabilities, ratios in ``[1 / max_ratio, max_ratio]``) is ``statistic="probability",
-boost_only=False``. Measured on a young ACDC teacher, it lowered every foreground class: soft
-probabilities spread over boundaries, so the mean foreground probability exceeds the labeled share
-even when the argmax matches it (ratios 0.78 / 0.71 / 0.56), which pushed the least confident
-class (MYO, 99th percentile confidence 0.973) below the 0.97 pseudo-label threshold everywhere:
-the guard itself emptied MYO's confident pseudo-labels.
+Two forms; the caller chooses (no default here, so the trainers' choice is the only one):
+
+* ``statistic="probability", boost_only=False``: ReMixMatch's form (running mean of the teacher's
+  probabilities, ratios in ``[1 / max_ratio, max_ratio]``). **The trainers' default**
+  (``TrainingDynamicsMixin.alignment_statistic = "probability"``), the configuration of the ACDC runs in
+  docs/performance.md section 3. Its known cost: soft probabilities spread over boundaries, so the mean
+  foreground probability exceeds the labeled share even when the argmax matches it. Measured on a young
+  ACDC teacher, the ratios were 0.78 / 0.71 / 0.56, which pushed the least confident class (MYO, 99th
+  percentile confidence 0.973) below the 0.97 pseudo-label threshold; 1-2 % background leakage gives the
+  small classes ratios of 0.45-0.8.
+* ``statistic="argmax", boost_only=True``: the running distribution of the teacher's argmax, and only
+  under-predicted foreground classes are raised (ratios clipped to ``[1, max_ratio]``, background never
+  changed): the setting ``alignment_statistic="argmax" alignment_boost_only=true``.
+
+Which form (or none: ``distribution_alignment=false``) is best is being measured single-factor with paired
+seeds (docs/performance.md, "class-collapse guard"); the default changes only by that measurement.
 """
 from typing import Optional, Sequence
 
@@ -43,7 +48,7 @@ class DistributionAlignment(nn.Module):
     """
 
     def __init__(self, num_classes: int, target: Optional[Sequence[float]] = None, momentum: float = 0.99,
-                 max_ratio: float = 4.0, statistic: str = "argmax", boost_only: bool = True):
+                 max_ratio: float = 4.0, *, statistic: str, boost_only: bool):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"need at least 2 classes, got {num_classes}")

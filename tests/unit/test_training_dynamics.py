@@ -59,6 +59,9 @@ def test_a_run_whose_gate_never_opened_says_so():
     assert t.unsupervised_terms_ran() and t.training_summary()["message"].startswith("Unsupervised terms ran from")
 
 
+BOOST = {"statistic": "argmax", "boost_only": True}   # the argmax / boost-only form of the guard
+
+
 def _collapsing_teacher(n=4096):
     """Teacher whose class 2 is everywhere second to class 1: argmax never gives class 2."""
     probs = torch.zeros(1, 3, n)
@@ -76,7 +79,7 @@ def test_vanished_class_regains_its_pseudo_label_share():
     labeled = torch.tensor([0.5, 0.25, 0.25])   # the labeled data has as much class 2 as class 1
     _, labels, _ = pseudo_labels(torch.log(probs))
     assert float(label_shares(labels, 3)[2]) == 0.0   # without the guard, class 2 has vanished
-    da = DistributionAlignment(3, labeled, momentum=0.0)
+    da = DistributionAlignment(3, labeled, momentum=0.0, **BOOST)
     da.update(probs)
     aligned = da(probs)
     assert torch.allclose(aligned.sum(1), torch.ones(1, probs.shape[2]))
@@ -94,7 +97,7 @@ def test_alignment_leaves_a_matching_teacher_unchanged_and_bounds_the_ratio():
     da = DistributionAlignment(3, [0.1, 0.1, 0.8], momentum=0.0, max_ratio=2.0, **remix)
     da.update(torch.tensor([0.45, 0.45, 0.1]).view(1, 3, 1))
     assert torch.allclose(da.ratios(), torch.tensor([0.5, 0.5, 2.0]))
-    boost = DistributionAlignment(3, [0.1, 0.1, 0.8], momentum=0.0, max_ratio=2.0)   # default: raise only
+    boost = DistributionAlignment(3, [0.1, 0.1, 0.8], momentum=0.0, max_ratio=2.0, **BOOST)   # raise only
     boost.update(torch.tensor([0.45, 0.45, 0.1]).view(1, 3, 1))                     # argmax: class 0 only
     assert torch.allclose(boost.ratios(), torch.tensor([1.0, 2.0, 2.0]))
 
@@ -108,7 +111,7 @@ def test_default_alignment_never_lowers_a_confident_foreground_pixel():
     probs[0, :, 85:95] = torch.tensor([0.014, 0.972, 0.014])[:, None]  # confident class 1 (10 % of pixels)
     probs[0, :, 95:] = torch.tensor([0.02, 0.03, 0.95])[:, None]     # class 2 (5 %)
     target = [0.85, 0.10, 0.05]                                      # = the teacher's argmax shares
-    default = DistributionAlignment(3, target, momentum=0.0)
+    default = DistributionAlignment(3, target, momentum=0.0, **BOOST)
     default.update(probs)
     assert torch.allclose(default(probs), probs)
     remix = DistributionAlignment(3, target, momentum=0.0, statistic="probability", boost_only=False)
@@ -118,7 +121,7 @@ def test_default_alignment_never_lowers_a_confident_foreground_pixel():
 
 def test_alignment_before_any_update_is_identity_and_running_mean_is_an_ema():
     probs = torch.softmax(torch.randn(1, 3, 5, 5), 1)
-    da = DistributionAlignment(3, [0.2, 0.3, 0.5], momentum=0.5)
+    da = DistributionAlignment(3, [0.2, 0.3, 0.5], momentum=0.5, **BOOST)
     assert torch.equal(da(probs), probs.float())
     da.update(torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1))
     da.update(torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1))
@@ -138,7 +141,7 @@ def test_label_shares_skip_masked_and_ignore_labels():
                                     dict(num_classes=3, statistic="median")])
 def test_alignment_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError):
-        DistributionAlignment(**kwargs)
+        DistributionAlignment(**{**BOOST, **kwargs})
 
 
 class _Logger:
@@ -353,7 +356,7 @@ def test_alignment_and_logged_shares_count_only_the_unlabeled_pixels_of_a_copy_p
     t.unsup_gate_step = 0
     t.confidence_threshold = 0.97
     t._pseudo_label_shares = []
-    t.state_modules = {"alignment": DistributionAlignment(3, [0.8, 0.1, 0.1], momentum=0.0)}
+    t.state_modules = {"alignment": DistributionAlignment(3, [0.8, 0.1, 0.1], momentum=0.0, **BOOST)}
     logits = torch.zeros(2, 3, 4, 4)
     logits[:, 0, :, :2] = 12.0            # unlabeled pixels: confident background
     logits[:, 1, :, 2:] = 12.0            # pasted pixels: all foreground class 1
@@ -363,6 +366,6 @@ def test_alignment_and_logged_shares_count_only_the_unlabeled_pixels_of_a_copy_p
     running = t.state_modules["alignment"].running_mean
     assert float(running[0]) == pytest.approx(1.0, abs=1e-4) and float(running[1]) < 1e-4
     assert torch.allclose(t._pseudo_label_shares[-1], torch.tensor([1.0, 0.0, 0.0]))
-    t.state_modules = {"alignment": DistributionAlignment(3, [0.8, 0.1, 0.1], momentum=0.0)}
+    t.state_modules = {"alignment": DistributionAlignment(3, [0.8, 0.1, 0.1], momentum=0.0, **BOOST)}
     nnUNetTrainerSemiSupervised.teacher_pseudo_labels(t, logits)      # counting them: class 1 at half the pixels
     assert float(t.state_modules["alignment"].running_mean[1]) == pytest.approx(0.5, abs=1e-4)
