@@ -98,7 +98,6 @@ class nnUNetTrainerSemiSupervised(TrainingDynamicsMixin, nnUNetTrainerLabeledOnl
         self.teacher_taps: Optional[FeatureTaps] = None
         self.dataloader_unlabeled = None
         self.global_step = 0
-        self.unsup_gate_step: Optional[int] = None   # iteration at which the supervised warm-up ended
         self.labeled_shares: Optional[torch.Tensor] = None  # class shares of the labeled cases (on_train_start)
         self._pseudo_label_shares: List[torch.Tensor] = []  # per step (on the device), for the epoch's collapse check
         self.logger.local_logger = _upgrade_logger(self.logger.local_logger, self.loss_terms)
@@ -432,7 +431,8 @@ class nnUNetTrainerSemiSupervised(TrainingDynamicsMixin, nnUNetTrainerLabeledOnl
             "head_teachers": {n: t.model.state_dict() for n, t in self.head_teachers.items()},
             "state_modules": self.state_modules.state_dict(),
             "global_step": self.global_step,
-            "unsup_gate_step": self.unsup_gate_step,
+            "unsup_gate_step": self.unsup_gate_step,   # also in "schedule"; read by tools and earlier versions
+            "schedule": self.schedule.state_dict(),
             "unsupervised_terms_ran": self.unsupervised_terms_ran(),
         })
         return state
@@ -456,8 +456,7 @@ class nnUNetTrainerSemiSupervised(TrainingDynamicsMixin, nnUNetTrainerLabeledOnl
         if missing:  # e.g. a checkpoint written before the class-collapse guard existed
             self.print_to_log_file(f"Checkpoint lacks state {sorted(missing)}: those start fresh.")
         self.global_step = int(state.get("global_step", 0))
-        gate = state.get("unsup_gate_step")
-        self.unsup_gate_step = None if gate is None else int(gate)
+        self.schedule.load_state_dict(state.get("schedule") or {"gate_step": state.get("unsup_gate_step")})
 
 
 def _upgrade_logger(local_logger, terms):

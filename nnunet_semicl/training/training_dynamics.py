@@ -8,9 +8,11 @@ decision 7; docs/trainers.md).
 * class-collapse guard: distribution alignment of the teacher's probabilities to the labeled class
   shares, and a per-epoch log (and warning) of each class's share of the confident pseudo-labels.
 
-``TrainingDynamicsMixin`` is a base of ``nnUNetTrainerSemiSupervised``, which owns the state it reads and
-writes (``global_step``, ``unsup_gate_step``, ``labeled_shares``, ``_pseudo_label_shares``,
-``state_modules``) and calls it from its lifecycle hooks.
+The gate, the ramp and the momentum are one object, :class:`~nnunet_semicl.schedules.UnsupervisedSchedule`
+(pure, with its own ``state_dict``), built from this mixin's hyperparameters (class attributes, setting keys);
+the guard is a module with state (``state_modules["alignment"]``). ``TrainingDynamicsMixin`` is a base of
+``nnUNetTrainerSemiSupervised``, which owns the state it reads and writes (``global_step``, ``labeled_shares``,
+``_pseudo_label_shares``, ``state_modules``) and calls it from its lifecycle hooks.
 """
 from typing import Optional
 
@@ -20,11 +22,11 @@ import torch
 from nnunet_semicl.files import TRAINING_SUMMARY_FILE as SUMMARY_FILE
 from nnunet_semicl.losses.pseudo_label_losses import pseudo_labels
 from nnunet_semicl.modules.distribution_alignment import label_shares
-from nnunet_semicl.schedules import classes_below, ramped_weight, recent_class_dice, warmup_complete
+from nnunet_semicl.schedules import UnsupervisedSchedule
 
 
 class TrainingDynamicsMixin:
-    # ---- hyperparameters (class attributes; PapersScheduleMixin turns them off for the _noRampUp variants) --
+    # ---- hyperparameters (class attributes, setting keys; PapersScheduleMixin turns them off for the _paper recipes) --
     unsup_warmup = True               # False: every unsupervised term on from its phase's start (the papers)
     warmup_min_fraction = 0.1         # supervised only for at least this share of all iterations ...
     warmup_dice_threshold = 0.5       # ... and until every foreground class reaches this online-validation Dice
@@ -47,11 +49,39 @@ class TrainingDynamicsMixin:
     unsup_momentum = None             # SGD momentum while the unsupervised terms are on (the official code's 0.9);
                                       # None: nnU-Net's 0.99 throughout (measured: docs/performance.md 3)
 
+    # ---- the schedule object -------------------------------------------------------------------------------
+    def schedule_parameters(self) -> dict:
+        return {"total_iterations": self.total_iterations, "warmup": self.unsup_warmup,
+                "min_fraction": self.warmup_min_fraction, "dice_threshold": self.warmup_dice_threshold,
+                "dice_epochs": self.warmup_dice_epochs, "max_fraction": self.warmup_max_fraction,
+                "limit_floor": self.warmup_limit_floor, "rampup_fraction": self.rampup_fraction,
+                "momentum": self.unsup_momentum}
+
+    @property
+    def schedule(self) -> UnsupervisedSchedule:
+        """The schedule of the unsupervised terms, built from the hyperparameters; rebuilt with its state kept when
+        they change (a setting applied after construction, the step benchmark's no-ramp form)."""
+        params = self.schedule_parameters()
+        current = self.__dict__.get("_schedule")
+        if current is None or self.__dict__.get("_schedule_parameters") != params:
+            schedule = UnsupervisedSchedule(**params)
+            if current is not None:
+                schedule.load_state_dict(current.state_dict())
+            self.__dict__["_schedule"], self.__dict__["_schedule_parameters"] = schedule, params
+        return self.__dict__["_schedule"]
+
+    @property
+    def unsup_gate_step(self) -> Optional[int]:
+        """Iteration at which the supervised warm-up ended (None while warming up)."""
+        return self.schedule.gate_step
+
+    @unsup_gate_step.setter
+    def unsup_gate_step(self, step: Optional[int]) -> None:
+        self.schedule.gate_step = None if step is None else int(step)
+
     def start_training_dynamics(self) -> None:
-        """At the start (or resumption) of training: the gate of a papers' variant is open from the start,
-        and the labeled class shares are read once (collapse check, distribution-alignment target)."""
-        if not self.unsup_warmup and self.unsup_gate_step is None:
-            self.unsup_gate_step = 0
+        """At the start (or resumption) of training: the labeled class shares are read once (collapse check,
+        distribution-alignment target). (The gate of the papers' recipe is open from the start: the schedule.)"""
         self.labeled_shares = self.labeled_class_shares()   # read once: the collapse check compares with it
         if "alignment" in self.state_modules:
             self.state_modules["alignment"].set_target(self.labeled_shares)
@@ -84,8 +114,7 @@ class TrainingDynamicsMixin:
     def term_scale(self, term_start_step: int) -> float:
         """Multiplier of a term its method turns on at ``term_start_step``: 0 before that and until the warm-up
         gate opens, then the sigmoid ramp counted from the later of the two."""
-        start = None if self.unsup_gate_step is None else max(self.unsup_gate_step, term_start_step)
-        return ramped_weight(self.global_step, start, self.rampup_fraction * self.total_iterations)
+        return self.schedule.scale(self.global_step, term_start_step)
 
     def full_resolution_share(self) -> float:
         """Share of the supervised loss that nnU-Net's deep supervision puts on the full-resolution output."""
@@ -106,9 +135,9 @@ class TrainingDynamicsMixin:
         """SGD momentum for this iteration: ``unsup_momentum`` once the unsupervised terms are on, the optimizer's
         initial momentum before. Set every step from the schedule, so a resumed run (whose optimizer state
         carries whatever momentum was saved) follows the same rule."""
-        if self.unsup_momentum is None:
+        if self.schedule.momentum is None:
             return
-        momentum = self.unsup_momentum if self.unsup_scale() > 0 else self.initial_momentum
+        momentum = self.schedule.momentum_now(self.unsup_scale() > 0, self.initial_momentum)
         for group in self.optimizer.param_groups:
             group["momentum"] = momentum
 
@@ -117,47 +146,33 @@ class TrainingDynamicsMixin:
         return self.unsup_scale() > 0
 
     def update_warmup_gate(self) -> None:
-        """End the supervised warm-up when the rule holds (called after each epoch's online validation).
-
-        A NaN online Dice (the class was absent from the epoch's validation patches) is no evidence for that
-        epoch: the rule looks further back for that class (``recent_class_dice``)."""
-        if self.unsup_gate_step is not None:
-            return
+        """End the supervised warm-up when the rule holds (called after each epoch's online validation), and log
+        why. A NaN online Dice (the class was absent from the epoch's validation patches) is no evidence for that
+        epoch: the rule looks further back for that class."""
         history = [list(map(float, d)) for d in (self.logger.get_value("dice_per_class_or_region", step=None) or [])]
-        n = self.warmup_dice_epochs
-        recent = recent_class_dice(history, n)
-        shown = [[round(v, 3) for v in c] for c in recent]
-        min_steps = int(self.warmup_min_fraction * self.total_iterations)
-        if warmup_complete(self.global_step, min_steps, history, self.warmup_dice_threshold, n):
-            self.unsup_gate_step = self.global_step
+        d = self.schedule.update(self.global_step, history)
+        n, shown = self.warmup_dice_epochs, [[round(v, 3) for v in c] for c in d.recent]
+        if d.extended:
+            latest = [round(c[-1], 3) if c else float("nan") for c in d.recent]
+            self.print_to_log_file(
+                f"WARNING: supervised warm-up continues past its limit ({self.warmup_max_fraction:g} of the training, "
+                f"iteration {self.global_step}): foreground class(es) {d.not_found} not found yet (latest "
+                f"online-validation Dice per class {latest} < {self.warmup_limit_floor:g}); their own pseudo-labels "
+                f"would erase them. The unsupervised terms start once every class reaches {self.warmup_limit_floor:g};"
+                f" if none does, this run trains as nnUNetTrainerLabeledOnly would (the final log line and "
+                f"{SUMMARY_FILE} say so).")
+        elif d.opened and not d.by_limit:
             self.print_to_log_file(
                 f"Supervised warm-up complete at iteration {self.global_step} (epoch {self.current_epoch}): every "
-                f"foreground class reached online-validation Dice >= {self.warmup_dice_threshold} in its last "
-                f"{n} epochs with evidence (per class: {shown}). "
-                f"{self.unsup_start_text()}, ramped over {int(self.rampup_fraction * self.total_iterations)} iterations.")
-        elif self.global_step >= int(self.warmup_max_fraction * self.total_iterations):
-            latest = [c[-1] if c else float("nan") for c in recent]   # each class's latest evidence
-            no_evidence = [c + 1 for c, v in enumerate(recent) if not v]
-            not_found = classes_below(latest, self.warmup_limit_floor)
-            if not_found:   # supervised until the model finds them: at worst the run is LabeledOnly's
-                if not getattr(self, "_warmup_extension_logged", False):
-                    self._warmup_extension_logged = True
-                    self.print_to_log_file(
-                        f"WARNING: supervised warm-up continues past its limit ({self.warmup_max_fraction:g} of the "
-                        f"training, iteration {self.global_step}): foreground class(es) {not_found} not found yet "
-                        f"(latest online-validation Dice per class {[round(v, 3) for v in latest]} < "
-                        f"{self.warmup_limit_floor:g}); their own pseudo-labels would erase them. The unsupervised "
-                        f"terms start once every class reaches {self.warmup_limit_floor:g}; if none does, this run "
-                        f"trains as nnUNetTrainerLabeledOnly would (the final log line and "
-                        f"{SUMMARY_FILE} say so).")
-                return
-            self.unsup_gate_step = self.global_step
-            below = sorted({c + 1 for c, v in enumerate(recent) if v and min(v) < self.warmup_dice_threshold})
+                f"foreground class reached online-validation Dice >= {self.warmup_dice_threshold} in its last {n} "
+                f"epochs with evidence (per class: {shown}). {self.unsup_start_text()}, ramped over "
+                f"{int(self.schedule.rampup_length)} iterations.")
+        elif d.opened:
             self.print_to_log_file(
                 f"WARNING: supervised warm-up ended by its limit ({self.warmup_max_fraction:g} of the training, "
-                f"iteration {self.global_step}) with foreground class(es) {below} below online-validation Dice "
+                f"iteration {self.global_step}) with foreground class(es) {d.below} below online-validation Dice "
                 f"{self.warmup_dice_threshold} in their last {n} epochs with evidence (per class: {shown})"
-                + (f" and class(es) {no_evidence} absent from every online validation so far" if no_evidence else "")
+                + (f" and class(es) {d.no_evidence} absent from every online validation so far" if d.no_evidence else "")
                 + f". {self.unsup_start_text()}"
                 + ("; the distribution alignment guards those classes." if self.distribution_alignment else "."))
 

@@ -164,8 +164,8 @@ def _gate_trainer(cls_name="nnUNetTrainerSemiSupervised", dice=(), step=0, epoch
     import nnunet_semicl.training.semi_supervised as semi
     cls = getattr(semi, cls_name, None) or getattr(action, cls_name, None) or getattr(action_pp, cls_name)
     t = cls.__new__(cls)
-    t.unsup_gate_step, t.global_step, t.current_epoch = None, step, step // iters
     t.num_epochs, t.num_iterations_per_epoch = epochs, iters
+    t.global_step, t.current_epoch = step, step // iters
     t.logger = _Logger([list(d) for d in dice])
     t.lines = []
     t.print_to_log_file = lambda *a, **k: t.lines.append(" ".join(map(str, a)))
@@ -369,3 +369,34 @@ def test_alignment_and_logged_shares_count_only_the_unlabeled_pixels_of_a_copy_p
     t.state_modules = {"alignment": DistributionAlignment(3, [0.8, 0.1, 0.1], momentum=0.0, **BOOST)}
     nnUNetTrainerSemiSupervised.teacher_pseudo_labels(t, logits)      # counting them: class 1 at half the pixels
     assert float(t.state_modules["alignment"].running_mean[1]) == pytest.approx(0.5, abs=1e-4)
+
+
+# ---- the schedule as one object (issue 27 item 9) --------------------------------------------------------
+def test_unsupervised_schedule_gate_ramp_momentum_and_state():
+    from nnunet_semicl.schedules import UnsupervisedSchedule
+    s = UnsupervisedSchedule(total_iterations=100, momentum=0.9)
+    assert s.gate_step is None and s.scale(40) == 0.0 and s.momentum_now(False, 0.99) == 0.99
+    d = s.update(5, [[0.9, 0.9, 0.9]] * 2)                       # before the minimum share (10 iterations)
+    assert not d.opened and s.gate_step is None
+    d = s.update(30, [[0.9, 0.9, 0.9]] * 2)
+    assert d.opened and not d.by_limit and s.gate_step == 30
+    assert s.scale(30) == pytest.approx(math.exp(-5.0)) and s.scale(50) == 1.0     # ramp: 20 iterations
+    assert s.scale(45, term_start=40) == pytest.approx(math.exp(-5.0 * 0.75 ** 2))  # a later term ramps from its start
+    assert s.momentum_now(True, 0.99) == 0.9
+    resumed = UnsupervisedSchedule(total_iterations=100, momentum=0.9)
+    resumed.load_state_dict(s.state_dict())                      # what --c restores
+    assert resumed.gate_step == 30 and resumed.scale(50) == 1.0
+    held = UnsupervisedSchedule(total_iterations=100)
+    first = held.update(50, [[0.0, 0.6, 0.6]] * 2)               # at the limit, class 1 not found: held, reported once
+    again = held.update(60, [[0.0, 0.6, 0.6]] * 2)
+    assert first.extended and not again.extended and first.not_found == [1] and held.gate_step is None
+    papers = UnsupervisedSchedule(total_iterations=100, warmup=False, rampup_fraction=0.0)
+    assert papers.gate_step == 0 and papers.scale(0) == 1.0     # the papers' recipe: full weight from iteration 0
+
+
+def test_a_setting_changed_after_construction_rebuilds_the_schedule_and_keeps_its_state():
+    t = _gate_trainer(dice=[[0.9, 0.9, 0.9]] * 2, step=20)
+    t.update_warmup_gate()
+    assert t.unsup_gate_step == 20 and t.schedule.rampup_length == 20
+    t.rampup_fraction = 0.0                                      # e.g. the step benchmark's steady state
+    assert t.unsup_gate_step == 20 and t.schedule.rampup_length == 0 and t.unsup_scale() == 1.0
