@@ -228,7 +228,8 @@ def _add(change, dataset_name: str, input_folder: str, prefix: str, num_processe
     if dups:
         raise InputError(f"{len(dups)} image(s) of {input_folder} have the same voxels and spacing as an image "
                          f"already in {dataset_name} (or in the input): "
-                         + "; ".join(f"{a} = {b}" for a, b in dups[:5]) + (" ..." if len(dups) > 5 else "")
+                         + "; ".join(f"{a} = {b}" if a != b else f"{a} (a file of the dataset itself)"
+                                     for a, b in dups[:5]) + (" ..." if len(dups) > 5 else "")
                          + ". A scan must not enter training twice: remove them from the input folder.")
 
     # 2. the fingerprint of the annotated images (the new ones are not in imagesTr yet), into the staging folder

@@ -182,7 +182,7 @@ def generate_dataset(raw_root: str, dataset_id: int = DATASET_ID, name: str = DA
     shape, spacing = check_options(dataset_id, name, n_patients, n_test_patients, dim, shape, spacing)
     spec = PhantomSpec(shape=shape, spacing=spacing)
 
-    out = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
+    out = os.path.join(raw_root, f"Dataset{int(dataset_id):03d}_{name}")
     if os.path.exists(out) and not overwrite:
         raise FileExistsError(f"{out} already exists. Pass overwrite=True (--overwrite) to replace it.")
     os.makedirs(raw_root, exist_ok=True)
@@ -204,7 +204,7 @@ MIN_INPLANE = 16
 
 def check_options(dataset_id, name, n_patients, n_test_patients, dim, shape, spacing):
     """The options of :func:`generate_dataset` checked (InputError naming the option); (shape, spacing) as used."""
-    if not isinstance(dataset_id, int) or not 1 <= dataset_id <= 999:
+    if isinstance(dataset_id, bool) or not isinstance(dataset_id, (int, np.integer)) or not 1 <= dataset_id <= 999:
         raise InputError(f"--id {dataset_id}: nnU-Net dataset ids are integers from 1 to 999.")
     if not name or not re.match(r"^[A-Za-z0-9_-]+$", str(name)):
         raise InputError(f"--name '{name}': use letters, digits, '_' and '-' only (it names the dataset folder).")
