@@ -252,23 +252,31 @@ def test_second_command_is_refused_while_the_lock_is_held_and_a_dead_holders_loc
 
 
 def test_two_splits_at_once_wait_for_each_other(env, monkeypatch):
-    """Issue 31 row 3: the second split waits for the lock, then reads the first one's splits_final.json."""
+    """Issue 31 row 3: a second split waits while the first holds the lock, then reads its splits_final.json."""
+    import time
+
     ds, base = fake_preprocessed(env, 64, n_cases=10)
     monkeypatch.setenv(LOCK_WAIT_ENV, "60")
-    pids = []
-    for name in ("s1", "s2"):
-        pid = os.fork()
-        if pid == 0:
-            try:
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, 1)
-                os.dup2(devnull, 2)
-                cli_main(["split", "64", "--labeled", "2", "--name", name, "--seed", "1" if name == "s1" else "2"])
-                os._exit(0)
-            except BaseException:
-                os._exit(3)
-        pids.append(pid)
-    assert all(os.WEXITSTATUS(os.waitpid(p, 0)[1]) == 0 for p in pids)
+    first = DatasetLock(env["nnUNet_preprocessed"], ds)
+    first.acquire("the first split", wait=0)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            cli_main(["split", "64", "--labeled", "2", "--name", "s2", "--seed", "2"])
+            os._exit(0)
+        except BaseException:
+            os._exit(3)
+    try:
+        time.sleep(1.0)
+        assert os.waitpid(pid, os.WNOHANG) == (0, 0)              # the second one waits for the lock ...
+        assert sorted(os.listdir(base)) == ["dataset.json", "gt_segmentations", "nnUNetPlans.json"]  # ... idle
+    finally:
+        first.release()
+    assert os.WEXITSTATUS(os.waitpid(pid, 0)[1]) == 0          # ... and runs once the lock is free
+    cli_main(["split", "64", "--labeled", "2", "--name", "s1", "--seed", "1"])
     folds = json.load(open(os.path.join(base, "splits_final.json")))
     for s in ("s1", "s2"):
         setting = json.load(open(os.path.join(base, f"splits_semicl_{s}.json")))
