@@ -37,18 +37,17 @@ def content_hash(array: np.ndarray, spacing: Sequence[float]) -> str:
     return h.hexdigest()
 
 
-def find_duplicates(rw, new_images: Dict[str, Tuple[np.ndarray, Sequence[float]]],
-                    existing_files: List[str]) -> List[Tuple[str, str]]:
+def find_duplicates(rw, hashes: Dict[str, str], existing_files: List[str]) -> List[Tuple[str, str]]:
     """(new file, file it duplicates) pairs: a new image equal to an existing one, or to another new one.
 
-    ``new_images``: file -> (decoded channel, spacing); ``existing_files`` are read with ``rw`` (nnU-Net's
-    reader of the dataset) where their header could match.
+    ``hashes``: new file -> :func:`content_hash` of its decoded channel (kept instead of the arrays: the
+    input may be large); ``existing_files`` are read with ``rw`` (nnU-Net's reader of the dataset) where
+    their header could match.
     """
-    hashes = {f: content_hash(a, s) for f, (a, s) in new_images.items()}
-    keys = [header_key(f) for f in new_images]
+    keys = [header_key(f) for f in hashes]
     known_keys = None if any(k is None for k in keys) else set(keys)
     out, seen = [], {}
-    for f in sorted(new_images):
+    for f in sorted(hashes):
         if hashes[f] in seen:
             out.append((f, seen[hashes[f]]))
         else:

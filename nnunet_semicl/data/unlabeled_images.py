@@ -191,7 +191,7 @@ def _add(change, dataset_name: str, input_folder: str, prefix: str, num_processe
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 
-    from nnunet_semicl.data.duplicates import find_duplicates, image_files
+    from nnunet_semicl.data.duplicates import content_hash, find_duplicates, image_files
 
     raw = os.path.join(str(nnUNet_raw), dataset_name)
     ds_path = os.path.join(raw, "dataset.json")
@@ -219,12 +219,12 @@ def _add(change, dataset_name: str, input_folder: str, prefix: str, num_processe
 
     rw = determine_reader_writer_from_dataset_json(dataset_json, next(iter(cases.values()))[0])()
     # 1. read and check everything before writing anything
-    loaded, channels = {}, {}
+    loaded, hashes = {}, {}
     for case, files in cases.items():
         data, props = read_checked(rw, files)
         loaded[case] = (files, data.shape[1:], props)
-        channels.update({f: (data[c], props["spacing"]) for c, f in enumerate(files)})
-    dups = find_duplicates(rw, channels, image_files([images_tr, os.path.join(raw, "imagesTs")], ending))
+        hashes.update({f: content_hash(data[c], props["spacing"]) for c, f in enumerate(files)})
+    dups = find_duplicates(rw, hashes, image_files([images_tr, os.path.join(raw, "imagesTs")], ending))
     if dups:
         raise InputError(f"{len(dups)} image(s) of {input_folder} have the same voxels and spacing as an image "
                          f"already in {dataset_name} (or in the input): "

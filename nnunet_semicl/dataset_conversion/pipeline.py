@@ -14,7 +14,6 @@
 Heavy imports (tqdm, multiprocessing) happen inside functions: the command-line help must stay fast.
 """
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field

@@ -165,7 +165,7 @@ def test_conversions_survive_sigkill_anywhere(env, tmp_path, capsys):
 
     roots = [env["nnUNet_raw"], env["nnUNet_preprocessed"]]
     src = tmp_path / "LA"
-    pick = lambda prot: list(prot.train[:2] + prot.train[-2:] + prot.val[:1] + prot.test[:1])  # a few of each role: fast
+    pick = lambda prot: list(prot.train[:2] + prot.train[-2:] + prot.val[:1] + prot.test[:1])  # few of each role
     make_la_uamt(str(src), pick(protocols.LA))      # (--allow-missing)
     la = lambda: convert_la(str(src), num_processes=1, allow_missing=True, verbose=False)
     assert kill_everywhere(la, roots, recover_of("Dataset028_LA", env), tmp_path / "a", capsys) >= 6
@@ -235,6 +235,9 @@ def test_second_command_is_refused_while_the_lock_is_held_and_a_dead_holders_loc
                 cli_main(argv)
             err = capsys.readouterr().err
             assert e.value.code == 2 and held.path in err and f"pid {os.getpid()}" in err, err
+        with pytest.raises(DatasetBusyError, match="held by pid"):       # add-unlabeled, the converters likewise
+            with DatasetChange(ds, env["nnUNet_preprocessed"], [env["nnUNet_raw"]], "add-unlabeled"):
+                pass
         assert open(held.path, "rb").read() == lock_bytes              # the holder's lock untouched
     finally:
         held.release()
