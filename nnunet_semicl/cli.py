@@ -41,16 +41,18 @@ def _cmd_ext_path(args):
     print_ext_path()
 
 
+def _command_text(args) -> str:
+    """The command as parsed (recorded in a dataset change's journal: a rerun of the same command is recognised)."""
+    return " ".join([args.command] + [f"{k}={v!r}" for k, v in sorted(vars(args).items())
+                                      if k not in ("func", "module", "command")])
+
+
 def _cmd_split(args):
     from nnunet_semicl.data.dataset_lookup import check_dataset_json, resolve_dataset_name
-    from nnunet_semicl.data.setting_files import (check_default_setting_writable, check_setting_writable,
-                                                  default_setting_content, write_default_setting, write_setting)
     from nnunet_semicl.data.overrides import check_setting_overrides, parse_set_options
-    from nnunet_semicl.data.splits import (check_folds_against_unlabeled, check_folds_keep_groups,
-                                           compile_group_regex, default_folds, make_setting,
-                                           read_folds, truly_unlabeled_cases, with_unlabeled_images)
-    from nnunet_semicl.errors import InputError
-    from nnunet_semicl.files import load_json, save_json
+    from nnunet_semicl.data.splits import compile_group_regex
+    from nnunet_semicl.dataset_change import DatasetChange
+    from nnunet_semicl.files import load_json
 
     # everything is checked before anything is written: a refused command leaves the folder as it was
     overrides = {k: v for k, v in (("num_epochs", args.epochs), ("num_iterations_per_epoch", args.iterations),
@@ -62,8 +64,22 @@ def _cmd_split(args):
         compile_group_regex(args.group)
     name = resolve_dataset_name(args.dataset, need_preprocessed=True)
     base = os.path.join(os.environ["nnUNet_preprocessed"], name)
-    dataset_json = check_dataset_json(load_json(os.path.join(base, "dataset.json")), os.path.join(base, "dataset.json"),
-                                      keys=("file_ending",))
+    check_dataset_json(load_json(os.path.join(base, "dataset.json")), os.path.join(base, "dataset.json"),
+                       keys=("file_ending",))
+    with DatasetChange(name, os.environ["nnUNet_preprocessed"], command=_command_text(args)) as change:
+        if not change.resumed:  # (else: this very command was interrupted and has just been completed)
+            _split(args, name, base, overrides)
+
+
+def _split(args, name, base, overrides):
+    from nnunet_semicl.data.setting_files import (check_default_setting_writable, check_setting_writable,
+                                                  default_setting_content, write_default_setting, write_setting)
+    from nnunet_semicl.data.splits import (check_folds_against_unlabeled, check_folds_keep_groups, default_folds,
+                                           make_setting, read_folds, truly_unlabeled_cases, with_unlabeled_images)
+    from nnunet_semicl.errors import InputError
+    from nnunet_semicl.files import load_json, save_json
+
+    dataset_json = load_json(os.path.join(base, "dataset.json"))
     ending = dataset_json["file_ending"]
     gt = os.path.join(base, "gt_segmentations")
     ids = sorted(f[: -len(ending)] for f in os.listdir(gt) if f.endswith(ending)) if os.path.isdir(gt) else []
@@ -129,6 +145,7 @@ def _cmd_add_unlabeled(args):
 def _cmd_tiny_config(args):
     from nnunet_semicl.data.dataset_lookup import resolve_dataset_name
     from nnunet_semicl.data.plans_tools import add_tiny_configuration
+    from nnunet_semicl.dataset_change import DatasetChange
 
     name = resolve_dataset_name(args.dataset, need_preprocessed=True)
     base = os.path.join(os.environ["nnUNet_preprocessed"], name)
@@ -136,19 +153,26 @@ def _cmd_tiny_config(args):
     for key in ("patch_size", "batch_size", "feature_divisor", "max_features"):
         if getattr(args, key) is not None:  # a 0 reaches the checks of make_tiny_configuration
             kw[key] = getattr(args, key)
-    for c in args.c:
-        written = add_tiny_configuration(base, c, None if len(args.c) > 1 else args.name, [args.plans],
-                                         overwrite=args.overwrite, **kw)
-        print(f"Added configuration '{args.name if (args.name and len(args.c) == 1) else c + '_tiny'}' to:\n  "
-              + "\n  ".join(written))
+    with DatasetChange(name, os.environ["nnUNet_preprocessed"], command=_command_text(args)) as change:
+        if change.resumed:
+            return
+        for c in args.c:  # all configurations or none (one change)
+            written = add_tiny_configuration(base, c, None if len(args.c) > 1 else args.name, [args.plans],
+                                             overwrite=args.overwrite, **kw)
+            print(f"Added configuration '{args.name if (args.name and len(args.c) == 1) else c + '_tiny'}' to:\n  "
+                  + "\n  ".join(written))
 
 
 def _cmd_sync_plans(args):
     from nnunet_semicl.data.dataset_lookup import resolve_dataset_name
     from nnunet_semicl.data.plans_tools import sync_setting_variants
+    from nnunet_semicl.dataset_change import DatasetChange
 
     name = resolve_dataset_name(args.dataset, need_preprocessed=True)
-    updated = sync_setting_variants(os.path.join(os.environ["nnUNet_preprocessed"], name), args.plans)
+    with DatasetChange(name, os.environ["nnUNet_preprocessed"], command=_command_text(args)) as change:
+        if change.resumed:
+            return
+        updated = sync_setting_variants(os.path.join(os.environ["nnUNet_preprocessed"], name), args.plans)
     print("Updated:\n  " + "\n  ".join(updated) if updated else "All setting variants are up to date.")
 
 

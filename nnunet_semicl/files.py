@@ -7,9 +7,12 @@
 * :func:`incomplete_file_problem`: a truncated ``.nii.gz``/``.nii`` is read by SimpleITK without any
   error (the missing voxels come back as zeros), so every image we take in is checked first: gzip
   files are decompressed to the end, NIfTI files must hold the bytes their header promises.
-* :func:`remove_stale_partials`: commands stage their output in ``.semicl_partial_<what>_<pid>``
-  folders; a process killed with SIGKILL cannot remove its own, so the next run removes those of
-  processes that no longer exist.
+* :func:`remove_stale_partials`: ``synthetic`` (and versions before
+  :mod:`nnunet_semicl.dataset_change`) stage their output in ``.semicl_partial_<what>_<pid>`` folders; a
+  process killed with SIGKILL cannot remove its own, so the next run removes those of processes that no
+  longer exist.
+* :func:`set_stager`: while a dataset change is open, :func:`save_json` / :func:`load_json` /
+  :func:`remove_path` on the dataset's files go through its staging folder.
 
 No torch or nnU-Net import.
 """
@@ -29,6 +32,27 @@ PARTIAL_PREFIX = ".semicl_partial_"
 #: ever ran (a run whose warm-up gate never opened is LabeledOnly training under the method's name)
 TRAINING_SUMMARY_FILE = "semicl_training_summary.json"
 _CHUNK = 1 << 20
+# set by an open nnunet_semicl.dataset_change.DatasetChange: where save_json writes a path (its staging
+# folder for the dataset's files), and how remove_path removes one (when the change commits)
+# (and where load_json reads a path that the change has staged: a command reads what it wrote)
+_stage_path = None
+_remove_path = None
+_read_path = None
+
+
+def set_stager(stage_path, remove, read_path) -> None:
+    """While a dataset change is open, :func:`save_json`, :func:`load_json` and :func:`remove_path` go through it
+    (None: directly)."""
+    global _stage_path, _remove_path, _read_path
+    _stage_path, _remove_path, _read_path = stage_path, remove, read_path
+
+
+def remove_path(path: str) -> None:
+    """Remove the file ``path``; inside an open dataset change, when that change commits."""
+    if _remove_path is not None:
+        _remove_path(path)
+    else:
+        os.remove(path)
 
 
 def _numpy_to_python(o):
@@ -43,9 +67,13 @@ def save_json(obj, path: str) -> str:
 
     The text is made first (an object JSON cannot hold raises before anything is touched), then
     written to a temporary file in the same folder (so the rename stays on one file system), flushed
-    to disk and renamed over ``path``. Creates the folder; returns ``path``.
+    to disk and renamed over ``path``. Creates the folder; returns ``path``. Inside an open
+    :class:`~nnunet_semicl.dataset_change.DatasetChange` a file of its dataset is written to the change's
+    staging folder instead and reaches ``path`` when the change commits.
     """
     text = json.dumps(obj, indent=2, default=_numpy_to_python)
+    if _stage_path is not None:  # a dataset change is open: its files are staged, moved in when it commits
+        path = _stage_path(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
@@ -64,6 +92,8 @@ def save_json(obj, path: str) -> str:
 
 def load_json(path: str):
     """The content of the JSON file ``path``; an :class:`InputError` naming the file if it is not valid JSON."""
+    if _read_path is not None:
+        path = _read_path(path)
     try:
         with open(path) as f:
             return json.load(f)

@@ -43,7 +43,6 @@ def _check_replace(path: str, content: dict, overwrite: bool) -> None:
 
 def write_split_file(preprocessed_base: str, setting_content: dict, overwrite: bool = False) -> str:
     """Write ``splits_semicl_<setting>.json`` (dataset converters call this before planning)."""
-    os.makedirs(preprocessed_base, exist_ok=True)
     path = os.path.join(preprocessed_base, split_file_name(setting_content["setting"]))
     _check_replace(path, setting_content, overwrite)
     save_json(setting_content, path)

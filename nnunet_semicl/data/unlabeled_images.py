@@ -20,20 +20,19 @@ import os
 import re
 import shutil
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from nnunet_semicl.data.splits import UNLABELED_KEY
 from nnunet_semicl.errors import InputError
-from nnunet_semicl.files import incomplete_file_problem, load_json, partial_folder, remove_stale_partials, save_json
+from nnunet_semicl.files import incomplete_file_problem, load_json, save_json
 
 
 #: a ``--prefix``: plain case-id characters only (no path separators, no '..', no spaces)
 PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]*$")
 #: a case id taken from an input file name
 CASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-STAGING_NAME = "add_unlabeled"
 
 
 def check_prefix(prefix: str) -> None:
@@ -72,16 +71,42 @@ def _case_files(folder: str, file_ending: str, n_channels: int) -> Dict[str, Lis
     return out
 
 
+def raw_nonfinite_problem(path: str):
+    """NaN/Inf in the voxel data as stored: SimpleITK's NIfTI reader turns NaN and Inf into 0 before any check
+    could see them, so NIfTI files are read raw with nibabel (other formats keep NaN/Inf for the reader)."""
+    name = path.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return None
+    import nibabel as nib
+
+    try:
+        img = nib.load(path)
+        if not np.issubdtype(img.get_data_dtype(), np.floating):
+            return None
+        data = np.asarray(img.dataobj.get_unscaled())
+    except Exception:  # the dataset's reader reports unreadable files
+        return None
+    bad = ~np.isfinite(data)
+    if bad.any():
+        return f"{int(np.isnan(data).sum())} NaN and {int(np.isinf(data).sum())} Inf voxel(s) of {data.size}"
+    return None
+
+
 def read_checked(rw, files: List[str]):
     """Read one case's channels with the dataset's reader; refuse what nnU-Net could not use, naming the file:
     incomplete (truncated) files, unreadable files, files with more than one channel, NaN/Inf.
 
-    (SimpleITK's NIfTI reader already turns NaN into 0; NRRD, MHA and others keep them.)
+    (SimpleITK's NIfTI reader turns NaN/Inf into 0: NIfTI voxels are checked raw first, see
+    :func:`raw_nonfinite_problem`; NRRD, MHA and others keep them for the check after reading.)
     """
     for f in files:
         problem = incomplete_file_problem(f)
         if problem:
             raise InputError(f"{f}: {problem}. The file is truncated or damaged; copy it again.")
+    for f in files:
+        problem = raw_nonfinite_problem(f)
+        if problem:
+            raise InputError(f"{f}: the image contains NaN or Inf values ({problem}); fix it before adding it.")
     try:
         data, props = rw.read_images(files)
     except Exception as e:  # nnU-Net's readers raise RuntimeError/AssertionError with details on stdout
@@ -115,33 +140,60 @@ def _check_like_nnunet(image_files: List[str], label_file: str, n_channels: int,
         raise InputError(f"nnU-Net's dataset check would reject {image_files}: {text[:600]}")
 
 
-def labeled_only_fingerprint(dataset_name: str, unlabeled: List[str], num_processes: int = 2) -> dict:
-    """nnU-Net's fingerprint of the dataset without the given (unlabeled) cases; written to preprocessed."""
-    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+def labeled_only_fingerprint(dataset_name: str, unlabeled: List[str], num_processes: int = 2,
+                             output_root: Optional[str] = None) -> dict:
+    """nnU-Net's fingerprint of the dataset without the given (unlabeled) cases; written to
+    ``<output_root or nnUNet_preprocessed>/<dataset>/dataset_fingerprint.json``."""
+    from nnunetv2.experiment_planning.dataset_fingerprint import fingerprint_extractor as fe
 
-    fpe = DatasetFingerprintExtractor(dataset_name, num_processes=num_processes, verbose=False)
+    fpe = fe.DatasetFingerprintExtractor(dataset_name, num_processes=num_processes, verbose=False)
     fpe.dataset = {k: v for k, v in fpe.dataset.items() if k not in set(unlabeled)}
     if not fpe.dataset:
         raise InputError(f"{dataset_name} has no annotated training case: nothing to plan from.")
-    return fpe.run(overwrite_existing=True)
+    old = fe.nnUNet_preprocessed
+    fe.nnUNet_preprocessed = output_root or old  # run() writes to its module's nnUNet_preprocessed
+    try:
+        return fpe.run(overwrite_existing=True)
+    finally:
+        fe.nnUNet_preprocessed = old
 
 
 def add_unlabeled_images(dataset_name_or_id, input_folder: str, prefix: str = "", num_processes: int = 2,
                          compute_fingerprint: bool = True, verbose: bool = True) -> List[str]:
     """Copy the images of ``input_folder`` into ``imagesTr`` with all-ignore label maps; return the new ids.
 
-    Everything is checked, then staged in a hidden folder of the dataset and checked again as nnU-Net
-    would, before the dataset is touched. If anything fails while committing (moving the files in,
-    ``dataset.json``, the fingerprint), the dataset and the fingerprint are restored.
+    Everything is checked (names, channels, NaN/Inf, duplicates of images already in the dataset), then
+    staged and checked again as nnU-Net would, under the dataset's lock, before the dataset is touched;
+    the files, the fingerprint and ``dataset.json`` then change together
+    (:class:`~nnunet_semicl.dataset_change.DatasetChange`: a SIGKILL at any instant leaves the dataset as it
+    was or, at the next command, complete).
     """
-    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 
     from nnunet_semicl.data.dataset_lookup import check_dataset_json, resolve_dataset_name
+    from nnunet_semicl.dataset_change import DatasetChange
     from nnunet_semicl.files import check_writable
 
     check_prefix(prefix)
     dataset_name = resolve_dataset_name(dataset_name_or_id, need_raw=True)
+    if not nnUNet_preprocessed:
+        raise InputError("nnUNet_preprocessed is not set: add-unlabeled writes the dataset's fingerprint there.")
+    command = f"add-unlabeled {dataset_name} -i {os.path.abspath(input_folder)} --prefix '{prefix}'"
+    # (an interrupted run of the same command is completed by DatasetChange; nothing more to do then)
+    with DatasetChange(dataset_name, str(nnUNet_preprocessed), [str(nnUNet_raw)], command, verbose) as change:
+        if change.resumed:
+            return sorted(load_json(os.path.join(str(nnUNet_raw), dataset_name, "dataset.json")).get(UNLABELED_KEY,
+                                                                                                       []))
+        return _add(change, dataset_name, input_folder, prefix, num_processes, compute_fingerprint, verbose)
+
+
+def _add(change, dataset_name: str, input_folder: str, prefix: str, num_processes: int, compute_fingerprint: bool,
+         verbose: bool) -> List[str]:
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+
+    from nnunet_semicl.data.duplicates import content_hash, find_duplicates, image_files
+
     raw = os.path.join(str(nnUNet_raw), dataset_name)
     ds_path = os.path.join(raw, "dataset.json")
     dataset_json = check_dataset_json(load_json(ds_path), ds_path)
@@ -174,71 +226,52 @@ def add_unlabeled_images(dataset_name_or_id, input_folder: str, prefix: str = ""
 
     rw = determine_reader_writer_from_dataset_json(dataset_json, next(iter(cases.values()))[0])()
     # 1. read and check everything before writing anything
-    loaded = {}
+    loaded, hashes = {}, {}
     for case, files in cases.items():
         data, props = read_checked(rw, files)
         loaded[case] = (files, data.shape[1:], props)
+        hashes.update({f: content_hash(data[c], props["spacing"]) for c, f in enumerate(files)})
+    dups = find_duplicates(rw, hashes, image_files([images_tr, os.path.join(raw, "imagesTs")], ending))
+    if dups:
+        raise InputError(f"{len(dups)} image(s) of {input_folder} have the same voxels and spacing as an image "
+                         f"already in {dataset_name} (or in the input): "
+                         + "; ".join(f"{a} = {b}" if a != b else f"{a} (a file of the dataset itself)"
+                                     for a, b in dups[:5]) + (" ..." if len(dups) > 5 else "")
+                         + ". A scan must not enter training twice: remove them from the input folder.")
 
-    # 2. stage: copies and label maps in a hidden folder of the dataset, checked as nnU-Net would
-    remove_stale_partials(raw, STAGING_NAME)
-    stage = partial_folder(raw, STAGING_NAME)
-    moved: List[str] = []
-    ds_bytes = open(ds_path, "rb").read()
+    # 2. the fingerprint of the annotated images (the new ones are not in imagesTr yet), into the staging folder
     fp_path = os.path.join(str(nnUNet_preprocessed), dataset_name, "dataset_fingerprint.json")
-    fp_bytes = open(fp_path, "rb").read() if compute_fingerprint and os.path.isfile(fp_path) else None
-    pre_existed = os.path.isdir(os.path.dirname(fp_path))
-    try:
-        os.makedirs(stage)
-        staged = []  # (staged path, final path)
-        for case, (files, shape, props) in loaded.items():
-            cid = new_ids[case]
-            images = []
-            for c, f in enumerate(files):
-                dst = os.path.join(stage, f"{cid}_{c:04d}{ending}")
-                shutil.copy2(f, dst)
-                images.append(dst)
-                staged.append((dst, os.path.join(images_tr, os.path.basename(dst))))
-            seg = os.path.join(stage, cid + ending)
-            rw.write_seg(np.full(shape, ignore, dtype=np.uint8), seg, props)
-            _check_like_nnunet(images, seg, n_channels, rw)
-            staged.append((seg, os.path.join(labels_tr, cid + ending)))
+    unlabeled = sorted(set(dataset_json.get(UNLABELED_KEY, [])) | set(new_ids.values()))
+    if compute_fingerprint:
+        scratch = change.scratch("fingerprint")
+        labeled_only_fingerprint(dataset_name, unlabeled, num_processes, output_root=scratch)
+        os.replace(os.path.join(scratch, dataset_name, "dataset_fingerprint.json"), change.stage(fp_path))
+        if os.path.isfile(fp_path):
+            backup = fp_path[:-5] + f".before_unlabeled_{time.strftime('%Y%m%d_%H%M%S')}.json"
+            shutil.copy2(fp_path, change.stage(backup))
 
-        # 3. commit
-        for src, dst in staged:
-            os.replace(src, dst)
-            moved.append(dst)
-        dataset_json["labels"] = labels
-        dataset_json["numTraining"] = int(dataset_json.get("numTraining", len(existing))) + len(loaded)
-        dataset_json[UNLABELED_KEY] = sorted(set(dataset_json.get(UNLABELED_KEY, [])) | set(new_ids.values()))
-        save_json(dataset_json, ds_path)
-        if compute_fingerprint:
-            labeled_only_fingerprint(dataset_name, dataset_json[UNLABELED_KEY], num_processes)
-    except BaseException:
-        for p in moved:  # leave the dataset as it was
-            os.remove(p)
-        with open(ds_path, "wb") as f:
-            f.write(ds_bytes)
-        if compute_fingerprint and fp_bytes is not None:
-            with open(fp_path, "wb") as f:
-                f.write(fp_bytes)
-        elif compute_fingerprint and os.path.isfile(fp_path):
-            os.remove(fp_path)
-        if compute_fingerprint and not pre_existed:
-            shutil.rmtree(os.path.dirname(fp_path), ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    # 3. stage: copies and label maps, checked as nnU-Net would; then dataset.json
+    for case, (files, shape, props) in loaded.items():
+        cid = new_ids[case]
+        images = []
+        for c, f in enumerate(files):
+            dst = change.stage(os.path.join(images_tr, f"{cid}_{c:04d}{ending}"))
+            shutil.copy2(f, dst)
+            images.append(dst)
+        seg = change.stage(os.path.join(labels_tr, cid + ending))
+        rw.write_seg(np.full(shape, ignore, dtype=np.uint8), seg, props)
+        _check_like_nnunet(images, seg, n_channels, rw)
+    dataset_json["labels"] = labels
+    dataset_json["numTraining"] = int(dataset_json.get("numTraining", len(existing))) + len(loaded)
+    dataset_json[UNLABELED_KEY] = unlabeled
+    save_json(dataset_json, ds_path)   # staged: the change moves everything in when it commits
+
     written = sorted(new_ids.values())
     if verbose:
-        print(f"Added {len(written)} unlabeled images to {raw} (label maps = ignore label {ignore}).", flush=True)
-    if compute_fingerprint:
-        if fp_bytes is not None:
-            backup = fp_path[:-5] + f".before_unlabeled_{time.strftime('%Y%m%d_%H%M%S')}.json"
-            with open(backup, "wb") as f:
-                f.write(fp_bytes)
-        if verbose:
-            print(f"Wrote the fingerprint of the annotated images only to {fp_path}. Now run\n"
-                  f"    nnUNetv2_plan_and_preprocess -d {dataset_name} --verify_dataset_integrity\n"
-                  f"WITHOUT --clean, so that it keeps this fingerprint. Trainings then take these images as "
-                  f"unlabeled cases of every fold, with or without a setting (-p).", flush=True)
+        print(f"Adding {len(written)} unlabeled images to {raw} (label maps = ignore label {ignore}).", flush=True)
+    if compute_fingerprint and verbose:
+        print(f"Writing the fingerprint of the annotated images only to {fp_path}. Now run\n"
+              f"    nnUNetv2_plan_and_preprocess -d {dataset_name} --verify_dataset_integrity\n"
+              f"WITHOUT --clean, so that it keeps this fingerprint. Trainings then take these images as "
+              f"unlabeled cases of every fold, with or without a setting (-p).", flush=True)
     return written

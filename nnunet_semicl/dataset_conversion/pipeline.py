@@ -5,24 +5,25 @@
   worker pool, ``dataset.json``, ``conversion_info.json`` and the split files.
 * :func:`run_tasks`: runs :func:`~nnunet_semicl.dataset_conversion.cases.convert_case` in a ``spawn``
   pool (``-np``) with a tqdm progress bar.
-* :class:`Staging`: the dataset is written into a hidden folder beside the target and moved into
-  place only when every case converted, so a failed conversion leaves nothing half-written.
+* staging: the dataset and its split files are written under the dataset's lock into the staging folders
+  of a :class:`~nnunet_semicl.dataset_change.DatasetChange` and moved into place only when every case
+  converted, so a failed (or killed) conversion leaves nothing half-written.
 * output folders, the ``--overwrite`` rule, dataset-id clashes, ``splits_final.json`` and the
   labeled-setting files (through :mod:`nnunet_semicl.data.splits`).
 
 Heavy imports (tqdm, multiprocessing) happen inside functions: the command-line help must stay fast.
 """
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from nnunet_semicl.dataset_change import DatasetChange
 from nnunet_semicl.dataset_conversion.cases import convert_case, read_id_list
 from nnunet_semicl.dataset_conversion.protocols import Protocol, make_folds, make_settings
 from nnunet_semicl.errors import ConversionError, short_list
-from nnunet_semicl.files import partial_folder, remove_stale_partials, save_json
+from nnunet_semicl.files import remove_path, remove_stale_partials, save_json
 
 
 def log(msg: str, verbose: bool = True) -> None:
@@ -53,40 +54,6 @@ def check_dataset_id_free(dataset_name: str, roots: Sequence[Optional[str]]) -> 
     if clashes:
         raise ConversionError(f"Dataset id {int(prefix[7:])} is already used by {short_list(clashes)}. nnU-Net "
                               f"needs ids to be unique: pass another --id, or remove that dataset.")
-
-
-class Staging:
-    """Write into ``<root>/.semicl_partial_<name>_<pid>``; move to ``<root>/<name>`` on success.
-
-    A run killed with SIGKILL cannot remove its staging folder; the next run removes the ones whose
-    process no longer exists (:func:`nnunet_semicl.files.remove_stale_partials`).
-    """
-
-    def __init__(self, root: str, name: str, overwrite: bool, verbose: bool = True):
-        self.root, self.name, self.overwrite, self.verbose = root, name, overwrite, verbose
-        self.final = os.path.join(root, name)
-        self.path = partial_folder(root, name)
-
-    def __enter__(self) -> str:
-        if os.path.exists(self.final) and not self.overwrite:
-            raise FileExistsError(f"{self.final} already exists. Pass --overwrite to replace it (its preprocessed "
-                                  f"data then need `nnUNetv2_plan_and_preprocess` again), or choose another --id.")
-        os.makedirs(self.root, exist_ok=True)
-        for stale in remove_stale_partials(self.root, self.name):
-            log(f"Removed {stale}, left by an interrupted conversion.", self.verbose)
-        if os.path.exists(self.path):
-            shutil.rmtree(self.path)
-        os.makedirs(self.path)
-        return self.path
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.path, ignore_errors=True)
-            return False
-        if os.path.exists(self.final):
-            shutil.rmtree(self.final)
-        os.replace(self.path, self.final)
-        return False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -179,11 +146,10 @@ def write_split_files(prep_base: str, folds: List[dict], settings: List[dict], o
     from nnunet_semicl.data.setting_files import write_default_setting, write_split_file
     from nnunet_semicl.data.splits import DEFAULT_SETTING_FILE, split_file_name
 
-    os.makedirs(prep_base, exist_ok=True)
     for name in skipped:  # stale files of settings this conversion cannot make (only with --overwrite)
         path = os.path.join(prep_base, split_file_name(name))
         if os.path.isfile(path):
-            os.remove(path)
+            remove_path(path)
     path = os.path.join(prep_base, "splits_final.json")
     save_json(folds, path)
     written = [path]
@@ -192,7 +158,7 @@ def write_split_files(prep_base: str, folds: List[dict], settings: List[dict], o
     if default is not None:
         written.append(write_default_setting(prep_base, default, overwrite=overwrite))
     elif overwrite and os.path.isfile(os.path.join(prep_base, DEFAULT_SETTING_FILE)):
-        os.remove(os.path.join(prep_base, DEFAULT_SETTING_FILE))  # names a setting this conversion did not make
+        remove_path(os.path.join(prep_base, DEFAULT_SETTING_FILE))  # names a setting this conversion did not make
     return written
 
 
@@ -337,6 +303,20 @@ def convert_dataset(spec: DatasetSpec, protocol: Protocol, input_dir: str, raw: 
     dataset_name = f"Dataset{int(dataset_id):03d}_{name}"
     dataset_dir = os.path.join(raw_root, dataset_name)
     check_dataset_id_free(dataset_name, [raw_root, prep_root, os.environ.get("nnUNet_results")])
+    command = f"{spec.module} {input_dir} -> {dataset_dir} {(layout, spacing, cv_folds, allow_missing, overwrite)}"
+    with DatasetChange(dataset_name, prep_root, [raw_root], command, verbose) as change:
+        if change.resumed:  # this very conversion was interrupted after its journal: it is complete now
+            return {"dataset_name": dataset_name, "dataset_dir": dataset_dir, "resumed": True}
+        for stale in remove_stale_partials(raw_root, dataset_name):  # left by versions before DatasetChange
+            log(f"Removed {stale}, left by an interrupted conversion.", verbose)
+        return _convert(change, spec, protocol, input_dir, raw_root, prep_root, dataset_name, dataset_dir, name,
+                        layout, spacing, cv_folds, allow_missing, num_processes, overwrite, verbose, created_by, timer)
+
+
+def _convert(change, spec: DatasetSpec, protocol: Protocol, input_dir: str, raw_root: str, prep_root: str,
+             dataset_name: str, dataset_dir: str, name: str, layout: str, spacing: Optional[Sequence[float]],
+             cv_folds: Optional[int], allow_missing: bool, num_processes: int, overwrite: bool, verbose: bool,
+             created_by: str, timer: "Timer") -> dict:
     if os.path.exists(dataset_dir) and not overwrite:
         raise FileExistsError(f"{dataset_dir} already exists. Pass --overwrite to replace it (then run "
                               f"nnUNetv2_plan_and_preprocess again), or choose another --id.")
@@ -367,33 +347,33 @@ def convert_dataset(spec: DatasetSpec, protocol: Protocol, input_dir: str, raw: 
     roles = {c: protocol.role_of(protocol.group_of(c)) for c in present}
     n_test = sum(r == "test" for r in roles.values())
     n_train = len(present) - n_test
-    with Staging(raw_root, dataset_name, overwrite, verbose) as stage:
-        make_dataset_dirs(stage, with_test=n_test > 0)
-        tasks = [{**spec.task_defaults, **found[c], "case": c, "spacing": spacing,
-                  **make_task_paths(stage, c, roles[c])} for c in present]
-        log(f"Converting {len(tasks)} {spec.title} {spec.unit}s ({layout} layout) from {input_dir} with "
-            f"{num_processes} process(es)", verbose)
-        results = run_tasks(tasks, num_processes, spec.title, verbose)
-        dataset_json = {"channel_names": {"0": spec.channel_name}, "labels": spec.labels, "numTraining": n_train,
-                        "file_ending": ".nii.gz", "name": name, **spec.dataset_text(layout)}
-        save_json(dataset_json, os.path.join(stage, "dataset.json"))
-        by_case = {r["case"]: r for r in results}
-        info = {
-            "converter": spec.module,
-            "created_by": created_by,
-            "input": input_dir,
-            "layout": layout,
-            "spacing_zyx_mm": list(spacing) if assumes_spacing else "from the image files",
-            "spacing_note": spec.spacing_note if assumes_spacing else "",
-            **spec.info_after_spacing,
-            "protocol": protocol.name, "protocol_source": protocol.source,
-            **spec.info_after_protocol,
-            "cv_folds": cv_folds, "allow_missing": allow_missing, "missing_cases": missing,
-            "skipped_settings": dict(skipped), "list_file_notes": notes,
-            "cases": {c: {"role": roles[c], **{k: found[c][k] for k in spec.case_info_keys if k in found[c]},
-                          "shape_zyx": by_case[c]["shape"], "source": by_case[c]["source"]} for c in present},
-        }
-        save_json(info, os.path.join(stage, "conversion_info.json"))
+    stage = change.stage(dataset_dir, folder=True)
+    make_dataset_dirs(stage, with_test=n_test > 0)
+    tasks = [{**spec.task_defaults, **found[c], "case": c, "spacing": spacing,
+              **make_task_paths(stage, c, roles[c])} for c in present]
+    log(f"Converting {len(tasks)} {spec.title} {spec.unit}s ({layout} layout) from {input_dir} with "
+        f"{num_processes} process(es)", verbose)
+    results = run_tasks(tasks, num_processes, spec.title, verbose)
+    dataset_json = {"channel_names": {"0": spec.channel_name}, "labels": spec.labels, "numTraining": n_train,
+                    "file_ending": ".nii.gz", "name": name, **spec.dataset_text(layout)}
+    save_json(dataset_json, os.path.join(stage, "dataset.json"))
+    by_case = {r["case"]: r for r in results}
+    info = {
+        "converter": spec.module,
+        "created_by": created_by,
+        "input": input_dir,
+        "layout": layout,
+        "spacing_zyx_mm": list(spacing) if assumes_spacing else "from the image files",
+        "spacing_note": spec.spacing_note if assumes_spacing else "",
+        **spec.info_after_spacing,
+        "protocol": protocol.name, "protocol_source": protocol.source,
+        **spec.info_after_protocol,
+        "cv_folds": cv_folds, "allow_missing": allow_missing, "missing_cases": missing,
+        "skipped_settings": dict(skipped), "list_file_notes": notes,
+        "cases": {c: {"role": roles[c], **{k: found[c][k] for k in spec.case_info_keys if k in found[c]},
+                      "shape_zyx": by_case[c]["shape"], "source": by_case[c]["source"]} for c in present},
+    }
+    save_json(info, os.path.join(stage, "conversion_info.json"))
     split_paths = write_split_files(prep_base, folds, settings, overwrite, skipped=skipped_names, default=default)
     note_stale_preprocessing(prep_base, overwrite, verbose)
     summary = {"dataset_name": dataset_name, "dataset_dir": dataset_dir,
@@ -405,6 +385,6 @@ def convert_dataset(spec: DatasetSpec, protocol: Protocol, input_dir: str, raw: 
     log(f"Wrote {dataset_dir}: {n_train} training {spec.unit}s (fold 0: {summary['n_fold0_train']} train / "
         f"{summary['n_fold0_val']} val), {n_test} test {spec.unit}s in imagesTs/labelsTs, settings "
         f"{summary['settings']} in {prep_base} ({summary['seconds']:.1f} s).", verbose)
-    log(next_steps(int(dataset_id), dataset_name, spec.next_steps_configs, summary["settings"],
+    log(next_steps(int(dataset_name[7:10]), dataset_name, spec.next_steps_configs, summary["settings"],
                    summary["default_setting"]), verbose)
     return summary

@@ -18,13 +18,15 @@ labels in ``labelsTs`` (not used by nnU-Net; for evaluation).
 """
 import argparse
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from nnunet_semicl.files import save_json
+from nnunet_semicl.errors import InputError
+from nnunet_semicl.files import partial_folder, remove_stale_partials, save_json
 
 #: the built-in dataset's id and name (the demo, the tests and the step benchmark use it)
 DATASET_ID = 990
@@ -171,32 +173,73 @@ def generate_dataset(raw_root: str, dataset_id: int = DATASET_ID, name: str = DA
                      n_test_patients: int = 5, dim: int = 3, shape: Optional[Tuple[int, ...]] = None,
                      spacing: Optional[Tuple[float, ...]] = None, seed: int = 0, overwrite: bool = False,
                      verbose: bool = True) -> str:
-    """Write ``Dataset<id>_<name>`` under ``raw_root`` and return its folder."""
+    """Write ``Dataset<id>_<name>`` under ``raw_root`` and return its folder.
+
+    Every option is checked before anything is written (:class:`InputError`, naming the option), and the
+    dataset is written into a staging folder and renamed into place at the end: an error or a kill never
+    leaves a half-made dataset folder (the next run removes a killed run's staging folder).
+    """
+    shape, spacing = check_options(dataset_id, name, n_patients, n_test_patients, dim, shape, spacing)
+    spec = PhantomSpec(shape=shape, spacing=spacing)
+
+    out = os.path.join(raw_root, f"Dataset{int(dataset_id):03d}_{name}")
+    if os.path.exists(out) and not overwrite:
+        raise FileExistsError(f"{out} already exists. Pass overwrite=True (--overwrite) to replace it.")
+    os.makedirs(raw_root, exist_ok=True)
+    remove_stale_partials(raw_root, os.path.basename(out))
+    stage = partial_folder(raw_root, os.path.basename(out))
+    try:
+        _write_dataset(stage, name, spec, n_patients, n_test_patients, seed, dim, verbose, out)
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.replace(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out
+
+
+#: smallest in-plane size: the rendering's smoothing and nnU-Net's planning need a few voxels per axis
+MIN_INPLANE = 16
+
+
+def check_options(dataset_id, name, n_patients, n_test_patients, dim, shape, spacing):
+    """The options of :func:`generate_dataset` checked (InputError naming the option); (shape, spacing) as used."""
+    if isinstance(dataset_id, bool) or not isinstance(dataset_id, (int, np.integer)) or not 1 <= dataset_id <= 999:
+        raise InputError(f"--id {dataset_id}: nnU-Net dataset ids are integers from 1 to 999.")
+    if not name or not re.match(r"^[A-Za-z0-9_-]+$", str(name)):
+        raise InputError(f"--name '{name}': use letters, digits, '_' and '-' only (it names the dataset folder).")
     if dim not in (2, 3):
-        raise ValueError(f"dim must be 2 or 3, got {dim}")
+        raise InputError(f"--dim {dim}: must be 2 or 3.")
     if n_patients < 1:
-        raise ValueError("need at least one training patient")
+        raise InputError(f"--patients {n_patients}: need at least one training patient.")
+    if n_test_patients < 0:
+        raise InputError(f"--test-patients {n_test_patients}: must be 0 or more.")
     if shape is None:
         shape = (10, 64, 64) if dim == 3 else (1, 64, 64)
-    if spacing is None:
-        spacing = (8.0, 2.0, 2.0)
     shape = tuple(int(s) for s in shape)
-    if len(shape) == 2:
+    given = " ".join(map(str, shape))
+    if len(shape) == 2 and dim == 2:
         shape = (1, *shape)
-    if dim == 2 and shape[0] != 1:
-        raise ValueError(f"a 2D dataset has one slice per image, got shape {shape}")
-    spec = PhantomSpec(shape=shape, spacing=tuple(float(s) for s in spacing))
+    if len(shape) != 3 or (dim == 2 and shape[0] != 1):
+        raise InputError(f"--shape {given}: a {dim}D dataset needs "
+                         f"{'y x (or 1 y x)' if dim == 2 else 'z y x'} voxels.")
+    if min(shape[1:]) < MIN_INPLANE or (dim == 3 and shape[0] < 2):
+        raise InputError(f"--shape {given}: y and x need at least {MIN_INPLANE} voxels"
+                         f"{' and z at least 2' if dim == 3 else ''}.")
+    spacing = (8.0, 2.0, 2.0) if spacing is None else tuple(float(s) for s in spacing)
+    if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
+        raise InputError(f"--spacing {' '.join(map(str, spacing))}: three positive values (z y x, mm).")
+    return shape, spacing
 
-    out = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
-    if os.path.exists(out):
-        if not overwrite:
-            raise FileExistsError(f"{out} already exists. Pass overwrite=True (--overwrite) to replace it.")
-        shutil.rmtree(out)
+
+def _write_dataset(out: str, name: str, spec: PhantomSpec, n_patients: int, n_test_patients: int, seed: int,
+                   dim: int, verbose: bool, final: str) -> None:
+    shape, spacing = spec.shape, spec.spacing
     train = list(range(n_patients))
     test = list(range(n_patients, n_patients + n_test_patients))
     if verbose:
         print(f"Writing {len(train) * 2} training and {len(test) * 2} test phantoms ({dim}D, shape {shape}, "
-              f"spacing {spacing} mm) to {out}", flush=True)
+              f"spacing {spacing} mm) to {final}", flush=True)
     write_phantom_images(os.path.join(out, "imagesTr"), train, spec, seed, os.path.join(out, "labelsTr"))
     if test:
         write_phantom_images(os.path.join(out, "imagesTs"), test, spec, seed, os.path.join(out, "labelsTs"))
@@ -211,7 +254,6 @@ def generate_dataset(raw_root: str, dataset_id: int = DATASET_ID, name: str = DA
         "licence": "CC0 (synthetic)",
     }
     save_json(dataset_json, os.path.join(out, "dataset.json"))
-    return out
 
 
 def main(argv=None):
@@ -230,8 +272,12 @@ def main(argv=None):
     raw = a.raw or os.environ.get("nnUNet_raw")
     if not raw:
         p.error("set nnUNet_raw or pass --raw")
-    generate_dataset(raw, a.id, a.name, a.patients, a.test_patients, a.dim, tuple(a.shape) if a.shape else None,
-                     tuple(a.spacing) if a.spacing else None, a.seed, a.overwrite)
+    from nnunet_semicl.launch import exit_2_on
+
+    with exit_2_on("synthetic", InputError, FileExistsError):
+        generate_dataset(raw, a.id, a.name, a.patients, a.test_patients, a.dim,
+                         tuple(a.shape) if a.shape else None, tuple(a.spacing) if a.spacing else None, a.seed,
+                         a.overwrite)
 
 
 if __name__ == "__main__":

@@ -115,12 +115,12 @@ def small_raw(nnunet_dirs):
     return raw
 
 
-def _phantom_image(folder, name, channels=1, truncate=False):
+def _phantom_image(folder, name, channels=1, truncate=False, seed=0):
     import numpy as np
     import SimpleITK as sitk
 
     os.makedirs(folder, exist_ok=True)
-    arr = np.random.RandomState(0).rand(*((channels,) if channels > 1 else ()), 1, 64, 64).astype(np.float32)
+    arr = np.random.RandomState(seed).rand(*((channels,) if channels > 1 else ()), 1, 64, 64).astype(np.float32)
     path = os.path.join(folder, name)
     sitk.WriteImage(sitk.GetImageFromArray(arr), path, useCompression=True)
     if truncate:
@@ -162,9 +162,9 @@ def test_add_unlabeled_rolls_back_when_committing_fails(small_raw, nnunet_dirs, 
 
     folder = str(tmp_path / "in")
     _phantom_image(folder, "u001_0000.nii.gz")
-    _phantom_image(folder, "u002_0000.nii.gz")
+    _phantom_image(folder, "u002_0000.nii.gz", seed=1)  # (another scan: a copy would be refused as a duplicate)
 
-    def broken_fingerprint(*a, **k):  # the last step of the commit fails (after files and dataset.json)
+    def broken_fingerprint(*a, **k):  # a step of the change fails (after the lock and the staging folders)
         raise InputError("fingerprint failed")
 
     monkeypatch.setattr(unlabeled_images, "labeled_only_fingerprint", broken_fingerprint)
