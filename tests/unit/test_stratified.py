@@ -480,12 +480,12 @@ def test_sag_pairs_every_anchor_at_training_batch_sizes(batch, candidates, grid,
     """256 SAG anchors: every draw has its partner in its own stratum.
 
     With 4 x 4 cells per image most strata got one draw, which has no partner: 0 partners on all
-    pixels at both batch sizes, 110 (CPU) and 41 (GPU) on the heart blobs. The grid now coarsens until
+    pixels at both batch sizes, 113 (CPU) and 38 (GPU) on the heart blobs. The grid now coarsens until
     the pairs cover the non-empty strata: 16 images x 4 x 2 cells = 128 strata, one pair each; the blobs
-    keep 4 x 4 (about 80 non-empty strata); 112 images one cell each. With shuffle=False the second
-    half of the draws are the partners of the first half, in order. On all pixels every partner is the
-    reflection; on the blobs most reflections through the cell centre leave the blob (22 of 128 are
-    reflections at both sizes), the others are the replacement rule's draws from the same stratum.
+    keep 4 x 4 (70 non-empty strata); 112 images one cell each. With shuffle=False the second half of
+    the draws are the partners of the first half, in order. On all pixels every partner is the
+    reflection; on the blobs most reflections through the cell centre leave the blob (31 and 18 of 128
+    are reflections), the others are the replacement rule's draws from the same stratum.
     """
     mask = training_mask(batch, candidates)
     s = StratifiedSampler(antithetic=True, shuffle=False)
@@ -497,28 +497,34 @@ def test_sag_pairs_every_anchor_at_training_batch_sizes(batch, candidates, grid,
     assert s.spatial_layout(mask, 256).grid == grid
 
 
-@pytest.mark.parametrize("batch", ["cpu", "gpu"])
-def test_sag_below_sg_below_uniform_on_smooth_maps_at_training_batch_sizes(batch):
-    """Anchor-mean estimates of a smooth map (blur sigma = 1/4 of the map height), all pixels, 256 draws.
+@pytest.mark.parametrize("batch,candidates,max_sag_over_sg", [("cpu", "all", 0.5), ("gpu", "all", 0.9),
+                                                            ("cpu", "heart", 1.5), ("gpu", "heart", 1.5)])
+def test_sag_and_sg_variance_on_smooth_maps_at_training_batch_sizes(batch, candidates, max_sag_over_sg):
+    """Anchor-mean estimates of a smooth map (blur sigma = 1/4 of the map height), 256 draws, 300 each
+    at the CPU batch, 150 at the GPU batch (about 4 ms a draw there).
 
-    Measured (300 draws, variance / uniform's): SG 0.050 and 0.334, SAG 0.014 and 0.243 (CPU, GPU batch);
-    before the grid followed the draws SAG had no pairs and sat at or above SG (0.054 vs 0.050, 0.534 vs
-    0.428). Rougher maps (sigma 1/16 of the height) reverse the order (SAG/SG 1.16 and 1.22: within
-    Lemma 3.1's factor 2).
+    Measured (variance / uniform's), CPU and GPU batch. All pixels: SG 0.050 and 0.365, SAG 0.014 and
+    0.296; before the grid followed the draws SAG had no pairs and sat above SG (0.054 vs 0.050, 0.582
+    vs 0.462: these two cases fail on the old code). Heart blobs: SG 0.071 and 0.057, SAG 0.057 and
+    0.053 (before: SG 0.071 and 0.162, SAG 0.047 and 0.139) -- most partners there are replacement
+    draws, so SAG's gain is not reliable (1.1-1.4 x SG on other blob placements): only a bound in the
+    spirit of Lemma 3.1 is asserted.
+    Rougher maps (sigma 1/16 of the height) reverse the order on all pixels too (SAG/SG 1.16, 1.22).
     """
-    mask = training_mask(batch, "all")
+    mask = training_mask(batch, candidates)
     h = smooth_field(mask.shape, mask.shape[1] / 4, seed=7)
-    true = float(h.mean())
+    true = float(h[mask].mean())
+    reps = 300 if batch == "cpu" else 150
     res = {}
     for name, sampler in [("uniform", UniformSampler()), ("sg", StratifiedSampler()),
                           ("sag", StratifiedSampler(antithetic=True))]:
-        e = estimates(sampler, mask, h, 256, 300, 5)
-        res[name] = (float(e.mean()), float(e.var()), float(e.std() / math.sqrt(300)))
+        e = estimates(sampler, mask, h, 256, reps, 5)
+        res[name] = (float(e.mean()), float(e.var()), float(e.std() / math.sqrt(reps)))
     _check_unbiased(true, res)
     v_u, v_sg, v_sag = res["uniform"][1], res["sg"][1], res["sag"][1]
-    print(f"\n{batch}: var SG/uniform = {v_sg / v_u:.3f}, SAG/uniform = {v_sag / v_u:.3f}")
+    print(f"\n{batch} {candidates}: var SG/uniform = {v_sg / v_u:.3f}, SAG/uniform = {v_sag / v_u:.3f}")
     assert v_sg < 0.5 * v_u
-    assert v_sag < 0.85 * v_sg
+    assert v_sag < max_sag_over_sg * v_sg
 
 
 @pytest.mark.parametrize("kind", ["runs", "random", "constant", "single"])
