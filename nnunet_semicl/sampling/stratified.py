@@ -55,9 +55,11 @@ the nearest candidate would over-weight the region's border.)
 The output order is shuffled by default (as the released code does): losses that reshape a long
 draw into ``[anchors, negatives]`` rows then get a mix of strata in every row.
 
-Cost: O(N) for the candidate mask (one ``nonzero``, as uniform sampling needs; a second one when the
-grid is coarsened, whose stratum counts are sums of the finer cells' as long as the halved axis had an
-even number of cells) plus O(n + strata) for the draws; no sort and no per-candidate stratum id.
+Cost: O(N) for the candidate mask (one ``nonzero``, as uniform sampling needs; when the draws may
+not cover the default grid's strata, one more read of the mask, a max over each cell, tells which
+strata are non-empty, and the coarser grids' are ORs of these while the halved axis has an even
+number of cells)
+plus O(n + strata) for the draws; no sort and no per-candidate stratum id.
 
 * Index strata are read off the candidate list in closed form: inside a block the candidates are
   a prefix of its row-major ranks (the list ends in the block's last non-empty row), so a block's
@@ -314,11 +316,7 @@ class _SpatialLayout:
 
     @staticmethod
     def _geometry(spatial, grid, device) -> _SpatialGeometry:
-        axes = []
-        for size, g in zip(spatial, grid):
-            lo = [(j * size + g - 1) // g for j in range(g)]      # cell j: ceil(j S / G) <= x < ceil((j+1) S / G)
-            axes.append(list(zip(lo, lo[1:] + [size])))
-        cells = list(itertools.product(*axes))
+        cells = _cells(spatial, grid)
         vol = torch.tensor([math.prod(b - a for a, b in c) for c in cells])
         start = torch.cumsum(vol, 0) - vol
         split = to_flat = None
@@ -371,6 +369,31 @@ class _SpatialLayout:
 def _draws_per_unit(n: int, antithetic: bool) -> int:
     """The unit of allocation: SAG allocates antithetic pairs (so every draw has its partner), SG draws."""
     return 2 if antithetic and n >= 2 else 1
+
+
+def _cell_bounds(size: int, g: int) -> list:
+    """``(lo, hi)`` of the g cells of an axis of the given size: ceil(j S / G) <= x < ceil((j+1) S / G)."""
+    lo = [(j * size + g - 1) // g for j in range(g)]
+    return list(zip(lo, lo[1:] + [size]))
+
+
+def _cells(spatial: Sequence[int], grid: Sequence[int]) -> list:
+    """Every cell as one ``(lo, hi)`` per axis, in raster order."""
+    return list(itertools.product(*[_cell_bounds(size, g) for size, g in zip(spatial, grid)]))
+
+
+def _occupied_cells(mask: torch.Tensor, grid: Tuple[int, ...]) -> np.ndarray:
+    """``[B, *grid]``: whether each (image, cell) holds a candidate.
+
+    One max over the cells of the last axis reads the mask once (uint8: faster than ``any``); the
+    other axes then reduce small tensors.
+    """
+    x = mask.view(torch.uint8)
+    for axis in range(mask.ndim - 1, 0, -1):
+        none = torch.zeros_like(x.select(axis, 0))    # a cell of width 0 (more cells than pixels)
+        x = torch.stack([x.narrow(axis, lo, hi - lo).amax(dim=axis) if hi > lo else none
+                         for lo, hi in _cell_bounds(mask.shape[axis], grid[axis - 1])], axis)
+    return x.bool().cpu().numpy()
 
 
 def _coarser(grid: Tuple[int, ...]) -> Tuple[int, ...]:
@@ -500,16 +523,16 @@ class StratifiedSampler(PixelSampler):
         strata outnumber the draw units (pairs under SAG), so that every stratum gets a unit.
         """
         grid = self.grid_for(mask.ndim - 1)
-        layout = _SpatialLayout(mask, grid)
         units = n // _draws_per_unit(n, self.antithetic)
-        counts = layout.sizes.reshape(-1, *grid)          # candidates per (image, cell)
-        target = grid
-        while max(target) > 1 and np.count_nonzero(counts) > units:
-            coarse = _coarser(target)
-            axis = next(a for a in range(len(target)) if coarse[a] != target[a])
-            if target[axis] % 2 == 0:   # cells 2j and 2j+1 make the coarse cell j: add their counts
-                counts = counts.reshape(*counts.shape[:axis + 1], coarse[axis], 2, *counts.shape[axis + 2:]).sum(axis + 2)
-            else:                       # an odd count does not nest: count the coarse cells anew
-                counts = _SpatialLayout(mask, coarse).sizes.reshape(-1, *coarse)
-            target = coarse
-        return layout if target == grid else _SpatialLayout(mask, target)
+        if mask.shape[0] * math.prod(grid) > units:     # else every stratum gets a unit at this grid
+            occupied = _occupied_cells(mask, grid)
+            while max(grid) > 1 and np.count_nonzero(occupied) > units:
+                coarse = _coarser(grid)
+                axis = next(a for a in range(len(grid)) if coarse[a] != grid[a])
+                if grid[axis] % 2 == 0:   # cells 2j and 2j+1 make the coarse cell j
+                    occupied = occupied.reshape(*occupied.shape[:axis + 1], coarse[axis], 2,
+                                                *occupied.shape[axis + 2:]).any(axis + 2)
+                else:                     # an odd count does not nest: look at the coarse cells anew
+                    occupied = _occupied_cells(mask, coarse)
+                grid = coarse
+        return _SpatialLayout(mask, grid)
