@@ -58,8 +58,7 @@ draw into ``[anchors, negatives]`` rows then get a mix of strata in every row.
 Cost: O(N) for the candidate mask (one ``nonzero``, as uniform sampling needs; when the draws may
 not cover the default grid's strata, one more read of the mask, a max over each cell, tells which
 strata are non-empty, and the coarser grids' are ORs of these while the halved axis has an even
-number of cells)
-plus O(n + strata) for the draws; no sort and no per-candidate stratum id.
+number of cells) plus O(n + strata) for the draws; no sort and no per-candidate stratum id.
 
 * Index strata are read off the candidate list in closed form: inside a block the candidates are
   a prefix of its row-major ranks (the list ends in the block's last non-empty row), so a block's
