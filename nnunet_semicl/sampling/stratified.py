@@ -12,38 +12,53 @@ Strata (``strata=``):
   coordinates ``ceil(j S / G) <= x < ceil((j + 1) S / G)``. The paper uses G x G = 16 cells in 2D; we
   use G = 2 (8 cells) in 3D, see :attr:`StratifiedSampler.default_grid`. A 1-D mask (a memory bank,
   in insertion order) is one "image" whose index range is cut into 16 equal contiguous blocks.
+
+  **The grid follows the draws** (issue 27): with many images most (image, cell) strata would get a
+  single draw, which SAG cannot pair. The unit of allocation is one draw under SG and one antithetic
+  pair under SAG (``n // 2`` units), and the grid is coarsened, halving (rounding up) the cells of the
+  axis with the most cells (ties: the last such axis; 4 x 4 -> 4 x 2 -> 2 x 2 -> 2 x 1 -> 1 x 1,
+  2 x 2 x 2 -> 2 x 2 x 1 -> ...), until the non-empty strata are no more than the units. Every
+  stratum then gets at least one unit: under SAG an even number of draws, all paired (an odd ``n``
+  adds one unpaired draw to the largest stratum). For 256 anchors: 16 images of 32 x 32 get 4 x 2
+  cells (one pair each), 112 images one cell each; a small class region keeps finer cells. Only
+  when even whole images outnumber the units are consecutive images merged (below). The grid
+  depends on the mask, not on the draws, so the estimator stays unbiased.
 * ``'index'`` (the released code, section 6.3). The candidate list (True entries in raster order) is
   laid out row-major in an e x e square and the square is cut into G x G blocks of side ``floor(e/G)``,
   the last block row / column absorbing the remainder (G = 4). We take ``e = ceil(sqrt(N))`` so that
   every candidate lies in a block (the code's ``round`` leaves the last candidates out when e^2 < N).
 
-Sampling (both modes): proportional allocation of the ``n`` draws over the strata with
-largest-remainder rounding, then uniform draws with replacement inside each stratum. A draw in
-stratum m gets the weight ``(|P_m| / |P|) / n_m`` (stratum share over its number of draws), which
-makes the weighted sum exactly the SG estimator of Theorem 3.2, unbiased. Because an unbiased
+Sampling (both modes): proportional allocation of the ``n`` draws (SAG: ``n // 2`` pairs) over the
+strata with largest-remainder rounding, then uniform draws with replacement inside each stratum. A
+draw in stratum m gets the weight ``(|P_m| / |P|) / n_m`` (stratum share over its number of draws),
+which makes the weighted sum exactly the SG estimator of Theorem 3.2, unbiased. Because an unbiased
 estimate needs every non-empty stratum to be drawn at least once:
 
-* when largest-remainder rounding gives a non-empty stratum zero draws (a tiny cell), each non-empty
-  stratum first gets one draw and the remaining ``n - M`` are allocated proportionally;
-* when ``n`` is smaller than the number M of non-empty strata, consecutive strata (in stratum order:
-  image, then cell) are merged into at most ``n`` groups of about equal candidate counts.
+* when largest-remainder rounding gives a non-empty stratum zero units (a tiny cell), each non-empty
+  stratum first gets one unit and the remaining ``units - M`` are allocated proportionally;
+* when the units are fewer than the number M of non-empty strata (spatial mode: at one cell per
+  image; index mode: 16 blocks), consecutive strata (in stratum order: image, then cell) are merged
+  into at most ``units`` groups of about equal candidate counts.
 
 SAG (``antithetic=True``): in each stratum ``ceil(n_m / 2)`` points are drawn and each is paired with
 its point reflection ``p' = 2 c - p`` through the geometric centre c of its cell (of its block in index
-mode); the pairs are then truncated to ``n_m``. A cell maps onto itself under the reflection, so p'
-stays in the stratum. **Replacement rule** when p' is not a candidate (outside the class region or past
-the end of the candidate list): the partner is drawn uniformly from the stratum's *unpaired*
-candidates (those whose own reflection is not a candidate). This keeps every draw marginally uniform
-over the stratum, so the estimator stays exactly unbiased: a paired candidate x is drawn as a partner
-only as the reflection of p = R(x) (probability 1/|P_m|), an unpaired one with probability
-``(|U_m|/|P_m|) (1/|U_m|) = 1/|P_m|``. (Resampling from the whole stratum instead would over-weight
-the paired candidates; snapping to the nearest candidate would over-weight the region's border.)
+mode); the pairs are then truncated to ``n_m`` (only the odd draw of an odd ``n`` is cut). A cell
+maps onto itself under the reflection, so p' stays in the stratum. **Replacement rule** when p' is
+not a candidate (outside the class region or past the end of the candidate list): the partner is
+drawn uniformly from the stratum's *unpaired* candidates (those whose own reflection is not a
+candidate). This keeps every draw marginally uniform over the stratum, so the estimator stays
+exactly unbiased: a paired candidate x is drawn as a partner only as the reflection of p = R(x)
+(probability 1/|P_m|), an unpaired one with probability ``(|U_m|/|P_m|) (1/|U_m|) = 1/|P_m|``.
+(Resampling from the whole stratum instead would over-weight the paired candidates; snapping to
+the nearest candidate would over-weight the region's border.)
 
 The output order is shuffled by default (as the released code does): losses that reshape a long
 draw into ``[anchors, negatives]`` rows then get a mix of strata in every row.
 
-Cost: O(N) for the candidate mask (one ``nonzero``, as uniform sampling needs) plus O(n + strata)
-for the draws; no sort and no per-candidate stratum id.
+Cost: O(N) for the candidate mask (one ``nonzero``, as uniform sampling needs; when the draws may
+not cover the default grid's strata, one more read of the mask, a max over each cell, tells which
+strata are non-empty, and the coarser grids' are ORs of these while the halved axis has an even
+number of cells) plus O(n + strata) for the draws; no sort and no per-candidate stratum id.
 
 * Index strata are read off the candidate list in closed form: inside a block the candidates are
   a prefix of its row-major ranks (the list ends in the block's last non-empty row), so a block's
@@ -280,7 +295,7 @@ class _SpatialLayout:
 
     def __init__(self, mask: torch.Tensor, grid: Tuple[int, ...]):
         B, spatial = mask.shape[0], tuple(mask.shape[1:])
-        self.B, self.P, self.device = B, math.prod(spatial), mask.device
+        self.B, self.P, self.device, self.grid = B, math.prod(spatial), mask.device, grid
         key = (spatial, grid, str(mask.device))
         if key not in self._cache:
             if len(self._cache) >= 32:
@@ -300,11 +315,7 @@ class _SpatialLayout:
 
     @staticmethod
     def _geometry(spatial, grid, device) -> _SpatialGeometry:
-        axes = []
-        for size, g in zip(spatial, grid):
-            lo = [(j * size + g - 1) // g for j in range(g)]      # cell j: ceil(j S / G) <= x < ceil((j+1) S / G)
-            axes.append(list(zip(lo, lo[1:] + [size])))
-        cells = list(itertools.product(*axes))
+        cells = _cells(spatial, grid)
         vol = torch.tensor([math.prod(b - a for a, b in c) for c in cells])
         start = torch.cumsum(vol, 0) - vol
         split = to_flat = None
@@ -354,14 +365,53 @@ class _SpatialLayout:
         return self._flat(_at(self.u, _at(self.ustart, stratum) + k), stratum)
 
 
+def _draws_per_unit(n: int, antithetic: bool) -> int:
+    """The unit of allocation: SAG allocates antithetic pairs (so every draw has its partner), SG draws."""
+    return 2 if antithetic and n >= 2 else 1
+
+
+def _cell_bounds(size: int, g: int) -> list:
+    """``(lo, hi)`` of the g cells of an axis of the given size: ceil(j S / G) <= x < ceil((j+1) S / G)."""
+    lo = [(j * size + g - 1) // g for j in range(g)]
+    return list(zip(lo, lo[1:] + [size]))
+
+
+def _cells(spatial: Sequence[int], grid: Sequence[int]) -> list:
+    """Every cell as one ``(lo, hi)`` per axis, in raster order."""
+    return list(itertools.product(*[_cell_bounds(size, g) for size, g in zip(spatial, grid)]))
+
+
+def _occupied_cells(mask: torch.Tensor, grid: Tuple[int, ...]) -> np.ndarray:
+    """``[B, *grid]``: whether each (image, cell) holds a candidate.
+
+    One max over the cells of the last axis reads the mask once (uint8: faster than ``any``); the
+    other axes then reduce small tensors.
+    """
+    x = mask.view(torch.uint8)
+    for axis in range(mask.ndim - 1, 0, -1):
+        none = torch.zeros_like(x.select(axis, 0))    # a cell of width 0 (more cells than pixels)
+        x = torch.stack([x.narrow(axis, lo, hi - lo).amax(dim=axis) if hi > lo else none
+                         for lo, hi in _cell_bounds(mask.shape[axis], grid[axis - 1])], axis)
+    return x.bool().cpu().numpy()
+
+
+def _coarser(grid: Tuple[int, ...]) -> Tuple[int, ...]:
+    """Halve (rounding up) the cells of the axis with the most cells (ties: the last such axis)."""
+    axis = max(range(len(grid)), key=lambda a: (grid[a], a))
+    return grid[:axis] + ((grid[axis] + 1) // 2,) + grid[axis + 1:]
+
+
 def _draw(layout, n: int, generator: Optional[torch.Generator], antithetic: bool, shuffle: bool) -> Sample:
     """Stratified (antithetic) draw of ``n`` candidates of a layout (see the module doc)."""
     device = layout.device
     sizes = layout.sizes
     N = int(sizes.sum())
-    group = _merge_groups(sizes, n)
+    unit = _draws_per_unit(n, antithetic)
+    units = n // unit
+    group = _merge_groups(sizes, units)
     gsize = _group_sums(sizes, group)
-    alloc = _covering_allocation(gsize, n)
+    alloc = unit * _covering_allocation(gsize, units)
+    alloc[int(np.argmax(gsize))] += n - unit * units   # odd n under SAG: one unpaired draw, in the largest group
     half = (alloc + 1) // 2
     gstart_d, gsize_d, alloc_d, half_d = _to_device(np.stack([_exclusive_cumsum(gsize), gsize, alloc, half]), device)
     wg = _to_device((gsize / N / np.maximum(alloc, 1)).astype(np.float32), device)   # weight of a group's draw
@@ -462,5 +512,26 @@ class StratifiedSampler(PixelSampler):
         else:
             if mask.ndim == 1:
                 mask = mask[None]               # [N] -> one image with a 1-D extent
-            layout = _SpatialLayout(mask, self.grid_for(mask.ndim - 1))
+            layout = self.spatial_layout(mask, n)
         return _draw(layout, n, generator, self.antithetic, self.shuffle)
+
+    def spatial_layout(self, mask: torch.Tensor, n: int) -> "_SpatialLayout":
+        """The (image, cell) strata for ``n`` draws from ``mask`` (``[B, *spatial]``); ``.grid``: cells per axis.
+
+        Starting from :meth:`grid_for`, the grid is coarsened (:func:`_coarser`) while the non-empty
+        strata outnumber the draw units (pairs under SAG), so that every stratum gets a unit.
+        """
+        grid = self.grid_for(mask.ndim - 1)
+        units = n // _draws_per_unit(n, self.antithetic)
+        if mask.shape[0] * math.prod(grid) > units:     # else every stratum gets a unit at this grid
+            occupied = _occupied_cells(mask, grid)
+            while max(grid) > 1 and np.count_nonzero(occupied) > units:
+                coarse = _coarser(grid)
+                axis = next(a for a in range(len(grid)) if coarse[a] != grid[a])
+                if grid[axis] % 2 == 0:   # cells 2j and 2j+1 make the coarse cell j
+                    occupied = occupied.reshape(*occupied.shape[:axis + 1], coarse[axis], 2,
+                                                *occupied.shape[axis + 2:]).any(axis + 2)
+                else:                     # an odd count does not nest: look at the coarse cells anew
+                    occupied = _occupied_cells(mask, coarse)
+                grid = coarse
+        return _SpatialLayout(mask, grid)

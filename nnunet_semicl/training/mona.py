@@ -201,7 +201,7 @@ class nnUNetTrainerARCO(nnUNetTrainerMONA):
     """ARCO-SG (the paper's best): stratified sampling over spatial strata (image x grid cell)."""
     sampler_antithetic = False
     sampler_strata = "spatial"         # "index": the released code's strata over the candidate list
-    sampler_grid = None                # None: 4 cells per axis in 2D (16 strata per image), 2 in 3D
+    sampler_grid = None                # None: 4 cells per axis in 2D (16 strata per image), 2 in 3D, coarsened to the draws
 
     def build_sampler(self) -> PixelSampler:
         return StratifiedSampler(self.sampler_grid, antithetic=self.sampler_antithetic, strata=self.sampler_strata)

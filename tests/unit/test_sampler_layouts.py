@@ -79,24 +79,30 @@ def test_index_layout_unpaired_ranks(num, grid):
 @pytest.mark.parametrize("strata", ["spatial", "index"])
 @pytest.mark.parametrize("antithetic", [False, True])
 def test_merged_strata_draw_from_their_group(strata, antithetic):
-    """n below the number of strata: consecutive strata merge into n groups of about equal size
-    (group = candidates before the stratum x n // N); one draw per group, weight = the group's share."""
-    shape = (4, 12, 12)
+    """Strata that outnumber the draw units (n draws under SG, n // 2 pairs under SAG) even at one cell
+    per image (spatial mode coarsens the grid first) merge consecutively into ``units`` groups of about
+    equal size (group = candidates before the stratum x units // N); a unit per group (under SAG the
+    odd draw goes to the largest group), weight = the group's share / its number of draws."""
+    shape = (8, 12, 12)
     mask = torch.rand(shape, generator=torch.Generator().manual_seed(3)) < 0.5
     cand = mask.reshape(-1).nonzero(as_tuple=True)[0]
     N, n = cand.numel(), 5
+    unit = 2 if antithetic else 1
+    units = n // unit
     if strata == "spatial":
-        b, cell, _, _ = naive_cell(cand, shape, (4, 4))
-        stratum_of = dict(zip(cand.tolist(), (b * 16 + cell).tolist()))
-        sizes = torch.bincount(b * 16 + cell, minlength=64)
+        stratum = cand // (12 * 12)             # 8 images > units: one cell per image, images merged
+        sizes = torch.bincount(stratum, minlength=8)
     else:
-        block, _ = index_strata(N, 4)
-        stratum_of = dict(zip(cand.tolist(), block.tolist()))
-        sizes = torch.bincount(block, minlength=16)
-    group = ((torch.cumsum(sizes, 0) - sizes) * n // N).tolist()
-    gsize = [int(sizes[torch.tensor(group) == g].sum()) for g in range(n)]
+        stratum, _ = index_strata(N, 4)
+        sizes = torch.bincount(stratum, minlength=16)
+    stratum_of = dict(zip(cand.tolist(), stratum.tolist()))
+    group = ((torch.cumsum(sizes, 0) - sizes) * units // N).tolist()
+    gsize = [int(sizes[torch.tensor(group) == g].sum()) for g in range(units)]
+    draws = [unit] * units
+    draws[max(range(units), key=lambda g: (gsize[g], -g))] += n - unit * units
     for seed in range(20):
         a = StratifiedSampler(antithetic=antithetic, strata=strata, shuffle=False)(mask, n, torch.Generator().manual_seed(seed))
         groups = [group[stratum_of[i]] for i in a.index.tolist()]
-        assert groups == list(range(n))
-        assert torch.allclose(a.weight.double(), torch.tensor(gsize, dtype=torch.float64) / N)
+        assert [groups.count(g) for g in range(units)] == draws
+        expect = torch.tensor([gsize[g] / N / draws[g] for g in groups], dtype=torch.float64)
+        assert torch.allclose(a.weight.double(), expect)
