@@ -25,19 +25,24 @@ only re-runs its validation when its final checkpoint exists):
 ``<trainer>_warmStart`` (``nnunet_semicl.benchmarking.warm_start``) from its network.
 """
 import argparse
+import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
-from typing import Dict, Optional
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from nnunet_semicl.argtypes import non_negative_int, positive_float, positive_int
+from nnunet_semicl.argtypes import non_negative_int, positive_float, positive_int, seed_int
 from nnunet_semicl.benchmarking.common import (add_update_docs_argument, command_line, fmt, format_machine,
                                                machine_info, markdown_table, shared_acdc_folder,
                                                update_docs_if_asked)
+from nnunet_semicl.errors import InputError
 from nnunet_semicl.files import find_training_summary, load_json, save_json
-from nnunet_semicl.launch import nnunet_env, run_command, training_progress
+from nnunet_semicl.launch import exit_2_on, nnunet_env, run_command, training_progress
+from nnunet_semicl.seeding import SEED_ENV, seed_from_env
 
 DATASET_ID = 27
 DATASET = "Dataset027_ACDC"
@@ -63,6 +68,13 @@ WARM_TRAINER = "nnUNetTrainerLabeledOnly"
 WARM_SUFFIX = "_warm"
 WARM_ROW = "warm start"
 WARM_START_SUFFIX = "_warmStart"   # nnunet_semicl/benchmarking/warm_start.py
+#: the rows every other row is compared with, paired by seed and validation volume
+REFERENCE_ROWS = ("nnUNetTrainerLabeledOnly", "nnUNetTrainerPseudoLabel")
+VARIANT_EXAMPLE = "noDistill:nnUNetTrainerACTIONpp:relational_in_finetune=false"
+#: a variant's name: part of its setting copy's name (``5pct_<NAME>_s<S>``) and of its results folder
+VARIANT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+#: the commas between a variant's KEY=VALUE items (not those inside a list value such as [0.8,1.2])
+VARIANT_ITEM_SEPARATOR = re.compile(r",(?=\s*[A-Za-z_][A-Za-z0-9_]*\s*=)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -86,8 +98,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="initial learning rate of every trainer (default: nnU-Net's "
                         "0.01)")
     p.add_argument("--runs", type=positive_int, default=1,
-                   help="runs of every trainer (run 2.. in copies of the setting; "
-                        "default 1)")
+                   help="unseeded runs of every trainer (run 2.. in copies of the setting; default 1; not with "
+                        "--seeds)")
+    p.add_argument("--seeds", type=seed_int, nargs="+", default=None, metavar="S",
+                   help="train every trainer and variant once per seed (NNUNET_SEMICL_SEED=S, in the setting copy "
+                        "<setting>_s<S>): the rows are then paired by seed and validation volume")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:TRAINER:KEY=VALUE[,KEY=VALUE...]",
+                   help=f"a trainer with setting keys (docs/trainers.md), trained in its own setting copy "
+                        f"(<setting>_NAME[_s<S>]) and shown as row NAME; repeatable. E.g. {VARIANT_EXAMPLE}")
     p.add_argument("--spacing", type=positive_float, default=None, help="in-plane spacing, mm: a reduced-resolution "
                                                                "configuration with its own preprocessed data (default: "
                                                                "the 2d configuration's spacing and data)")
@@ -115,16 +133,27 @@ def resolve_options(args) -> dict:
     spacing = None if args.spacing is None else float(args.spacing)
     if args.runs < 1:
         raise SystemExit(f"--runs must be at least 1, got {args.runs}")
+    trainers = list(args.trainers or (["nnUNetTrainerLabeledOnly"] if smoke else DEFAULT_TRAINERS))
+    warm_epochs = args.warm_epochs if args.warm_epochs is not None else DEFAULT_WARM_EPOCHS
+    seeds = check_seeds(args.seeds, args.runs)
+    variants = parse_variants(args.variant, trainers)
+    if (seeds or variants) and warm_epochs > 0:
+        raise InputError("--seeds and --variant train from scratch: leave out --warm-epochs (the warm-start "
+                         "protocol trains one shared, unseeded warm start per setting).")
     return {
-        "trainers": list(args.trainers or (["nnUNetTrainerLabeledOnly"] if smoke else DEFAULT_TRAINERS)),
+        "trainers": trainers,
         "settings": list(args.settings or (["5pct"] if smoke else DEFAULT_SETTINGS)),
         "epochs": args.epochs or (1 if smoke else DEFAULT_EPOCHS),
         "iterations": args.iterations or (2 if smoke else DEFAULT_ITERATIONS),
         "val_iterations": args.val_iterations or (1 if smoke else DEFAULT_VAL_ITERATIONS),
         "lr": args.lr,
-        "warm_epochs": args.warm_epochs if args.warm_epochs is not None else DEFAULT_WARM_EPOCHS,
+        "warm_epochs": warm_epochs,
         "warm_iterations": args.warm_iterations or (2 if smoke else DEFAULT_WARM_ITERATIONS),
         "runs": int(args.runs),
+        "seeds": seeds,
+        # without --seeds, a NNUNET_SEMICL_SEED of the caller's environment reaches every run: record it
+        "inherited_seed": None if seeds else seed_from_env(),
+        "variants": variants,
         "spacing": spacing,
         "configuration": args.configuration or (CONFIGURATION if spacing is None else f"2d_{spacing:g}mm".replace(".", "p")),
         "patch_size": args.patch_size,
@@ -135,6 +164,70 @@ def resolve_options(args) -> dict:
         "device": args.device,
         "smoke": smoke,
     }
+
+
+def check_seeds(seeds: Optional[Sequence[int]], runs: int) -> Optional[List[int]]:
+    """``--seeds`` as a list (None without it); a seed given twice, or ``--runs`` beside it, is refused."""
+    if not seeds:
+        return None
+    repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if repeated:
+        raise InputError(f"--seeds: {', '.join(map(str, repeated))} given more than once; each seed is one run.")
+    if runs > 1:
+        raise InputError("--seeds and --runs: give one of them. With --seeds every trainer trains once per seed "
+                         "(paired runs); --runs N trains it N times unseeded.")
+    return list(seeds)
+
+
+def parse_variants(items: Sequence[str], trainers: Sequence[str]) -> Dict[str, dict]:
+    """``--variant`` options -> ``{NAME: {"trainer": ..., "overrides": {KEY: VALUE}}}``, every key checked
+    against its trainer class; a NAME given twice or equal to a trainer's row is refused."""
+    variants: Dict[str, dict] = {}
+    for item in items or ():
+        name, trainer, overrides = parse_variant(item)
+        if name in variants or name in trainers:
+            raise InputError(f"--variant {item}: the row {name} exists already; give each variant its own name.")
+        variants[name] = {"trainer": trainer, "overrides": overrides}
+    return variants
+
+
+def parse_variant(text: str) -> Tuple[str, str, dict]:
+    """``NAME:TRAINER:KEY=VALUE[,KEY=VALUE...]`` -> (name, trainer, the checked setting keys); an
+    :class:`InputError` naming the option otherwise."""
+    from nnunet_semicl.data.overrides import SCHEDULE_OPTIONS, parse_set_option, validate_overrides
+
+    where = f"--variant {text}"
+    parts = [part.strip() for part in text.split(":", 2)]
+    if len(parts) != 3 or not all(parts):
+        raise InputError(f"{where}: expected NAME:TRAINER:KEY=VALUE[,KEY=VALUE...], e.g. {VARIANT_EXAMPLE}")
+    name, trainer, keys = parts
+    if not VARIANT_NAME.fullmatch(name):
+        raise InputError(f"{where}: a variant's name is a letter followed by letters and digits (it becomes part "
+                         f"of a setting's name), got {name!r}")
+    overrides = {}
+    for assignment in VARIANT_ITEM_SEPARATOR.split(keys):
+        if "=" not in assignment:
+            raise InputError(f"{where}: expected KEY=VALUE, got {assignment!r}")
+        key, value = parse_set_option(assignment)
+        if key in overrides:
+            raise InputError(f"{where}: {key} is given twice")
+        overrides[key] = value
+    schedule = [k for k in overrides if k in SCHEDULE_OPTIONS]
+    if schedule:
+        raise InputError(f"{where}: {', '.join(schedule)} belongs to the benchmark's schedule, the same for every "
+                         f"row (--epochs, --iterations, --val-iterations, --lr); a variant changes the method.")
+    applied, _ = validate_overrides(trainer_class(trainer, where), overrides, where)
+    return name, trainer, {k: list(v) if isinstance(v, tuple) else v for k, v in applied.items()}
+
+
+def trainer_class(name: str, where: str) -> type:
+    """The class of one of this package's trainers (imports torch and nnU-Net)."""
+    from nnunet_semicl.cli import exported_trainers
+
+    classes = {c.__name__: c for c in exported_trainers()}
+    if name not in classes:
+        raise InputError(f"{where}: {name} is not one of this package's trainers ({', '.join(sorted(classes))})")
+    return classes[name]
 
 
 def schedule_overrides(opts: dict, warm: bool = False) -> dict:
@@ -178,8 +271,9 @@ def reduced_configuration(plans: dict, opts: dict) -> dict:
 # ------------------------------------------------------------------------------------------------
 # pipeline
 # ------------------------------------------------------------------------------------------------
-def prepare(work: str, dirs: Dict[str, str], opts: dict, source: str, log: str) -> dict:
-    """Convert, plan, add and preprocess the reduced configuration, write the settings' schedule (idempotent)."""
+def prepare(work: str, dirs: Dict[str, str], opts: dict, source: str, log: str, runs: Sequence["PlannedRun"]) -> dict:
+    """Convert, plan, add and preprocess the reduced configuration, write the settings' schedule and the
+    setting copies that ``runs`` train with (idempotent)."""
     from nnunet_semicl.data.setting_files import write_plans_variant
 
     env = nnunet_env(opts["device"], training=False, dirs=dirs)
@@ -229,18 +323,68 @@ def prepare(work: str, dirs: Dict[str, str], opts: dict, source: str, log: str) 
         if not os.path.isfile(os.path.join(pre, f"splits_semicl_{setting}.json")):
             raise SystemExit(f"setting {setting} does not exist in {pre} (the converter writes 1pct, 5pct, 10pct)")
         write_plans_variant(pre, setting, "nnUNetPlans", overwrite=True, trainer_overrides=schedule_overrides(opts))
-        for run in range(2, opts["runs"] + 1):   # the same labeled cases, another results folder
-            copy_setting(pre, setting, run_setting(setting, run), schedule_overrides(opts), f"run {run}")
-        if opts["warm_epochs"] > 0:
-            # the warm start's own setting: the same labeled cases, its own (longer) schedule
-            copy_setting(pre, setting, setting + WARM_SUFFIX, schedule_overrides(opts, warm=True),
-                         "the supervised warm start")
+    copies = {r.plans_setting: r for r in runs if r.plans_setting != r.setting}
+    for name, r in copies.items():   # the same labeled cases, another results folder (and trainer block)
+        copy_setting(pre, r.setting, name, r.trainer_block, r.purpose)
     return resolved
 
 
-def run_setting(setting: str, run: int) -> str:
-    """The setting that run ``run`` (1-based) of a trainer trains with: run 1 uses the setting itself."""
-    return setting if run == 1 else f"{setting}{RUN_SUFFIX}{run}"
+# ------------------------------------------------------------------------------------------------
+# the plan: which trainer trains with which setting copy and seed
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class PlannedRun:
+    """One training of the benchmark."""
+    row: str                 # the table row: the trainer's name, a variant's name or WARM_ROW
+    trainer: str             # the nnU-Net trainer class (without the warm start's suffix)
+    setting: str             # the labeled setting (5pct)
+    plans_setting: str       # the setting copy it trains with (nnUNetPlans_<plans_setting>): its own results folder
+    seed: Optional[int]      # NNUNET_SEMICL_SEED of the run; None: unseeded
+    pair_key: str            # what pairs it with the other rows' runs: "s<seed>" with --seeds, else "run<k>"
+    trainer_block: dict = field(default_factory=dict)   # the setting copy's semicl.trainer block
+
+    @property
+    def purpose(self) -> str:
+        """Why its setting copy exists (recorded in the copy's split file)."""
+        if self.row == WARM_ROW:
+            return "the supervised warm start"
+        variant = f"variant {self.row} ({self.trainer}), " if self.row != self.trainer else ""
+        return f"{variant}repetition {self.pair_key}"
+
+
+def setting_copy(setting: str, variant: Optional[str] = None, seed: Optional[int] = None, run: int = 1) -> str:
+    """The name of the setting copy a run trains with: ``5pct``, ``5pct_run2`` (``--runs``), ``5pct_s1``
+    (``--seeds``), ``5pct_noDistill``, ``5pct_noDistill_s1`` (``--variant``)."""
+    name = "_".join([setting] + ([variant] if variant else []) + ([f"s{seed}"] if seed is not None else []))
+    return name if run == 1 else f"{name}{RUN_SUFFIX}{run}"
+
+
+def repetitions(opts: dict) -> List[Tuple[Optional[int], str, str]]:
+    """(seed of the run, its pair key, what it adds to the setting copy's name) per repetition of a row:
+    one per ``--seeds`` seed, else one per ``--runs`` run (seeded by an inherited NNUNET_SEMICL_SEED, if any)."""
+    if opts.get("seeds"):
+        return [(s, f"s{s}", setting_copy("", seed=s)) for s in opts["seeds"]]
+    return [(opts.get("inherited_seed"), f"run{r}", setting_copy("", run=r)) for r in range(1, opts["runs"] + 1)]
+
+
+def plan_runs(opts: dict) -> List[PlannedRun]:
+    """Every training, in order: per setting (the shared warm start first with ``--warm-epochs``), per seed or
+    run, every trainer then every variant; each in its own setting copy."""
+    rows = [(t, t, {}) for t in opts["trainers"]]
+    rows += [(name, v["trainer"], v["overrides"]) for name, v in (opts.get("variants") or {}).items()]
+    schedule = schedule_overrides(opts)
+    runs = []
+    for setting in opts["settings"]:
+        if opts["warm_epochs"] > 0:
+            # the warm start's own setting: the same labeled cases, its own (longer) schedule
+            runs.append(PlannedRun(WARM_ROW, WARM_TRAINER, setting, setting + WARM_SUFFIX, opts.get("inherited_seed"),
+                                   "run1", schedule_overrides(opts, warm=True)))
+        for seed, pair_key, suffix in repetitions(opts):
+            for row, trainer, variant_keys in rows:
+                variant = row if row != trainer else None
+                runs.append(PlannedRun(row, trainer, setting, setting_copy(setting, variant) + suffix, seed, pair_key,
+                                       {**schedule, **variant_keys}))
+    return runs
 
 
 def copy_setting(pre: str, setting: str, name: str, overrides: dict, purpose: str) -> None:
@@ -255,6 +399,12 @@ def copy_setting(pre: str, setting: str, name: str, overrides: dict, purpose: st
 
 def run_folder(dirs: Dict[str, str], trainer: str, setting: str, cname: str) -> str:
     return os.path.join(dirs["nnUNet_results"], DATASET, f"{trainer}__nnUNetPlans_{setting}__{cname}")
+
+
+def warm_start_checkpoint(dirs: Dict[str, str], opts: dict, setting: str) -> str:
+    """The final checkpoint of a setting's shared supervised warm start (``--warm-epochs``)."""
+    return os.path.join(run_folder(dirs, WARM_TRAINER, setting + WARM_SUFFIX, opts["configuration"]), "fold_0",
+                        "checkpoint_final.pth")
 
 
 def average_runs(rows: list) -> dict:
@@ -282,12 +432,69 @@ def seconds_per_iteration(checkpoint: str, iterations: int) -> Optional[float]:
 
 
 def read_summary(path: str) -> dict:
-    """Per-class and mean foreground Dice from nnU-Net's validation/summary.json."""
+    """Per-class and mean foreground Dice from nnU-Net's validation/summary.json, and each validation case's
+    foreground-mean Dice (``per_case``, by reference file name; for the paired statistics)."""
     s = load_json(path)
     out = {name: s["mean"].get(k, {}).get("Dice") for k, name in CLASSES}
     out["mean"] = s["foreground_mean"]["Dice"]
-    out["n_cases"] = len(s.get("metric_per_case", []))
+    cases = s.get("metric_per_case", [])
+    out["n_cases"] = len(cases)
+    out["per_case"] = {case_name(c, i): d for i, c in enumerate(cases)
+                       for d in [case_foreground_dice(c)] if d is not None}
     return out
+
+
+def case_name(case: dict, index: int) -> str:
+    reference = case.get("reference_file")
+    return os.path.basename(reference) if reference else f"case{index}"
+
+
+def case_foreground_dice(case: dict) -> Optional[float]:
+    """One case's mean Dice over the foreground classes; a class nnU-Net scores NaN (absent from both the
+    reference and the prediction) is left out; None without any score."""
+    metrics = case.get("metrics", {})
+    values = [metrics[k]["Dice"] for k, _ in CLASSES if k in metrics and metrics[k].get("Dice") is not None]
+    values = [float(v) for v in values if not math.isnan(float(v))]
+    return sum(values) / len(values) if values else None
+
+
+# ------------------------------------------------------------------------------------------------
+# paired statistics
+# ------------------------------------------------------------------------------------------------
+def paired_difference(runs: Sequence[dict], reference_runs: Sequence[dict]) -> Optional[dict]:
+    """A row's runs against a reference row's, paired by ``pair_key`` (the seed) and validation case.
+
+    ``per_seed``: each pair's difference of mean Dice; ``mean``: their average; ``se``: the standard error
+    over volumes and seeds = standard deviation (n - 1) of all paired per-case differences (the same case's
+    foreground-mean Dice in the two runs of one seed) / sqrt(n); ``better``: how many of the n are > 0.
+    None unless both rows have runs with the same pair keys and a mean for each."""
+    mine, theirs = ({r.get("pair_key", f"run{i + 1}"): r for i, r in enumerate(rs)} for rs in (runs, reference_runs))
+    if not mine or set(mine) != set(theirs) or any(r.get("mean") is None for r in [*mine.values(), *theirs.values()]):
+        return None
+    per_seed = {k: mine[k]["mean"] - theirs[k]["mean"] for k in mine}
+    cases = [mine[k]["per_case"][c] - theirs[k]["per_case"][c] for k in mine
+             for c in mine[k].get("per_case", {}) if c in theirs[k].get("per_case", {})]
+    return {"mean": sum(per_seed.values()) / len(per_seed), "per_seed": per_seed,
+            "se": standard_error(cases), "n": len(cases), "better": sum(1 for d in cases if d > 0)}
+
+
+def standard_error(values: Sequence[float]) -> Optional[float]:
+    """Sample standard deviation (n - 1) / sqrt(n); None for fewer than two values."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
+def add_paired_differences(results: Dict[str, Dict[str, dict]]) -> None:
+    """``results[row][setting]["paired"][reference]``: :func:`paired_difference` against each reference row
+    (:data:`REFERENCE_ROWS`) of the same setting that exists, the row itself and the warm start excepted."""
+    for row, per_setting in results.items():
+        for setting, result in per_setting.items():
+            result["paired"] = {ref: paired_difference(result["runs"], results[ref][setting]["runs"])
+                                for ref in REFERENCE_ROWS
+                                if ref != row and row != WARM_ROW and setting in results.get(ref, {})}
 
 
 def write_warm_start_shim(work: str) -> str:
@@ -302,11 +509,25 @@ def write_warm_start_shim(work: str) -> str:
     return folder
 
 
+def reuse_problem(used_overrides: Optional[dict], record: dict, overrides: dict, pretrained: Optional[str],
+                  seed: Optional[int]) -> Optional[str]:
+    """Why a results folder trained with the trainer block ``used_overrides`` (its plans.json) and recorded as
+    ``record`` (semicl_benchmark_run.json) cannot be continued or reused for this run; None when it can. A
+    record of an earlier version has no seed: not checked."""
+    if used_overrides != overrides or record.get("pretrained", pretrained) != pretrained:
+        return (f"was trained with the trainer block {used_overrides} (warm start {record.get('pretrained')}), not "
+                f"{overrides} (warm start {pretrained})")
+    if record.get("seed", seed) != seed:
+        return f"was trained with NNUNET_SEMICL_SEED={record['seed']}, not {seed}"
+    return None
+
+
 def train_one(dirs, opts, trainer: str, setting: str, log: str, redo: bool, overrides: dict,
-              pretrained: Optional[str] = None, shim: Optional[str] = None) -> dict:
+              pretrained: Optional[str] = None, shim: Optional[str] = None, seed: Optional[int] = None) -> dict:
     """Train (or continue, re-validate, or skip) one run; return its result row.
 
-    ``pretrained``: a warm-start checkpoint; the run then uses ``<trainer>_warmStart`` (found in ``shim``)."""
+    ``pretrained``: a warm-start checkpoint; the run then uses ``<trainer>_warmStart`` (found in ``shim``).
+    ``seed``: the run's NNUNET_SEMICL_SEED (recorded in semicl_benchmark_run.json)."""
     cname = opts["configuration"]
     model = run_folder(dirs, trainer, setting, cname)
     fold = os.path.join(model, "fold_0")
@@ -314,13 +535,12 @@ def train_one(dirs, opts, trainer: str, setting: str, log: str, redo: bool, over
     record_file = os.path.join(fold, "semicl_benchmark_run.json")
     if redo and os.path.isdir(model):
         shutil.rmtree(model)
+    record = load_json(record_file) if os.path.isfile(record_file) else {}
     if os.path.isfile(os.path.join(model, "plans.json")):
         used = load_json(os.path.join(model, "plans.json")).get("semicl", {}).get("trainer")
-        record = load_json(record_file) if os.path.isfile(record_file) else {}
-        if used != overrides or record.get("pretrained", pretrained) != pretrained:
-            raise SystemExit(f"{model} was trained with the schedule {used} (warm start {record.get('pretrained')}), "
-                             f"not {overrides} (warm start {pretrained}). Pass --redo to train it again, or use "
-                             f"another --workdir.")
+        problem = reuse_problem(used, record, overrides, pretrained, seed)
+        if problem:
+            raise SystemExit(f"{model} {problem}. Pass --redo to train it again, or use another --workdir.")
     if os.path.isfile(summary):
         row = {"status": "done before"}
     else:
@@ -330,18 +550,20 @@ def train_one(dirs, opts, trainer: str, setting: str, log: str, redo: bool, over
         elif os.path.isfile(os.path.join(fold, "checkpoint_latest.pth")):
             extra = ["--c"]
         device = opts["device"]
-        env_extra = {}
+        env_extra = {} if seed is None else {SEED_ENV: str(seed)}
         if pretrained:
             if not os.path.isfile(pretrained):
                 raise SystemExit(f"the warm-start checkpoint {pretrained} does not exist")
             ext = [shim] + [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p.strip()]
-            env_extra = {"NNUNET_SEMICL_WARM_START": pretrained, "nnUNet_extTrainer": os.pathsep.join(ext)}
+            env_extra.update({"NNUNET_SEMICL_WARM_START": pretrained, "nnUNet_extTrainer": os.pathsep.join(ext)})
         env = nnunet_env(device, training=True, dirs=dirs, overrides=env_extra)
+        # recorded before training starts, so that an interrupted run is continued only with the same seed
+        record = {"wall_s": record.get("wall_s", 0.0), "pretrained": pretrained, "seed": seed}
+        save_json(record, record_file)
         t = time.time()
         run_command(["nnUNetv2_train", DATASET_ID, cname, "0", "-tr", trainer, "-p", f"nnUNetPlans_{setting}",
                      "-device", device] + extra, env, log, show=training_progress, indent="    ")
-        prev = load_json(record_file).get("wall_s", 0.0) if os.path.isfile(record_file) else 0.0
-        save_json({"wall_s": prev + time.time() - t, "pretrained": pretrained}, record_file)
+        save_json(dict(record, wall_s=record["wall_s"] + time.time() - t), record_file)
         row = {"status": "trained" + (f" ({extra[0]})" if extra and extra[0] in ("--val", "--c") else "")}
     row.update(read_summary(summary))
     training = find_training_summary(fold)
@@ -349,7 +571,9 @@ def train_one(dirs, opts, trainer: str, setting: str, log: str, redo: bool, over
         row["unsupervised_terms_ran"] = training.get("unsupervised_terms_ran")
         if not training.get("unsupervised_terms_ran"):
             print(f"    {training.get('message')}")
-    row["wall_s"] = load_json(record_file).get("wall_s") if os.path.isfile(record_file) else None
+    record = load_json(record_file) if os.path.isfile(record_file) else {}
+    row["wall_s"] = record.get("wall_s")
+    row["seed"] = record.get("seed", seed)
     row["s_per_it"] = seconds_per_iteration(os.path.join(fold, "checkpoint_final.pth"),
                                             int(overrides["num_iterations_per_epoch"]))
     return row
@@ -358,7 +582,8 @@ def train_one(dirs, opts, trainer: str, setting: str, log: str, redo: bool, over
 def run(args) -> dict:
     # before torch starts its OpenMP threads (here or in the subprocesses): docs/small_compute.md
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    opts = resolve_options(args)
+    with exit_2_on("benchmark accuracy", InputError):   # a user's error, before anything is written
+        opts = resolve_options(args)
     work = os.path.abspath(args.workdir + ("_smoke" if opts["smoke"] and args.workdir == "nnunet_semicl_accuracy"
                                            else ""))
     source = args.input or shared_acdc_folder()
@@ -373,11 +598,13 @@ def run(args) -> dict:
     with open(os.path.join(work, ".gitignore"), "w") as f:
         f.write("# derived from research-only data: never commit\n*\n")
     t0 = time.time()
-    runs = [(s, t, r) for s in opts["settings"] for r in range(1, opts["runs"] + 1) for t in opts["trainers"]]
-    print(f"nnunet_semicl benchmark accuracy: {len(opts['trainers'])} trainers x {len(opts['settings'])} settings x "
-          f"{opts['runs']} run(s), {opts['epochs']} epochs x {opts['iterations']} iterations, device {opts['device']}; "
-          f"workdir {work}", flush=True)
-    cfg = prepare(work, dirs, opts, source, os.path.join(work, "logs", "prepare.log"))
+    runs = plan_runs(opts)
+    repeats = f"seeds {' '.join(map(str, opts['seeds']))}" if opts["seeds"] else f"{opts['runs']} run(s)"
+    print(f"nnunet_semicl benchmark accuracy: {len(opts['trainers'])} trainers + {len(opts['variants'])} variants x "
+          f"{len(opts['settings'])} settings x {repeats}, {opts['epochs']} epochs x {opts['iterations']} iterations, "
+          f"device {opts['device']}; workdir {work}", flush=True)
+    if opts["inherited_seed"] is not None:
+        print(f"Every run is seeded by the environment's {SEED_ENV}={opts['inherited_seed']}", flush=True)
     warm = opts["warm_epochs"] > 0
     shim = None
     if warm:  # per setting: the warm start first, then every trainer from it
@@ -386,25 +613,23 @@ def run(args) -> dict:
             raise SystemExit(f"no warm-start variant of {unsupported} (nnunet_semicl/benchmarking/warm_start.py); "
                              f"pass --warm-epochs 0 to train them from scratch")
         shim = write_warm_start_shim(work)
-        runs = [(s, WARM_TRAINER + WARM_SUFFIX, 1) for s in opts["settings"]] + runs
+    cfg = prepare(work, dirs, opts, source, os.path.join(work, "logs", "prepare.log"), runs)
     per_run: Dict[str, Dict[str, list]] = {}
-    for i, (setting, trainer, run) in enumerate(runs):
-        is_warm = trainer.endswith(WARM_SUFFIX)
-        name, plans_setting = (WARM_TRAINER, setting + WARM_SUFFIX) if is_warm else (trainer, run_setting(setting, run))
-        pretrained = None
-        if warm and not is_warm:
-            pretrained = os.path.join(run_folder(dirs, WARM_TRAINER, setting + WARM_SUFFIX, opts["configuration"]),
-                                      "fold_0", "checkpoint_final.pth")
-            name = trainer + WARM_START_SUFFIX
-        print(f"\n== [{i + 1}/{len(runs)}] {name} -p nnUNetPlans_{plans_setting}"
+    for i, r in enumerate(runs):
+        pretrained = warm_start_checkpoint(dirs, opts, r.setting) if warm and r.row != WARM_ROW else None
+        name = r.trainer + WARM_START_SUFFIX if pretrained else r.trainer
+        print(f"\n== [{i + 1}/{len(runs)}] {r.row}: {name} -p nnUNetPlans_{r.plans_setting}"
+              + (f" ({SEED_ENV}={r.seed})" if r.seed is not None else "")
               + (" (from the warm start)" if pretrained else "") + f"   ({(time.time() - t0) / 60:.1f} min elapsed)",
               flush=True)
-        row = train_one(dirs, opts, name, plans_setting, os.path.join(work, "logs", f"{plans_setting}_{name}.log"),
-                        args.redo, schedule_overrides(opts, warm=is_warm), pretrained, shim)
-        per_run.setdefault(WARM_ROW if is_warm else trainer, {}).setdefault(setting, []).append(row)
+        row = train_one(dirs, opts, name, r.plans_setting, os.path.join(work, "logs", f"{r.plans_setting}_{name}.log"),
+                        args.redo, r.trainer_block, pretrained, shim, r.seed)
+        row["pair_key"] = r.pair_key
+        per_run.setdefault(r.row, {}).setdefault(r.setting, []).append(row)
         print(f"   {row['status']}: Dice RV {fmt(row['RV'])}, MLV {fmt(row['MLV'])}, LVC {fmt(row['LVC'])}, "
               f"mean {fmt(row['mean'])}, {fmt(row.get('s_per_it'), 2)} s/it", flush=True)
     results = {t: {s: average_runs(rows) for s, rows in per.items()} for t, per in per_run.items()}
+    add_paired_differences(results)
     report = {"machine": machine_info(opts["device"], os.cpu_count()), "options": opts,
               "command": command_line("accuracy"),
               "configuration": {k: cfg.get(k) for k in ("patch_size", "batch_size", "spacing", "data_identifier")},
@@ -421,27 +646,72 @@ def run(args) -> dict:
     return report
 
 
+def row_label(row: str, variants: Dict[str, dict]) -> str:
+    """A table row's first cell: the trainer, the warm start or a variant with its trainer and keys."""
+    if row == WARM_ROW:
+        return f"{row} (`{WARM_TRAINER}`)"
+    if row in variants:
+        keys = ", ".join(f"{k}={json.dumps(v)}" for k, v in variants[row]["overrides"].items())
+        return f"`{row}` (`{variants[row]['trainer']}`, {keys})"
+    return f"`{row}`"
+
+
+def per_run_means(runs: Sequence[dict]) -> str:
+    """The ``runs`` cell: each run's mean (``s<seed>`` before it for a seeded run), or the number of runs."""
+    if len(runs) <= 1 and not any(x.get("seed") is not None for x in runs):
+        return str(len(runs))
+    return ", ".join((f"s{x['seed']} " if x.get("seed") is not None else "") + fmt(x.get("mean")) for x in runs)
+
+
+def paired_cell(paired: Optional[dict]) -> str:
+    """``+0.012 ± 0.005 (30/40 better; s1 +0.008, s2 +0.016)``; '-' without a pairing."""
+    if not paired:
+        return "-"
+    per_seed = ", ".join(f"{k} {d:+.3f}" for k, d in paired["per_seed"].items())
+    se = f" ± {paired['se']:.3f}" if paired.get("se") is not None else ""
+    return f"{paired['mean']:+.3f}{se} ({paired['better']}/{paired['n']} better; {per_seed})"
+
+
+def reference_name(row: str) -> str:
+    return row.replace("nnUNetTrainer", "", 1)
+
+
+def paired_legend(options: dict, references: Sequence[str]) -> List[str]:
+    """The legend of the paired-difference columns (none without a reference row)."""
+    if not references:
+        return []
+    seeds = options.get("seeds")
+    return ["- Paired differences (`Δ` columns: the row minus the reference row, in Dice): runs paired by seed "
+            "(`--seeds`, `s<seed>`; without it run k with run k), shown only when both rows have the same seeds: "
+            "the difference of the means averaged over seeds, ± its standard error over volumes and seeds = the "
+            "standard deviation (n - 1) of all n paired per-volume differences (a validation volume's "
+            "foreground-mean Dice in the two runs of one seed) / sqrt(n); then on how many of the n volumes the "
+            "row is better, and each seed's difference."
+            + (f" Seeds: {', '.join(map(str, seeds))} (`{SEED_ENV}`)." if seeds else "")]
+
+
 def format_accuracy_markdown(report: dict) -> str:
     o = report["options"]
     settings = o["settings"]
+    variants = o.get("variants") or {}
+    references = [ref for ref in REFERENCE_ROWS if ref in report["results"]]
     headers = ["trainer"]
     for s in settings:
         n = LABELED_PATIENTS.get(s)
         tag = f"{s} ({n} pat.)" if n else s
-        headers += [f"{tag} RV", "MLV", "LVC", "mean", "runs"]
+        headers += [f"{tag} RV", "MLV", "LVC", "mean", "runs"] + [f"Δ {reference_name(ref)}" for ref in references]
     headers += ["s/it", "train min"]
     rows = []
     for trainer, per in report["results"].items():
-        cells = [f"{trainer} (`{WARM_TRAINER}`)" if trainer == WARM_ROW else f"`{trainer}`"]
+        cells = [row_label(trainer, variants)]
         silent = sum(1 for r in per.values() if r for x in r.get("runs") or [] if x.get("unsupervised_terms_ran") is False)
         if silent:   # such a run trained as LabeledOnly would
             cells[0] += f" (**{silent} run(s) whose unsupervised terms never ran**)"
         for s in settings:
             r = per.get(s)
-            runs = (r or {}).get("runs") or []
-            cells += ([fmt(r.get(k)) for k in ("RV", "MLV", "LVC", "mean")]
-                      + [", ".join(fmt(x.get("mean")) for x in runs) if len(runs) > 1 else str(len(runs))]
-                      if r else ["-"] * 5)
+            cells += ([fmt(r.get(k)) for k in ("RV", "MLV", "LVC", "mean")] + [per_run_means(r.get("runs") or [])]
+                      + [paired_cell((r.get("paired") or {}).get(ref)) for ref in references]
+                      if r else ["-"] * (5 + len(references)))
         cells.append(" / ".join(fmt(per[s].get("s_per_it"), 2) if per.get(s) else "-" for s in settings))
         cells.append(" / ".join(fmt(per[s]["wall_s"] / 60.0, 1) if per.get(s) and per[s].get("wall_s") else "-"
                                 for s in settings))
@@ -457,7 +727,7 @@ def format_accuracy_markdown(report: dict) -> str:
         f"`2d`: spacing {c['spacing']} mm, patch {c['patch_size']}, batch {c['batch_size']} labeled (+ "
         f"{c['batch_size']} unlabeled), U-Net widths {report['architecture']}; {o['epochs']} epochs x "
         f"{o['iterations']} iterations ({o['val_iterations']} validation iterations), trainers' default "
-        f"hyperparameters and phase fractions"
+        f"hyperparameters and phase fractions" + (" (a variant: with the keys in its row)" if variants else "")
         + (f", initial learning rate {o['lr']}" if o.get("lr") else "") + ".",
         (f"- Start: per setting, a supervised warm start (`{WARM_TRAINER}`, {o['warm_epochs']} x "
          f"{o['warm_iterations']} iterations on the setting's labeled cases, nnU-Net's learning rate; row "
@@ -470,6 +740,7 @@ def format_accuracy_markdown(report: dict) -> str:
         "`fold_0/validation/summary.json` (mean over cases), averaged over a trainer's runs (`runs`: each run's mean, "
         "or the number of runs); `s/it`: median epoch duration (its validation iterations included) per training "
         "iteration; `train min`: wall time of `nnUNetv2_train` including the final validation.",
+        *paired_legend(o, references),
         "",
         table,
     ])

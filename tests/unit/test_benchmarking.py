@@ -317,7 +317,7 @@ def test_protocol_configuration_and_schedule():
     assert kw["n_conv_per_stage"] == [2] * 5 and kw["n_conv_per_stage_decoder"] == [2] * 4
     assert accuracy.schedule_overrides(opts) == {"num_epochs": 36, "num_iterations_per_epoch": 50,
                                                  "num_val_iterations_per_epoch": 10, "save_every": 5}
-    assert [accuracy.run_setting("5pct", r) for r in (1, 2, 3)] == ["5pct", "5pct_run2", "5pct_run3"]
+    assert [accuracy.setting_copy("5pct", run=r) for r in (1, 2, 3)] == ["5pct", "5pct_run2", "5pct_run3"]
 
 
 def test_reduced_resolution_configuration():
@@ -348,7 +348,7 @@ def test_read_summary_and_accuracy_markdown(tmp_path):
     path = tmp_path / "summary.json"
     path.write_text(json.dumps(summary))
     row = accuracy.read_summary(str(path))
-    assert row == {"RV": 0.5, "MLV": 0.6, "LVC": 0.7, "mean": 0.6, "n_cases": 20}
+    assert row == {"RV": 0.5, "MLV": 0.6, "LVC": 0.7, "mean": 0.6, "n_cases": 20, "per_case": {}}
     report = {"machine": common.machine_info("cpu", 2), "command": "nnunet_semicl benchmark accuracy",
               "options": {"settings": ["5pct", "10pct"], "configuration": "2d_3mm", "epochs": 12, "iterations": 20,
                           "val_iterations": 2, "smoke": False, "warm_epochs": 40, "warm_iterations": 25},
@@ -366,6 +366,173 @@ def test_read_summary_and_accuracy_markdown(tmp_path):
     warm = accuracy.schedule_overrides(dict(accuracy.resolve_options(_acc_args()), lr=0.02), warm=True)
     assert warm["num_epochs"] == accuracy.DEFAULT_WARM_EPOCHS and "initial_lr" not in warm
     assert warm["num_iterations_per_epoch"] == accuracy.DEFAULT_WARM_ITERATIONS
+
+
+def _acc_opts(*options):
+    from nnunet_semicl.cli import build_parser
+    return accuracy.resolve_options(build_parser().parse_args(["benchmark", "accuracy", *options]))
+
+
+def test_seeds_option(monkeypatch):
+    from nnunet_semicl.errors import InputError
+
+    monkeypatch.delenv("NNUNET_SEMICL_SEED", raising=False)
+    opts = _acc_opts("--seeds", "1", "2")
+    assert opts["seeds"] == [1, 2] and opts["inherited_seed"] is None and opts["variants"] == {}
+    assert _acc_opts()["seeds"] is None
+    with pytest.raises(InputError, match="1 given more than once"):
+        _acc_opts("--seeds", "1", "2", "1")
+    with pytest.raises(InputError, match="--seeds and --runs"):
+        _acc_opts("--seeds", "1", "--runs", "2")
+    with pytest.raises(InputError, match="leave out --warm-epochs"):
+        _acc_opts("--seeds", "1", "--warm-epochs", "3")
+    with pytest.raises(SystemExit) as e:   # argparse: not a seed
+        _acc_opts("--seeds", "-1")
+    assert e.value.code == 2
+    monkeypatch.setenv("NNUNET_SEMICL_SEED", "7")   # the by-hand way: every run seeded by the environment
+    assert _acc_opts()["inherited_seed"] == 7 and _acc_opts("--seeds", "3")["inherited_seed"] is None
+    monkeypatch.setenv("NNUNET_SEMICL_SEED", "x")
+    with pytest.raises(InputError, match="NNUNET_SEMICL_SEED=x"):
+        _acc_opts()
+
+
+def test_variant_option_is_checked_before_anything_trains(tmp_path):
+    from nnunet_semicl.errors import InputError
+
+    opts = _acc_opts("--trainers", "nnUNetTrainerACTIONpp",
+                     "--variant", "noDistill:nnUNetTrainerACTIONpp:relational_in_finetune=false",
+                     "--variant", "strict:nnUNetTrainerPseudoLabel:confidence_threshold=1,unsup_warmup=false")
+    assert opts["variants"] == {
+        "noDistill": {"trainer": "nnUNetTrainerACTIONpp", "overrides": {"relational_in_finetune": False}},
+        "strict": {"trainer": "nnUNetTrainerPseudoLabel", "overrides": {"confidence_threshold": 1.0,
+                                                                        "unsup_warmup": False}}}
+    # a list value keeps its commas
+    assert accuracy.VARIANT_ITEM_SEPARATOR.split("a=[0.8, 1.2],b=1") == ["a=[0.8, 1.2]", "b=1"]
+    refused = {
+        "noDistill:nnUNetTrainerACTIONpp:relational_in_finetun=false": "unknown trainer setting 'relational_in_finetun'",
+        "x:nnUNetTrainerNope:confidence_threshold=0.9": "nnUNetTrainerNope is not one of this package's trainers",
+        "x:nnUNetTrainerPseudoLabel:confidence_threshold=2": "confidence_threshold must be a number between 0 and 1",
+        "x:nnUNetTrainerPseudoLabel:num_epochs=5": "belongs to the benchmark's schedule",
+        "x:nnUNetTrainerPseudoLabel:confidence_threshold=0.9,confidence_threshold=0.8": "given twice",
+        "x:nnUNetTrainerPseudoLabel": "expected NAME:TRAINER:KEY=VALUE",
+        "x:nnUNetTrainerPseudoLabel:confidence_threshold": "expected KEY=VALUE",
+        "no_distill:nnUNetTrainerACTIONpp:relational_in_finetune=false": "a letter followed by letters and digits",
+        "nnUNetTrainerACTIONpp:nnUNetTrainerACTIONpp:relational_in_finetune=false": "exists already",
+    }
+    for text, message in refused.items():
+        with pytest.raises(InputError, match=message):
+            _acc_opts("--trainers", "nnUNetTrainerACTIONpp", "--variant", text)
+    with pytest.raises(InputError, match="the row a exists already"):
+        _acc_opts("--variant", "a:nnUNetTrainerPseudoLabel:unsup_warmup=false",
+                  "--variant", "a:nnUNetTrainerPseudoLabel:unsup_warmup=true")
+    # the command exits 2 with the message before it creates its work folder
+    from nnunet_semicl.cli import build_parser
+    work = tmp_path / "work"
+    args = build_parser().parse_args(["benchmark", "accuracy", "-i", str(tmp_path), "--workdir", str(work),
+                                      "--variant", "x:nnUNetTrainerPseudoLabel:nope=1"])
+    with pytest.raises(SystemExit) as e:
+        accuracy.run(args)
+    assert e.value.code == 2 and not work.exists()
+
+
+def test_plan_of_runs(monkeypatch):
+    monkeypatch.delenv("NNUNET_SEMICL_SEED", raising=False)
+    schedule = accuracy.schedule_overrides(_acc_opts())
+    opts = _acc_opts("--trainers", "nnUNetTrainerLabeledOnly", "nnUNetTrainerACTIONpp", "--seeds", "1", "2")
+    opts["variants"] = {"noDistill": {"trainer": "nnUNetTrainerACTIONpp",
+                                      "overrides": {"relational_in_finetune": False}}}   # as parse_variants gives
+    plan = [(r.row, r.trainer, r.plans_setting, r.seed, r.pair_key) for r in accuracy.plan_runs(opts)]
+    assert plan == [("nnUNetTrainerLabeledOnly", "nnUNetTrainerLabeledOnly", "5pct_s1", 1, "s1"),
+                    ("nnUNetTrainerACTIONpp", "nnUNetTrainerACTIONpp", "5pct_s1", 1, "s1"),
+                    ("noDistill", "nnUNetTrainerACTIONpp", "5pct_noDistill_s1", 1, "s1"),
+                    ("nnUNetTrainerLabeledOnly", "nnUNetTrainerLabeledOnly", "5pct_s2", 2, "s2"),
+                    ("nnUNetTrainerACTIONpp", "nnUNetTrainerACTIONpp", "5pct_s2", 2, "s2"),
+                    ("noDistill", "nnUNetTrainerACTIONpp", "5pct_noDistill_s2", 2, "s2")]
+    runs = accuracy.plan_runs(opts)
+    assert runs[0].trainer_block == schedule and runs[2].trainer_block == dict(schedule, relational_in_finetune=False)
+    assert runs[2].purpose == "variant noDistill (nnUNetTrainerACTIONpp), repetition s1"
+    # --runs: unseeded copies as before; an inherited NNUNET_SEMICL_SEED seeds (and is recorded) without renaming
+    opts = _acc_opts("--trainers", "nnUNetTrainerLabeledOnly", "--runs", "2", "--settings", "5pct", "10pct")
+    assert [(r.plans_setting, r.seed, r.pair_key) for r in accuracy.plan_runs(opts)] == [
+        ("5pct", None, "run1"), ("5pct_run2", None, "run2"), ("10pct", None, "run1"), ("10pct_run2", None, "run2")]
+    monkeypatch.setenv("NNUNET_SEMICL_SEED", "5")
+    assert [(r.plans_setting, r.seed) for r in accuracy.plan_runs(_acc_opts("--trainers", "nnUNetTrainerLabeledOnly"))] \
+        == [("5pct", 5)]
+    monkeypatch.delenv("NNUNET_SEMICL_SEED")
+    warm = accuracy.plan_runs(_acc_opts("--trainers", "nnUNetTrainerLabeledOnly", "--warm-epochs", "2"))
+    assert [(r.row, r.plans_setting, r.purpose) for r in warm][0] == (accuracy.WARM_ROW, "5pct_warm",
+                                                                      "the supervised warm start")
+    assert warm[0].trainer_block["num_epochs"] == 2 and warm[1].plans_setting == "5pct"
+
+
+def test_a_results_folder_is_reused_only_with_its_seed_and_trainer_block():
+    block = {"num_epochs": 36}
+    assert accuracy.reuse_problem(block, {"seed": 1, "pretrained": None}, block, None, 1) is None
+    assert accuracy.reuse_problem(block, {}, block, None, 1) is None   # a record of an earlier version
+    assert "NNUNET_SEMICL_SEED=1, not 2" in accuracy.reuse_problem(block, {"seed": 1}, block, None, 2)
+    assert "NNUNET_SEMICL_SEED=None, not 2" in accuracy.reuse_problem(block, {"seed": None}, block, None, 2)
+    assert "trainer block" in accuracy.reuse_problem(block, {"seed": 1}, dict(block, unsup_warmup=False), None, 1)
+
+
+def _write_summary(path, case_dices):
+    """A validation/summary.json as nnU-Net writes it, every class of a case at the given Dice."""
+    cases = [{"reference_file": f"/gt/patient{i:03d}_frame01.nii.gz", "prediction_file": f"/p/{i}.nii.gz",
+              "metrics": {k: {"Dice": d} for k, _ in accuracy.CLASSES}} for i, d in enumerate(case_dices)]
+    mean = sum(case_dices) / len(case_dices)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"metric_per_case": cases, "mean": {k: {"Dice": mean} for k, _ in accuracy.CLASSES},
+                                "foreground_mean": {"Dice": mean}}))
+    return str(path)
+
+
+def test_paired_statistics_on_summary_files(tmp_path):
+    dices = {  # (row, seed): the 3 validation cases' Dice
+        ("nnUNetTrainerLabeledOnly", 1): [0.6, 0.7, 0.8], ("nnUNetTrainerLabeledOnly", 2): [0.5, 0.6, 0.7],
+        ("nnUNetTrainerPseudoLabel", 1): [0.7, 0.8, 0.8], ("nnUNetTrainerPseudoLabel", 2): [0.6, 0.6, 0.8],
+        ("noDistill", 1): [0.7, 0.7, 0.9], ("noDistill", 2): [0.6, 0.8, 0.6],
+        ("unpaired", 3): [0.9, 0.9, 0.9]}
+    per_run = {}
+    for (row, seed), d in dices.items():
+        run = accuracy.read_summary(_write_summary(tmp_path / row / f"s{seed}" / "summary.json", d))
+        run.update(seed=seed, pair_key=f"s{seed}", wall_s=60.0)
+        per_run.setdefault(row, []).append(run)
+    results = {row: {"5pct": accuracy.average_runs(runs)} for row, runs in per_run.items()}
+    accuracy.add_paired_differences(results)
+    # noDistill - LabeledOnly, by hand: per-case differences 0.1, 0.0, 0.1 (s1) and 0.1, 0.2, -0.1 (s2)
+    diffs = [0.1, 0.0, 0.1, 0.1, 0.2, -0.1]
+    m = sum(diffs) / 6
+    se = math.sqrt(sum((d - m) ** 2 for d in diffs) / 5 / 6)
+    p = results["noDistill"]["5pct"]["paired"]["nnUNetTrainerLabeledOnly"]
+    assert p["per_seed"] == pytest.approx({"s1": 0.2 / 3, "s2": 0.2 / 3}) and p["mean"] == pytest.approx(0.2 / 3)
+    assert p["se"] == pytest.approx(se) and se == pytest.approx(0.042164, abs=1e-6)
+    assert p["n"] == 6 and p["better"] == 4
+    # noDistill - PseudoLabel: 0.0, -0.1, 0.1 and 0.0, 0.2, -0.2 -> per seed 0, 0; 2 of 6 better
+    q = results["noDistill"]["5pct"]["paired"]["nnUNetTrainerPseudoLabel"]
+    assert q["per_seed"] == pytest.approx({"s1": 0.0, "s2": 0.0}, abs=1e-12) and q["better"] == 2
+    assert q["se"] == pytest.approx(math.sqrt(0.1 / 5 / 6))
+    assert results["unpaired"]["5pct"]["paired"] == {"nnUNetTrainerLabeledOnly": None,
+                                                     "nnUNetTrainerPseudoLabel": None}   # other seeds
+    assert "nnUNetTrainerLabeledOnly" not in results["nnUNetTrainerLabeledOnly"]["5pct"]["paired"]
+    assert results["noDistill"]["5pct"]["mean"] == pytest.approx((0.7667 + 0.6667) / 2, abs=1e-4)
+    # a class nnU-Net scores NaN (absent from reference and prediction) is left out of the case's mean
+    nan_case = {"metrics": {"1": {"Dice": 0.5}, "2": {"Dice": 0.7}, "3": {"Dice": float("nan")}}}
+    assert accuracy.case_foreground_dice(nan_case) == pytest.approx(0.6)
+    assert accuracy.case_foreground_dice({}) is None
+    results["noDistill"]["5pct"]["runs"][0]["unsupervised_terms_ran"] = False
+    report = {"machine": common.machine_info("cpu", 2), "command": "nnunet_semicl benchmark accuracy --seeds 1 2",
+              "options": {"settings": ["5pct"], "configuration": "2d_cpu", "epochs": 36, "iterations": 50,
+                          "val_iterations": 10, "smoke": False, "warm_epochs": 0, "seeds": [1, 2],
+                          "variants": {"noDistill": {"trainer": "nnUNetTrainerACTIONpp",
+                                                     "overrides": {"relational_in_finetune": False}}}},
+              "configuration": {"patch_size": [128, 128], "batch_size": 8, "spacing": [1.5, 1.5]},
+              "architecture": [16, 32, 64, 128, 256], "wall_s": 600.0, "results": results}
+    md = accuracy.format_accuracy_markdown(report)
+    assert "Δ LabeledOnly" in md and "Δ PseudoLabel" in md and "sqrt(n)" in md and "Seeds: 1, 2" in md
+    assert "+0.067 ± 0.042 (4/6 better; s1 +0.067, s2 +0.067)" in md
+    assert "`noDistill` (`nnUNetTrainerACTIONpp`, relational_in_finetune=false)" in md
+    assert "s1 0.767, s2 0.667" in md and "1 run(s) whose unsupervised terms never ran" in md
+    unpaired = next(line for line in md.splitlines() if line.startswith("| `unpaired`"))
+    assert [c.strip() for c in unpaired.split("|")[-5:-1]] == ["-", "-", "-", "1.0"]   # no pairing; s/it; train min
 
 
 def test_run_command_streams_logs_and_exits_with_the_tail(tmp_path, capsys):
