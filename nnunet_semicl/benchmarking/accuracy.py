@@ -12,17 +12,34 @@ only re-runs its validation when its final checkpoint exists):
    with its own preprocessed data instead);
 3. ``nnunet_semicl sync-plans 27`` creates ``nnUNetPlans_{1,5,10}pct``; the schedule (36 epochs x 50
    iterations, 10 validation iterations) goes into the settings' ``semicl.trainer`` block (what
-   ``nnunet_semicl split --epochs/--iterations`` writes); ``--runs N`` adds copies of a setting
-   (``5pct_run2`` ...) so that a trainer can be trained again in its own folder;
-4. ``nnUNetv2_train 27 2d_cpu 0 -tr <trainer> -p nnUNetPlans_<setting> -device cpu`` for every trainer,
-   setting and run, from scratch; nnU-Net's final validation writes ``fold_0/validation/summary.json``
-   (the 20 validation frames at their original resolution);
-5. a table of per-class Dice, mean, seconds per iteration and wall time (JSON + markdown; the
-   ``accuracy`` section of a docs file given with ``--update-docs``).
+   ``nnunet_semicl split --epochs/--iterations`` writes). Every further run of a trainer trains with a
+   copy of the setting (same labeled cases, its own results folder; :func:`setting_copy`):
+   ``--runs N``: ``5pct_run2`` ... (unseeded); ``--seeds S1 S2``: ``5pct_s<S>``, each run with
+   ``NNUNET_SEMICL_SEED=S`` (not with ``--runs``); ``--variant NAME:TRAINER:KEY=VALUE[,KEY=VALUE...]``: the
+   trainer with setting keys (``nnunet_semicl.data.overrides``, checked against the trainer class before
+   anything trains) in ``5pct_NAME`` / ``5pct_NAME_s<S>``, whose ``semicl.trainer`` block holds the keys; its
+   table row is NAME. Without ``--seeds`` a ``NNUNET_SEMICL_SEED`` in the environment seeds every run.
+   ``fold_0/semicl_benchmark_run.json`` records each run's seed: a folder is continued or reused only with
+   its seed and trainer block;
+4. ``nnUNetv2_train 27 2d_cpu 0 -tr <trainer> -p nnUNetPlans_<setting copy> -device cpu`` for every trainer,
+   variant, setting and seed (or run), from scratch; nnU-Net's final validation writes
+   ``fold_0/validation/summary.json`` (the 20 validation frames at their original resolution);
+5. a table of per-class Dice, mean, each seed's mean, seconds per iteration and wall time (JSON + markdown;
+   the ``accuracy`` section of a docs file given with ``--update-docs``), and for every row the paired
+   difference to ``nnUNetTrainerLabeledOnly`` and to ``nnUNetTrainerPseudoLabel`` (:func:`paired_difference`):
+   runs paired by seed, per seed and averaged, with a standard error over volumes and seeds (the standard
+   deviation of the per-volume differences of foreground-mean Dice, same case and seed, / sqrt(their count)).
+
+A paired comparison of three trainers and one variant over two seeds::
+
+    nnunet_semicl benchmark accuracy -i ../shared/data/ACDC_ssl4mis --workdir W --seeds 1 2 \\
+        --trainers nnUNetTrainerLabeledOnly nnUNetTrainerPseudoLabel nnUNetTrainerACTIONpp \\
+        --variant noDistill:nnUNetTrainerACTIONpp:relational_in_finetune=false
 
 ``--warm-epochs N`` keeps the older protocol: a shared supervised warm start per setting
 (``nnUNetTrainerLabeledOnly`` on ``nnUNetPlans_<setting>_warm``), then every trainer as
-``<trainer>_warmStart`` (``nnunet_semicl.benchmarking.warm_start``) from its network.
+``<trainer>_warmStart`` (``nnunet_semicl.benchmarking.warm_start``) from its network (not with ``--seeds``
+or ``--variant``).
 """
 import argparse
 import json
