@@ -13,7 +13,7 @@ only re-runs its validation when its final checkpoint exists):
 3. ``nnunet_semicl sync-plans 27`` creates ``nnUNetPlans_{1,5,10}pct``; the schedule (36 epochs x 50
    iterations, 10 validation iterations) goes into the settings' ``semicl.trainer`` block (what
    ``nnunet_semicl split --epochs/--iterations`` writes). Every further run of a trainer trains with a
-   copy of the setting (same labeled cases, its own results folder; :func:`setting_copy`):
+   copy of the setting (same labeled cases, its own results folder; ``accuracy_runs``):
    ``--runs N``: ``5pct_run2`` ... (unseeded); ``--seeds S1 S2``: ``5pct_s<S>``, each run with
    ``NNUNET_SEMICL_SEED=S`` (not with ``--runs``); ``--variant NAME:TRAINER:KEY=VALUE[,KEY=VALUE...]``: the
    trainer with setting keys (``nnunet_semicl.data.overrides``, checked against the trainer class before
@@ -26,7 +26,7 @@ only re-runs its validation when its final checkpoint exists):
    ``fold_0/validation/summary.json`` (the 20 validation frames at their original resolution);
 5. a table of per-class Dice, mean, each seed's mean, seconds per iteration and wall time (JSON + markdown;
    the ``accuracy`` section of a docs file given with ``--update-docs``), and for every row the paired
-   difference to ``nnUNetTrainerLabeledOnly`` and to ``nnUNetTrainerPseudoLabel`` (:func:`paired_difference`):
+   difference to ``nnUNetTrainerLabeledOnly`` and to ``nnUNetTrainerPseudoLabel`` (``accuracy_table``):
    runs paired by seed, per seed and averaged, with a standard error over volumes and seeds (the standard
    deviation of the per-volume differences of foreground-mean Dice, same case and seed, / sqrt(their count)).
 
@@ -42,20 +42,21 @@ A paired comparison of three trainers and one variant over two seeds::
 or ``--variant``).
 """
 import argparse
-import json
 import math
 import os
-import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 from nnunet_semicl.argtypes import non_negative_int, positive_float, positive_int, seed_int
-from nnunet_semicl.benchmarking.common import (add_update_docs_argument, command_line, fmt, format_machine,
-                                               machine_info, markdown_table, shared_acdc_folder,
-                                               update_docs_if_asked)
+from nnunet_semicl.benchmarking.accuracy_runs import (VARIANT_EXAMPLE, WARM_ROW, WARM_SUFFIX, WARM_TRAINER,
+                                                      PlannedRun, check_seeds, parse_variants, plan_runs,
+                                                      schedule_overrides)
+from nnunet_semicl.benchmarking.accuracy_table import (add_paired_differences, average_runs,
+                                                       format_accuracy_markdown, read_summary)
+from nnunet_semicl.benchmarking.common import (add_update_docs_argument, command_line, fmt, machine_info,
+                                               shared_acdc_folder, update_docs_if_asked)
 from nnunet_semicl.errors import InputError
 from nnunet_semicl.files import find_training_summary, load_json, save_json
 from nnunet_semicl.launch import exit_2_on, nnunet_env, run_command, training_progress
@@ -67,8 +68,6 @@ DEFAULT_TRAINERS = ("nnUNetTrainerLabeledOnly", "nnUNetTrainerMeanTeacher", "nnU
                     "nnUNetTrainerACTION", "nnUNetTrainerACTIONpp", "nnUNetTrainerMONA", "nnUNetTrainerARCO",
                     "nnUNetTrainerARCO_SAG")
 DEFAULT_SETTINGS = ("5pct",)
-LABELED_PATIENTS = {"1pct": 1, "5pct": 3, "10pct": 7}
-CLASSES = (("1", "RV"), ("2", "MLV"), ("3", "LVC"))
 #: the protocol's schedule: 1800 iterations from scratch (stock nnU-Net: about 0.44 s each on 2 CPU cores)
 DEFAULT_EPOCHS = 36
 DEFAULT_ITERATIONS = 50
@@ -80,18 +79,7 @@ MAX_FEATURES = 256
 #: the optional shared supervised warm start (``--warm-epochs``; off by default)
 DEFAULT_WARM_EPOCHS = 0
 DEFAULT_WARM_ITERATIONS = 25
-RUN_SUFFIX = "_run"
-WARM_TRAINER = "nnUNetTrainerLabeledOnly"
-WARM_SUFFIX = "_warm"
-WARM_ROW = "warm start"
 WARM_START_SUFFIX = "_warmStart"   # nnunet_semicl/benchmarking/warm_start.py
-#: the rows every other row is compared with, paired by seed and validation volume
-REFERENCE_ROWS = ("nnUNetTrainerLabeledOnly", "nnUNetTrainerPseudoLabel")
-VARIANT_EXAMPLE = "noDistill:nnUNetTrainerACTIONpp:relational_in_finetune=false"
-#: a variant's name: part of its setting copy's name (``5pct_<NAME>_s<S>``) and of its results folder
-VARIANT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*")
-#: the commas between a variant's KEY=VALUE items (not those inside a list value such as [0.8,1.2])
-VARIANT_ITEM_SEPARATOR = re.compile(r",(?=\s*[A-Za-z_][A-Za-z0-9_]*\s*=)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -183,81 +171,6 @@ def resolve_options(args) -> dict:
     }
 
 
-def check_seeds(seeds: Optional[Sequence[int]], runs: int) -> Optional[List[int]]:
-    """``--seeds`` as a list (None without it); a seed given twice, or ``--runs`` beside it, is refused."""
-    if not seeds:
-        return None
-    repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
-    if repeated:
-        raise InputError(f"--seeds: {', '.join(map(str, repeated))} given more than once; each seed is one run.")
-    if runs > 1:
-        raise InputError("--seeds and --runs: give one of them. With --seeds every trainer trains once per seed "
-                         "(paired runs); --runs N trains it N times unseeded.")
-    return list(seeds)
-
-
-def parse_variants(items: Sequence[str], trainers: Sequence[str]) -> Dict[str, dict]:
-    """``--variant`` options -> ``{NAME: {"trainer": ..., "overrides": {KEY: VALUE}}}``, every key checked
-    against its trainer class; a NAME given twice or equal to a trainer's row is refused."""
-    variants: Dict[str, dict] = {}
-    for item in items or ():
-        name, trainer, overrides = parse_variant(item)
-        if name in variants or name in trainers:
-            raise InputError(f"--variant {item}: the row {name} exists already; give each variant its own name.")
-        variants[name] = {"trainer": trainer, "overrides": overrides}
-    return variants
-
-
-def parse_variant(text: str) -> Tuple[str, str, dict]:
-    """``NAME:TRAINER:KEY=VALUE[,KEY=VALUE...]`` -> (name, trainer, the checked setting keys); an
-    :class:`InputError` naming the option otherwise."""
-    from nnunet_semicl.data.overrides import SCHEDULE_OPTIONS, parse_set_option, validate_overrides
-
-    where = f"--variant {text}"
-    parts = [part.strip() for part in text.split(":", 2)]
-    if len(parts) != 3 or not all(parts):
-        raise InputError(f"{where}: expected NAME:TRAINER:KEY=VALUE[,KEY=VALUE...], e.g. {VARIANT_EXAMPLE}")
-    name, trainer, keys = parts
-    if not VARIANT_NAME.fullmatch(name):
-        raise InputError(f"{where}: a variant's name is a letter followed by letters and digits (it becomes part "
-                         f"of a setting's name), got {name!r}")
-    overrides = {}
-    for assignment in VARIANT_ITEM_SEPARATOR.split(keys):
-        if "=" not in assignment:
-            raise InputError(f"{where}: expected KEY=VALUE, got {assignment!r}")
-        key, value = parse_set_option(assignment)
-        if key in overrides:
-            raise InputError(f"{where}: {key} is given twice")
-        overrides[key] = value
-    schedule = [k for k in overrides if k in SCHEDULE_OPTIONS]
-    if schedule:
-        raise InputError(f"{where}: {', '.join(schedule)} belongs to the benchmark's schedule, the same for every "
-                         f"row (--epochs, --iterations, --val-iterations, --lr); a variant changes the method.")
-    applied, _ = validate_overrides(trainer_class(trainer, where), overrides, where)
-    return name, trainer, {k: list(v) if isinstance(v, tuple) else v for k, v in applied.items()}
-
-
-def trainer_class(name: str, where: str) -> type:
-    """The class of one of this package's trainers (imports torch and nnU-Net)."""
-    from nnunet_semicl.cli import exported_trainers
-
-    classes = {c.__name__: c for c in exported_trainers()}
-    if name not in classes:
-        raise InputError(f"{where}: {name} is not one of this package's trainers ({', '.join(sorted(classes))})")
-    return classes[name]
-
-
-def schedule_overrides(opts: dict, warm: bool = False) -> dict:
-    """The settings' ``semicl.trainer`` block: the short schedule, and a checkpoint every few epochs (resumable).
-    ``warm``: the schedule of the supervised warm start."""
-    epochs = int(opts["warm_epochs"] if warm else opts["epochs"])
-    out = {"num_epochs": epochs, "num_iterations_per_epoch": int(opts["warm_iterations" if warm else "iterations"]),
-           "num_val_iterations_per_epoch": int(opts["val_iterations"]), "save_every": max(1, min(5, epochs // 3))}
-    if opts.get("lr") and not warm:  # the warm start keeps nnU-Net's learning rate
-        out["initial_lr"] = float(opts["lr"])
-    return out
-
-
 # ------------------------------------------------------------------------------------------------
 # configuration
 # ------------------------------------------------------------------------------------------------
@@ -288,7 +201,7 @@ def reduced_configuration(plans: dict, opts: dict) -> dict:
 # ------------------------------------------------------------------------------------------------
 # pipeline
 # ------------------------------------------------------------------------------------------------
-def prepare(work: str, dirs: Dict[str, str], opts: dict, source: str, log: str, runs: Sequence["PlannedRun"]) -> dict:
+def prepare(work: str, dirs: Dict[str, str], opts: dict, source: str, log: str, runs: Sequence[PlannedRun]) -> dict:
     """Convert, plan, add and preprocess the reduced configuration, write the settings' schedule and the
     setting copies that ``runs`` train with (idempotent)."""
     from nnunet_semicl.data.setting_files import write_plans_variant
@@ -346,64 +259,6 @@ def prepare(work: str, dirs: Dict[str, str], opts: dict, source: str, log: str, 
     return resolved
 
 
-# ------------------------------------------------------------------------------------------------
-# the plan: which trainer trains with which setting copy and seed
-# ------------------------------------------------------------------------------------------------
-@dataclass
-class PlannedRun:
-    """One training of the benchmark."""
-    row: str                 # the table row: the trainer's name, a variant's name or WARM_ROW
-    trainer: str             # the nnU-Net trainer class (without the warm start's suffix)
-    setting: str             # the labeled setting (5pct)
-    plans_setting: str       # the setting copy it trains with (nnUNetPlans_<plans_setting>): its own results folder
-    seed: Optional[int]      # NNUNET_SEMICL_SEED of the run; None: unseeded
-    pair_key: str            # what pairs it with the other rows' runs: "s<seed>" with --seeds, else "run<k>"
-    trainer_block: dict = field(default_factory=dict)   # the setting copy's semicl.trainer block
-
-    @property
-    def purpose(self) -> str:
-        """Why its setting copy exists (recorded in the copy's split file)."""
-        if self.row == WARM_ROW:
-            return "the supervised warm start"
-        variant = f"variant {self.row} ({self.trainer}), " if self.row != self.trainer else ""
-        return f"{variant}repetition {self.pair_key}"
-
-
-def setting_copy(setting: str, variant: Optional[str] = None, seed: Optional[int] = None, run: int = 1) -> str:
-    """The name of the setting copy a run trains with: ``5pct``, ``5pct_run2`` (``--runs``), ``5pct_s1``
-    (``--seeds``), ``5pct_noDistill``, ``5pct_noDistill_s1`` (``--variant``)."""
-    name = "_".join([setting] + ([variant] if variant else []) + ([f"s{seed}"] if seed is not None else []))
-    return name if run == 1 else f"{name}{RUN_SUFFIX}{run}"
-
-
-def repetitions(opts: dict) -> List[Tuple[Optional[int], str, str]]:
-    """(seed of the run, its pair key, what it adds to the setting copy's name) per repetition of a row:
-    one per ``--seeds`` seed, else one per ``--runs`` run (seeded by an inherited NNUNET_SEMICL_SEED, if any)."""
-    if opts.get("seeds"):
-        return [(s, f"s{s}", setting_copy("", seed=s)) for s in opts["seeds"]]
-    return [(opts.get("inherited_seed"), f"run{r}", setting_copy("", run=r)) for r in range(1, opts["runs"] + 1)]
-
-
-def plan_runs(opts: dict) -> List[PlannedRun]:
-    """Every training, in order: per setting (the shared warm start first with ``--warm-epochs``), per seed or
-    run, every trainer then every variant; each in its own setting copy."""
-    rows = [(t, t, {}) for t in opts["trainers"]]
-    rows += [(name, v["trainer"], v["overrides"]) for name, v in (opts.get("variants") or {}).items()]
-    schedule = schedule_overrides(opts)
-    runs = []
-    for setting in opts["settings"]:
-        if opts["warm_epochs"] > 0:
-            # the warm start's own setting: the same labeled cases, its own (longer) schedule
-            runs.append(PlannedRun(WARM_ROW, WARM_TRAINER, setting, setting + WARM_SUFFIX, opts.get("inherited_seed"),
-                                   "run1", schedule_overrides(opts, warm=True)))
-        for seed, pair_key, suffix in repetitions(opts):
-            for row, trainer, variant_keys in rows:
-                variant = row if row != trainer else None
-                runs.append(PlannedRun(row, trainer, setting, setting_copy(setting, variant) + suffix, seed, pair_key,
-                                       {**schedule, **variant_keys}))
-    return runs
-
-
 def copy_setting(pre: str, setting: str, name: str, overrides: dict, purpose: str) -> None:
     """A copy of a setting's split file under another name (same labeled cases), with its plans variant."""
     from nnunet_semicl.data.setting_files import write_plans_variant
@@ -424,16 +279,6 @@ def warm_start_checkpoint(dirs: Dict[str, str], opts: dict, setting: str) -> str
                         "checkpoint_final.pth")
 
 
-def average_runs(rows: list) -> dict:
-    """One table row from a trainer's runs of one setting: the mean of each value, and every run's row."""
-    out = {}
-    for key in ("RV", "MLV", "LVC", "mean", "s_per_it", "wall_s"):
-        vals = [r[key] for r in rows if r.get(key) is not None]
-        out[key] = sum(vals) / len(vals) if vals else None
-    out["runs"] = rows
-    return out
-
-
 def seconds_per_iteration(checkpoint: str, iterations: int) -> Optional[float]:
     """Median epoch duration (its validation iterations included) / training iterations per epoch."""
     import numpy as np
@@ -446,72 +291,6 @@ def seconds_per_iteration(checkpoint: str, iterations: int) -> Optional[float]:
     log = read_checkpoint(checkpoint, map_location="cpu")["logging"]
     durations = np.array(log["epoch_end_timestamps"]) - np.array(log["epoch_start_timestamps"])
     return float(np.median(durations)) / iterations if len(durations) else None
-
-
-def read_summary(path: str) -> dict:
-    """Per-class and mean foreground Dice from nnU-Net's validation/summary.json, and each validation case's
-    foreground-mean Dice (``per_case``, by reference file name; for the paired statistics)."""
-    s = load_json(path)
-    out = {name: s["mean"].get(k, {}).get("Dice") for k, name in CLASSES}
-    out["mean"] = s["foreground_mean"]["Dice"]
-    cases = s.get("metric_per_case", [])
-    out["n_cases"] = len(cases)
-    out["per_case"] = {case_name(c, i): d for i, c in enumerate(cases)
-                       for d in [case_foreground_dice(c)] if d is not None}
-    return out
-
-
-def case_name(case: dict, index: int) -> str:
-    reference = case.get("reference_file")
-    return os.path.basename(reference) if reference else f"case{index}"
-
-
-def case_foreground_dice(case: dict) -> Optional[float]:
-    """One case's mean Dice over the foreground classes; a class nnU-Net scores NaN (absent from both the
-    reference and the prediction) is left out; None without any score."""
-    metrics = case.get("metrics", {})
-    values = [metrics[k]["Dice"] for k, _ in CLASSES if k in metrics and metrics[k].get("Dice") is not None]
-    values = [float(v) for v in values if not math.isnan(float(v))]
-    return sum(values) / len(values) if values else None
-
-
-# ------------------------------------------------------------------------------------------------
-# paired statistics
-# ------------------------------------------------------------------------------------------------
-def paired_difference(runs: Sequence[dict], reference_runs: Sequence[dict]) -> Optional[dict]:
-    """A row's runs against a reference row's, paired by ``pair_key`` (the seed) and validation case.
-
-    ``per_seed``: each pair's difference of mean Dice; ``mean``: their average; ``se``: the standard error
-    over volumes and seeds = standard deviation (n - 1) of all paired per-case differences (the same case's
-    foreground-mean Dice in the two runs of one seed) / sqrt(n); ``better``: how many of the n are > 0.
-    None unless both rows have runs with the same pair keys and a mean for each."""
-    mine, theirs = ({r.get("pair_key", f"run{i + 1}"): r for i, r in enumerate(rs)} for rs in (runs, reference_runs))
-    if not mine or set(mine) != set(theirs) or any(r.get("mean") is None for r in [*mine.values(), *theirs.values()]):
-        return None
-    per_seed = {k: mine[k]["mean"] - theirs[k]["mean"] for k in mine}
-    cases = [mine[k]["per_case"][c] - theirs[k]["per_case"][c] for k in mine
-             for c in mine[k].get("per_case", {}) if c in theirs[k].get("per_case", {})]
-    return {"mean": sum(per_seed.values()) / len(per_seed), "per_seed": per_seed,
-            "se": standard_error(cases), "n": len(cases), "better": sum(1 for d in cases if d > 0)}
-
-
-def standard_error(values: Sequence[float]) -> Optional[float]:
-    """Sample standard deviation (n - 1) / sqrt(n); None for fewer than two values."""
-    n = len(values)
-    if n < 2:
-        return None
-    mean = sum(values) / n
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
-
-
-def add_paired_differences(results: Dict[str, Dict[str, dict]]) -> None:
-    """``results[row][setting]["paired"][reference]``: :func:`paired_difference` against each reference row
-    (:data:`REFERENCE_ROWS`) of the same setting that exists, the row itself and the warm start excepted."""
-    for row, per_setting in results.items():
-        for setting, result in per_setting.items():
-            result["paired"] = {ref: paired_difference(result["runs"], results[ref][setting]["runs"])
-                                for ref in REFERENCE_ROWS
-                                if ref != row and row != WARM_ROW and setting in results.get(ref, {})}
 
 
 def write_warm_start_shim(work: str) -> str:
@@ -661,106 +440,6 @@ def run(args) -> dict:
     print(f"\nResults: {os.path.join(work, 'accuracy.json')} and accuracy.md ({(time.time() - t0) / 60:.1f} min)",
           flush=True)
     return report
-
-
-def row_label(row: str, variants: Dict[str, dict]) -> str:
-    """A table row's first cell: the trainer, the warm start or a variant with its trainer and keys."""
-    if row == WARM_ROW:
-        return f"{row} (`{WARM_TRAINER}`)"
-    if row in variants:
-        keys = ", ".join(f"{k}={json.dumps(v)}" for k, v in variants[row]["overrides"].items())
-        return f"`{row}` (`{variants[row]['trainer']}`, {keys})"
-    return f"`{row}`"
-
-
-def per_run_means(runs: Sequence[dict]) -> str:
-    """The ``runs`` cell: each run's mean (``s<seed>`` before it for a seeded run), or the number of runs."""
-    if len(runs) <= 1 and not any(x.get("seed") is not None for x in runs):
-        return str(len(runs))
-    return ", ".join((f"s{x['seed']} " if x.get("seed") is not None else "") + fmt(x.get("mean")) for x in runs)
-
-
-def paired_cell(paired: Optional[dict]) -> str:
-    """``+0.012 ± 0.005 (30/40 better; s1 +0.008, s2 +0.016)``; '-' without a pairing."""
-    if not paired:
-        return "-"
-    per_seed = ", ".join(f"{k} {d:+.3f}" for k, d in paired["per_seed"].items())
-    se = f" ± {paired['se']:.3f}" if paired.get("se") is not None else ""
-    return f"{paired['mean']:+.3f}{se} ({paired['better']}/{paired['n']} better; {per_seed})"
-
-
-def reference_name(row: str) -> str:
-    return row.replace("nnUNetTrainer", "", 1)
-
-
-def paired_legend(options: dict, references: Sequence[str]) -> List[str]:
-    """The legend of the paired-difference columns (none without a reference row)."""
-    if not references:
-        return []
-    seeds = options.get("seeds")
-    return ["- Paired differences (`Δ` columns: the row minus the reference row, in Dice): runs paired by seed "
-            "(`--seeds`, `s<seed>`; without it run k with run k), shown only when both rows have the same seeds: "
-            "the difference of the means averaged over seeds, ± its standard error over volumes and seeds = the "
-            "standard deviation (n - 1) of all n paired per-volume differences (a validation volume's "
-            "foreground-mean Dice in the two runs of one seed) / sqrt(n); then on how many of the n volumes the "
-            "row is better, and each seed's difference."
-            + (f" Seeds: {', '.join(map(str, seeds))} (`{SEED_ENV}`)." if seeds else "")]
-
-
-def format_accuracy_markdown(report: dict) -> str:
-    o = report["options"]
-    settings = o["settings"]
-    variants = o.get("variants") or {}
-    references = [ref for ref in REFERENCE_ROWS if ref in report["results"]]
-    headers = ["trainer"]
-    for s in settings:
-        n = LABELED_PATIENTS.get(s)
-        tag = f"{s} ({n} pat.)" if n else s
-        headers += [f"{tag} RV", "MLV", "LVC", "mean", "runs"] + [f"Δ {reference_name(ref)}" for ref in references]
-    headers += ["s/it", "train min"]
-    rows = []
-    for trainer, per in report["results"].items():
-        cells = [row_label(trainer, variants)]
-        silent = sum(1 for r in per.values() if r for x in r.get("runs") or [] if x.get("unsupervised_terms_ran") is False)
-        if silent:   # such a run trained as LabeledOnly would
-            cells[0] += f" (**{silent} run(s) whose unsupervised terms never ran**)"
-        for s in settings:
-            r = per.get(s)
-            cells += ([fmt(r.get(k)) for k in ("RV", "MLV", "LVC", "mean")] + [per_run_means(r.get("runs") or [])]
-                      + [paired_cell((r.get("paired") or {}).get(ref)) for ref in references]
-                      if r else ["-"] * (5 + len(references)))
-        cells.append(" / ".join(fmt(per[s].get("s_per_it"), 2) if per.get(s) else "-" for s in settings))
-        cells.append(" / ".join(fmt(per[s]["wall_s"] / 60.0, 1) if per.get(s) and per[s].get("wall_s") else "-"
-                                for s in settings))
-        rows.append(cells)
-    c = report["configuration"]
-    table = markdown_table(headers, rows, "l" + "r" * (len(headers) - 1))
-    return "\n".join([
-        f"Measured {report['machine'].get('date')} with `{report['command']}`"
-        + (" (**smoke run: not a measurement**)" if o.get("smoke") else "") + f"; {report['wall_s'] / 60:.0f} min in all.",
-        "",
-        f"- Machine: {format_machine(report['machine'])}.",
-        f"- ACDC, SSL4MIS copy (`convert-acdc --allow-missing`); configuration `{o['configuration']}` inherited from "
-        f"`2d`: spacing {c['spacing']} mm, patch {c['patch_size']}, batch {c['batch_size']} labeled (+ "
-        f"{c['batch_size']} unlabeled), U-Net widths {report['architecture']}; {o['epochs']} epochs x "
-        f"{o['iterations']} iterations ({o['val_iterations']} validation iterations), trainers' default "
-        f"hyperparameters and phase fractions" + (" (a variant: with the keys in its row)" if variants else "")
-        + (f", initial learning rate {o['lr']}" if o.get("lr") else "") + ".",
-        (f"- Start: per setting, a supervised warm start (`{WARM_TRAINER}`, {o['warm_epochs']} x "
-         f"{o['warm_iterations']} iterations on the setting's labeled cases, nnU-Net's learning rate; row "
-         f"`{WARM_ROW}`); then every trainer, the labeled-only baseline included, trains as `<trainer>_warmStart`: "
-         f"the trainer unchanged, its network starting from all weights of the warm start (heads, queues and the "
-         f"optimizer fresh; the EMA teacher a copy of the student). Differences to the warm-start row are what "
-         f"the short schedule of each loss did."
-         if o.get("warm_epochs") else "- Start: every trainer from scratch (no warm start)."),
-        "- Dice: nnU-Net's final validation of fold 0 = the 20 frames (ED, ES) of the 10 validation patients, "
-        "`fold_0/validation/summary.json` (mean over cases), averaged over a trainer's runs (`runs`: each run's mean, "
-        "or the number of runs); `s/it`: median epoch duration (its validation iterations included) per training "
-        "iteration; `train min`: wall time of `nnUNetv2_train` including the final validation.",
-        *paired_legend(o, references),
-        "",
-        table,
-    ])
 
 
 def main(argv=None):
