@@ -410,7 +410,7 @@ def test_variant_option_is_checked_before_anything_trains(tmp_path):
     # a list value keeps its commas
     assert accuracy_runs.VARIANT_ITEM_SEPARATOR.split("a=[0.8, 1.2],b=1") == ["a=[0.8, 1.2]", "b=1"]
     refused = {
-        "noDistill:nnUNetTrainerACTIONpp:relational_in_finetun=false": "unknown trainer setting 'relational_in_finetun'",
+        "noDistill:nnUNetTrainerACTIONpp:relational_in_finetun=false": "unknown trainer setting",
         "x:nnUNetTrainerNope:confidence_threshold=0.9": "nnUNetTrainerNope is not one of this package's trainers",
         "x:nnUNetTrainerPseudoLabel:confidence_threshold=2": "confidence_threshold must be a number between 0 and 1",
         "x:nnUNetTrainerPseudoLabel:num_epochs=5": "belongs to the benchmark's schedule",
@@ -461,8 +461,8 @@ def test_plan_of_runs(monkeypatch):
     assert [(r.plans_setting, r.seed, r.pair_key) for r in accuracy_runs.plan_runs(opts)] == [
         ("5pct", None, "run1"), ("5pct_run2", None, "run2"), ("10pct", None, "run1"), ("10pct_run2", None, "run2")]
     monkeypatch.setenv("NNUNET_SEMICL_SEED", "5")
-    assert [(r.plans_setting, r.seed) for r in accuracy_runs.plan_runs(_acc_opts("--trainers", "nnUNetTrainerLabeledOnly"))] \
-        == [("5pct", 5)]
+    inherited = accuracy_runs.plan_runs(_acc_opts("--trainers", "nnUNetTrainerLabeledOnly"))
+    assert [(r.plans_setting, r.seed) for r in inherited] == [("5pct", 5)]
     monkeypatch.delenv("NNUNET_SEMICL_SEED")
     warm = accuracy_runs.plan_runs(_acc_opts("--trainers", "nnUNetTrainerLabeledOnly", "--warm-epochs", "2"))
     assert [(r.row, r.plans_setting, r.purpose) for r in warm][0] == (accuracy_runs.WARM_ROW, "5pct_warm",
@@ -479,14 +479,40 @@ def test_a_results_folder_is_reused_only_with_its_seed_and_trainer_block():
     assert "trainer block" in accuracy.reuse_problem(block, {"seed": 1}, dict(block, unsup_warmup=False), None, 1)
 
 
+def test_a_run_gets_its_seed_and_records_it(tmp_path, monkeypatch):
+    """train_one with nnUNetv2_train replaced: the seed reaches the training's environment, is recorded before
+    training starts, and a folder trained with another seed is refused."""
+    dirs = {"nnUNet_results": str(tmp_path)}
+    opts = {"configuration": "2d_cpu", "device": "cpu"}
+    block = {"num_epochs": 1, "num_iterations_per_epoch": 2}
+    model = tmp_path / accuracy.DATASET / "nnUNetTrainerLabeledOnly__nnUNetPlans_5pct_s3__2d_cpu"
+    seen = {}
+
+    def fake_training(args, env, *a, **kw):
+        seen["seed"], seen["args"] = env.get("NNUNET_SEMICL_SEED"), args
+        seen["record"] = json.loads((model / "fold_0" / "semicl_benchmark_run.json").read_text())
+        (model / "plans.json").write_text(json.dumps({"semicl": {"trainer": block}}))
+        _write_summary(model / "fold_0" / "validation" / "summary.json", [0.5, 0.7])
+
+    monkeypatch.setattr(accuracy, "run_command", fake_training)
+    row = accuracy.train_one(dirs, opts, "nnUNetTrainerLabeledOnly", "5pct_s3", str(tmp_path / "log"), False, block,
+                             seed=3)
+    assert seen["seed"] == "3" and seen["record"]["seed"] == 3 and "nnUNetPlans_5pct_s3" in seen["args"]
+    assert row["seed"] == 3 and row["mean"] == pytest.approx(0.6) and len(row["per_case"]) == 2
+    assert accuracy.train_one(dirs, opts, "nnUNetTrainerLabeledOnly", "5pct_s3", "", False, block,
+                              seed=3)["status"] == "done before"
+    with pytest.raises(SystemExit, match="NNUNET_SEMICL_SEED=3, not 4"):
+        accuracy.train_one(dirs, opts, "nnUNetTrainerLabeledOnly", "5pct_s3", "", False, block, seed=4)
+
+
 def _write_summary(path, case_dices):
     """A validation/summary.json as nnU-Net writes it, every class of a case at the given Dice."""
     cases = [{"reference_file": f"/gt/patient{i:03d}_frame01.nii.gz", "prediction_file": f"/p/{i}.nii.gz",
               "metrics": {k: {"Dice": d} for k, _ in accuracy_table.CLASSES}} for i, d in enumerate(case_dices)]
     mean = sum(case_dices) / len(case_dices)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"metric_per_case": cases, "mean": {k: {"Dice": mean} for k, _ in accuracy_table.CLASSES},
-                                "foreground_mean": {"Dice": mean}}))
+    per_class = {k: {"Dice": mean} for k, _ in accuracy_table.CLASSES}
+    path.write_text(json.dumps({"metric_per_case": cases, "mean": per_class, "foreground_mean": {"Dice": mean}}))
     return str(path)
 
 
