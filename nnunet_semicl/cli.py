@@ -59,7 +59,7 @@ def _cmd_split(args):
                                    ("num_val_iterations_per_epoch", args.val_iterations),
                                    ("save_every", args.save_every)) if v is not None}
     overrides = parse_set_options(args.set, overrides)
-    check_setting_overrides(overrides, "nnunet_semicl split", _exported_trainers() if args.set else ())
+    check_setting_overrides(overrides, "nnunet_semicl split", exported_trainers() if args.set else ())
     if args.group is not None:
         compile_group_regex(args.group)
     name = resolve_dataset_name(args.dataset, need_preprocessed=True)
@@ -119,7 +119,7 @@ def _split(args, name, base, overrides):
               f"  nnUNetv2_train {name} CONFIG FOLD -tr nnUNetTrainerACTIONpp")
 
 
-def _exported_trainers() -> list:
+def exported_trainers() -> list:
     """Every trainer class nnU-Net finds in this package (``--set`` keys must be a hyperparameter of one)."""
     import inspect
 

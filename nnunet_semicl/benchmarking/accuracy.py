@@ -12,17 +12,34 @@ only re-runs its validation when its final checkpoint exists):
    with its own preprocessed data instead);
 3. ``nnunet_semicl sync-plans 27`` creates ``nnUNetPlans_{1,5,10}pct``; the schedule (36 epochs x 50
    iterations, 10 validation iterations) goes into the settings' ``semicl.trainer`` block (what
-   ``nnunet_semicl split --epochs/--iterations`` writes); ``--runs N`` adds copies of a setting
-   (``5pct_run2`` ...) so that a trainer can be trained again in its own folder;
-4. ``nnUNetv2_train 27 2d_cpu 0 -tr <trainer> -p nnUNetPlans_<setting> -device cpu`` for every trainer,
-   setting and run, from scratch; nnU-Net's final validation writes ``fold_0/validation/summary.json``
-   (the 20 validation frames at their original resolution);
-5. a table of per-class Dice, mean, seconds per iteration and wall time (JSON + markdown; the
-   ``accuracy`` section of a docs file given with ``--update-docs``).
+   ``nnunet_semicl split --epochs/--iterations`` writes). Every further run of a trainer trains with a
+   copy of the setting (same labeled cases, its own results folder; ``accuracy_runs``):
+   ``--runs N``: ``5pct_run2`` ... (unseeded); ``--seeds S1 S2``: ``5pct_s<S>``, each run with
+   ``NNUNET_SEMICL_SEED=S`` (not with ``--runs``); ``--variant NAME:TRAINER:KEY=VALUE[,KEY=VALUE...]``: the
+   trainer with setting keys (``nnunet_semicl.data.overrides``, checked against the trainer class before
+   anything trains) in ``5pct_NAME`` / ``5pct_NAME_s<S>``, whose ``semicl.trainer`` block holds the keys; its
+   table row is NAME. Without ``--seeds`` a ``NNUNET_SEMICL_SEED`` in the environment seeds every run.
+   ``fold_0/semicl_benchmark_run.json`` records each run's seed: a folder is continued or reused only with
+   its seed and trainer block;
+4. ``nnUNetv2_train 27 2d_cpu 0 -tr <trainer> -p nnUNetPlans_<setting copy> -device cpu`` for every trainer,
+   variant, setting and seed (or run), from scratch; nnU-Net's final validation writes
+   ``fold_0/validation/summary.json`` (the 20 validation frames at their original resolution);
+5. a table of per-class Dice, mean, each seed's mean, seconds per iteration and wall time (JSON + markdown;
+   the ``accuracy`` section of a docs file given with ``--update-docs``), and for every row the paired
+   difference to ``nnUNetTrainerLabeledOnly`` and to ``nnUNetTrainerPseudoLabel`` (``accuracy_table``):
+   runs paired by seed, per seed and averaged, with a standard error over volumes and seeds (the standard
+   deviation of the per-volume differences of foreground-mean Dice, same case and seed, / sqrt(their count)).
+
+A paired comparison of three trainers and one variant over two seeds::
+
+    nnunet_semicl benchmark accuracy -i ../shared/data/ACDC_ssl4mis --workdir W --seeds 1 2 \\
+        --trainers nnUNetTrainerLabeledOnly nnUNetTrainerPseudoLabel nnUNetTrainerACTIONpp \\
+        --variant noDistill:nnUNetTrainerACTIONpp:relational_in_finetune=false
 
 ``--warm-epochs N`` keeps the older protocol: a shared supervised warm start per setting
 (``nnUNetTrainerLabeledOnly`` on ``nnUNetPlans_<setting>_warm``), then every trainer as
-``<trainer>_warmStart`` (``nnunet_semicl.benchmarking.warm_start``) from its network.
+``<trainer>_warmStart`` (``nnunet_semicl.benchmarking.warm_start``) from its network (not with ``--seeds``
+or ``--variant``).
 """
 import argparse
 import math
@@ -30,14 +47,20 @@ import os
 import shutil
 import sys
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
-from nnunet_semicl.argtypes import non_negative_int, positive_float, positive_int
-from nnunet_semicl.benchmarking.common import (add_update_docs_argument, command_line, fmt, format_machine,
-                                               machine_info, markdown_table, shared_acdc_folder,
-                                               update_docs_if_asked)
+from nnunet_semicl.argtypes import non_negative_int, positive_float, positive_int, seed_int
+from nnunet_semicl.benchmarking.accuracy_runs import (VARIANT_EXAMPLE, WARM_ROW, WARM_SUFFIX, WARM_TRAINER,
+                                                      PlannedRun, check_seeds, parse_variants, plan_runs,
+                                                      schedule_overrides)
+from nnunet_semicl.benchmarking.accuracy_table import (add_paired_differences, average_runs,
+                                                       format_accuracy_markdown, read_summary)
+from nnunet_semicl.benchmarking.common import (add_update_docs_argument, command_line, fmt, machine_info,
+                                               shared_acdc_folder, update_docs_if_asked)
+from nnunet_semicl.errors import InputError
 from nnunet_semicl.files import find_training_summary, load_json, save_json
-from nnunet_semicl.launch import nnunet_env, run_command, training_progress
+from nnunet_semicl.launch import exit_2_on, nnunet_env, run_command, training_progress
+from nnunet_semicl.seeding import SEED_ENV, seed_from_env
 
 DATASET_ID = 27
 DATASET = "Dataset027_ACDC"
@@ -45,8 +68,6 @@ DEFAULT_TRAINERS = ("nnUNetTrainerLabeledOnly", "nnUNetTrainerMeanTeacher", "nnU
                     "nnUNetTrainerACTION", "nnUNetTrainerACTIONpp", "nnUNetTrainerMONA", "nnUNetTrainerARCO",
                     "nnUNetTrainerARCO_SAG")
 DEFAULT_SETTINGS = ("5pct",)
-LABELED_PATIENTS = {"1pct": 1, "5pct": 3, "10pct": 7}
-CLASSES = (("1", "RV"), ("2", "MLV"), ("3", "LVC"))
 #: the protocol's schedule: 1800 iterations from scratch (stock nnU-Net: about 0.44 s each on 2 CPU cores)
 DEFAULT_EPOCHS = 36
 DEFAULT_ITERATIONS = 50
@@ -58,10 +79,6 @@ MAX_FEATURES = 256
 #: the optional shared supervised warm start (``--warm-epochs``; off by default)
 DEFAULT_WARM_EPOCHS = 0
 DEFAULT_WARM_ITERATIONS = 25
-RUN_SUFFIX = "_run"
-WARM_TRAINER = "nnUNetTrainerLabeledOnly"
-WARM_SUFFIX = "_warm"
-WARM_ROW = "warm start"
 WARM_START_SUFFIX = "_warmStart"   # nnunet_semicl/benchmarking/warm_start.py
 
 
@@ -86,8 +103,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="initial learning rate of every trainer (default: nnU-Net's "
                         "0.01)")
     p.add_argument("--runs", type=positive_int, default=1,
-                   help="runs of every trainer (run 2.. in copies of the setting; "
-                        "default 1)")
+                   help="unseeded runs of every trainer (run 2.. in copies of the setting; default 1; not with "
+                        "--seeds)")
+    p.add_argument("--seeds", type=seed_int, nargs="+", default=None, metavar="S",
+                   help="train every trainer and variant once per seed (NNUNET_SEMICL_SEED=S, in the setting copy "
+                        "<setting>_s<S>): the rows are then paired by seed and validation volume")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:TRAINER:KEY=VALUE[,KEY=VALUE...]",
+                   help=f"a trainer with setting keys (docs/trainers.md), trained in its own setting copy "
+                        f"(<setting>_NAME[_s<S>]) and shown as row NAME; repeatable. E.g. {VARIANT_EXAMPLE}")
     p.add_argument("--spacing", type=positive_float, default=None, help="in-plane spacing, mm: a reduced-resolution "
                                                                "configuration with its own preprocessed data (default: "
                                                                "the 2d configuration's spacing and data)")
@@ -115,16 +138,27 @@ def resolve_options(args) -> dict:
     spacing = None if args.spacing is None else float(args.spacing)
     if args.runs < 1:
         raise SystemExit(f"--runs must be at least 1, got {args.runs}")
+    trainers = list(args.trainers or (["nnUNetTrainerLabeledOnly"] if smoke else DEFAULT_TRAINERS))
+    warm_epochs = args.warm_epochs if args.warm_epochs is not None else DEFAULT_WARM_EPOCHS
+    seeds = check_seeds(args.seeds, args.runs)
+    variants = parse_variants(args.variant, trainers)
+    if (seeds or variants) and warm_epochs > 0:
+        raise InputError("--seeds and --variant train from scratch: leave out --warm-epochs (the warm-start "
+                         "protocol trains one shared, unseeded warm start per setting).")
     return {
-        "trainers": list(args.trainers or (["nnUNetTrainerLabeledOnly"] if smoke else DEFAULT_TRAINERS)),
+        "trainers": trainers,
         "settings": list(args.settings or (["5pct"] if smoke else DEFAULT_SETTINGS)),
         "epochs": args.epochs or (1 if smoke else DEFAULT_EPOCHS),
         "iterations": args.iterations or (2 if smoke else DEFAULT_ITERATIONS),
         "val_iterations": args.val_iterations or (1 if smoke else DEFAULT_VAL_ITERATIONS),
         "lr": args.lr,
-        "warm_epochs": args.warm_epochs if args.warm_epochs is not None else DEFAULT_WARM_EPOCHS,
+        "warm_epochs": warm_epochs,
         "warm_iterations": args.warm_iterations or (2 if smoke else DEFAULT_WARM_ITERATIONS),
         "runs": int(args.runs),
+        "seeds": seeds,
+        # without --seeds, a NNUNET_SEMICL_SEED of the caller's environment reaches every run: record it
+        "inherited_seed": None if seeds else seed_from_env(),
+        "variants": variants,
         "spacing": spacing,
         "configuration": args.configuration or (CONFIGURATION if spacing is None else f"2d_{spacing:g}mm".replace(".", "p")),
         "patch_size": args.patch_size,
@@ -135,17 +169,6 @@ def resolve_options(args) -> dict:
         "device": args.device,
         "smoke": smoke,
     }
-
-
-def schedule_overrides(opts: dict, warm: bool = False) -> dict:
-    """The settings' ``semicl.trainer`` block: the short schedule, and a checkpoint every few epochs (resumable).
-    ``warm``: the schedule of the supervised warm start."""
-    epochs = int(opts["warm_epochs"] if warm else opts["epochs"])
-    out = {"num_epochs": epochs, "num_iterations_per_epoch": int(opts["warm_iterations" if warm else "iterations"]),
-           "num_val_iterations_per_epoch": int(opts["val_iterations"]), "save_every": max(1, min(5, epochs // 3))}
-    if opts.get("lr") and not warm:  # the warm start keeps nnU-Net's learning rate
-        out["initial_lr"] = float(opts["lr"])
-    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -178,8 +201,9 @@ def reduced_configuration(plans: dict, opts: dict) -> dict:
 # ------------------------------------------------------------------------------------------------
 # pipeline
 # ------------------------------------------------------------------------------------------------
-def prepare(work: str, dirs: Dict[str, str], opts: dict, source: str, log: str) -> dict:
-    """Convert, plan, add and preprocess the reduced configuration, write the settings' schedule (idempotent)."""
+def prepare(work: str, dirs: Dict[str, str], opts: dict, source: str, log: str, runs: Sequence[PlannedRun]) -> dict:
+    """Convert, plan, add and preprocess the reduced configuration, write the settings' schedule and the
+    setting copies that ``runs`` train with (idempotent)."""
     from nnunet_semicl.data.setting_files import write_plans_variant
 
     env = nnunet_env(opts["device"], training=False, dirs=dirs)
@@ -229,18 +253,10 @@ def prepare(work: str, dirs: Dict[str, str], opts: dict, source: str, log: str) 
         if not os.path.isfile(os.path.join(pre, f"splits_semicl_{setting}.json")):
             raise SystemExit(f"setting {setting} does not exist in {pre} (the converter writes 1pct, 5pct, 10pct)")
         write_plans_variant(pre, setting, "nnUNetPlans", overwrite=True, trainer_overrides=schedule_overrides(opts))
-        for run in range(2, opts["runs"] + 1):   # the same labeled cases, another results folder
-            copy_setting(pre, setting, run_setting(setting, run), schedule_overrides(opts), f"run {run}")
-        if opts["warm_epochs"] > 0:
-            # the warm start's own setting: the same labeled cases, its own (longer) schedule
-            copy_setting(pre, setting, setting + WARM_SUFFIX, schedule_overrides(opts, warm=True),
-                         "the supervised warm start")
+    copies = {r.plans_setting: r for r in runs if r.plans_setting != r.setting}
+    for name, r in copies.items():   # the same labeled cases, another results folder (and trainer block)
+        copy_setting(pre, r.setting, name, r.trainer_block, r.purpose)
     return resolved
-
-
-def run_setting(setting: str, run: int) -> str:
-    """The setting that run ``run`` (1-based) of a trainer trains with: run 1 uses the setting itself."""
-    return setting if run == 1 else f"{setting}{RUN_SUFFIX}{run}"
 
 
 def copy_setting(pre: str, setting: str, name: str, overrides: dict, purpose: str) -> None:
@@ -257,14 +273,10 @@ def run_folder(dirs: Dict[str, str], trainer: str, setting: str, cname: str) -> 
     return os.path.join(dirs["nnUNet_results"], DATASET, f"{trainer}__nnUNetPlans_{setting}__{cname}")
 
 
-def average_runs(rows: list) -> dict:
-    """One table row from a trainer's runs of one setting: the mean of each value, and every run's row."""
-    out = {}
-    for key in ("RV", "MLV", "LVC", "mean", "s_per_it", "wall_s"):
-        vals = [r[key] for r in rows if r.get(key) is not None]
-        out[key] = sum(vals) / len(vals) if vals else None
-    out["runs"] = rows
-    return out
+def warm_start_checkpoint(dirs: Dict[str, str], opts: dict, setting: str) -> str:
+    """The final checkpoint of a setting's shared supervised warm start (``--warm-epochs``)."""
+    return os.path.join(run_folder(dirs, WARM_TRAINER, setting + WARM_SUFFIX, opts["configuration"]), "fold_0",
+                        "checkpoint_final.pth")
 
 
 def seconds_per_iteration(checkpoint: str, iterations: int) -> Optional[float]:
@@ -281,15 +293,6 @@ def seconds_per_iteration(checkpoint: str, iterations: int) -> Optional[float]:
     return float(np.median(durations)) / iterations if len(durations) else None
 
 
-def read_summary(path: str) -> dict:
-    """Per-class and mean foreground Dice from nnU-Net's validation/summary.json."""
-    s = load_json(path)
-    out = {name: s["mean"].get(k, {}).get("Dice") for k, name in CLASSES}
-    out["mean"] = s["foreground_mean"]["Dice"]
-    out["n_cases"] = len(s.get("metric_per_case", []))
-    return out
-
-
 def write_warm_start_shim(work: str) -> str:
     """A folder for nnUNet_extTrainer with one module that re-exports the ``<trainer>_warmStart`` classes."""
     folder = os.path.join(work, "trainers")
@@ -302,11 +305,25 @@ def write_warm_start_shim(work: str) -> str:
     return folder
 
 
+def reuse_problem(used_overrides: Optional[dict], record: dict, overrides: dict, pretrained: Optional[str],
+                  seed: Optional[int]) -> Optional[str]:
+    """Why a results folder trained with the trainer block ``used_overrides`` (its plans.json) and recorded as
+    ``record`` (semicl_benchmark_run.json) cannot be continued or reused for this run; None when it can. A
+    record of an earlier version has no seed: not checked."""
+    if used_overrides != overrides or record.get("pretrained", pretrained) != pretrained:
+        return (f"was trained with the trainer block {used_overrides} (warm start {record.get('pretrained')}), not "
+                f"{overrides} (warm start {pretrained})")
+    if record.get("seed", seed) != seed:
+        return f"was trained with NNUNET_SEMICL_SEED={record['seed']}, not {seed}"
+    return None
+
+
 def train_one(dirs, opts, trainer: str, setting: str, log: str, redo: bool, overrides: dict,
-              pretrained: Optional[str] = None, shim: Optional[str] = None) -> dict:
+              pretrained: Optional[str] = None, shim: Optional[str] = None, seed: Optional[int] = None) -> dict:
     """Train (or continue, re-validate, or skip) one run; return its result row.
 
-    ``pretrained``: a warm-start checkpoint; the run then uses ``<trainer>_warmStart`` (found in ``shim``)."""
+    ``pretrained``: a warm-start checkpoint; the run then uses ``<trainer>_warmStart`` (found in ``shim``).
+    ``seed``: the run's NNUNET_SEMICL_SEED (recorded in semicl_benchmark_run.json)."""
     cname = opts["configuration"]
     model = run_folder(dirs, trainer, setting, cname)
     fold = os.path.join(model, "fold_0")
@@ -314,13 +331,12 @@ def train_one(dirs, opts, trainer: str, setting: str, log: str, redo: bool, over
     record_file = os.path.join(fold, "semicl_benchmark_run.json")
     if redo and os.path.isdir(model):
         shutil.rmtree(model)
+    record = load_json(record_file) if os.path.isfile(record_file) else {}
     if os.path.isfile(os.path.join(model, "plans.json")):
         used = load_json(os.path.join(model, "plans.json")).get("semicl", {}).get("trainer")
-        record = load_json(record_file) if os.path.isfile(record_file) else {}
-        if used != overrides or record.get("pretrained", pretrained) != pretrained:
-            raise SystemExit(f"{model} was trained with the schedule {used} (warm start {record.get('pretrained')}), "
-                             f"not {overrides} (warm start {pretrained}). Pass --redo to train it again, or use "
-                             f"another --workdir.")
+        problem = reuse_problem(used, record, overrides, pretrained, seed)
+        if problem:
+            raise SystemExit(f"{model} {problem}. Pass --redo to train it again, or use another --workdir.")
     if os.path.isfile(summary):
         row = {"status": "done before"}
     else:
@@ -330,18 +346,20 @@ def train_one(dirs, opts, trainer: str, setting: str, log: str, redo: bool, over
         elif os.path.isfile(os.path.join(fold, "checkpoint_latest.pth")):
             extra = ["--c"]
         device = opts["device"]
-        env_extra = {}
+        env_extra = {} if seed is None else {SEED_ENV: str(seed)}
         if pretrained:
             if not os.path.isfile(pretrained):
                 raise SystemExit(f"the warm-start checkpoint {pretrained} does not exist")
             ext = [shim] + [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p.strip()]
-            env_extra = {"NNUNET_SEMICL_WARM_START": pretrained, "nnUNet_extTrainer": os.pathsep.join(ext)}
+            env_extra.update({"NNUNET_SEMICL_WARM_START": pretrained, "nnUNet_extTrainer": os.pathsep.join(ext)})
         env = nnunet_env(device, training=True, dirs=dirs, overrides=env_extra)
+        # recorded before training starts, so that an interrupted run is continued only with the same seed
+        record = {"wall_s": record.get("wall_s", 0.0), "pretrained": pretrained, "seed": seed}
+        save_json(record, record_file)
         t = time.time()
         run_command(["nnUNetv2_train", DATASET_ID, cname, "0", "-tr", trainer, "-p", f"nnUNetPlans_{setting}",
                      "-device", device] + extra, env, log, show=training_progress, indent="    ")
-        prev = load_json(record_file).get("wall_s", 0.0) if os.path.isfile(record_file) else 0.0
-        save_json({"wall_s": prev + time.time() - t, "pretrained": pretrained}, record_file)
+        save_json(dict(record, wall_s=record["wall_s"] + time.time() - t), record_file)
         row = {"status": "trained" + (f" ({extra[0]})" if extra and extra[0] in ("--val", "--c") else "")}
     row.update(read_summary(summary))
     training = find_training_summary(fold)
@@ -349,7 +367,9 @@ def train_one(dirs, opts, trainer: str, setting: str, log: str, redo: bool, over
         row["unsupervised_terms_ran"] = training.get("unsupervised_terms_ran")
         if not training.get("unsupervised_terms_ran"):
             print(f"    {training.get('message')}")
-    row["wall_s"] = load_json(record_file).get("wall_s") if os.path.isfile(record_file) else None
+    record = load_json(record_file) if os.path.isfile(record_file) else {}
+    row["wall_s"] = record.get("wall_s")
+    row["seed"] = record.get("seed", seed)
     row["s_per_it"] = seconds_per_iteration(os.path.join(fold, "checkpoint_final.pth"),
                                             int(overrides["num_iterations_per_epoch"]))
     return row
@@ -358,7 +378,8 @@ def train_one(dirs, opts, trainer: str, setting: str, log: str, redo: bool, over
 def run(args) -> dict:
     # before torch starts its OpenMP threads (here or in the subprocesses): docs/small_compute.md
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    opts = resolve_options(args)
+    with exit_2_on("benchmark accuracy", InputError):   # a user's error, before anything is written
+        opts = resolve_options(args)
     work = os.path.abspath(args.workdir + ("_smoke" if opts["smoke"] and args.workdir == "nnunet_semicl_accuracy"
                                            else ""))
     source = args.input or shared_acdc_folder()
@@ -373,11 +394,13 @@ def run(args) -> dict:
     with open(os.path.join(work, ".gitignore"), "w") as f:
         f.write("# derived from research-only data: never commit\n*\n")
     t0 = time.time()
-    runs = [(s, t, r) for s in opts["settings"] for r in range(1, opts["runs"] + 1) for t in opts["trainers"]]
-    print(f"nnunet_semicl benchmark accuracy: {len(opts['trainers'])} trainers x {len(opts['settings'])} settings x "
-          f"{opts['runs']} run(s), {opts['epochs']} epochs x {opts['iterations']} iterations, device {opts['device']}; "
-          f"workdir {work}", flush=True)
-    cfg = prepare(work, dirs, opts, source, os.path.join(work, "logs", "prepare.log"))
+    runs = plan_runs(opts)
+    repeats = f"seeds {' '.join(map(str, opts['seeds']))}" if opts["seeds"] else f"{opts['runs']} run(s)"
+    print(f"nnunet_semicl benchmark accuracy: {len(opts['trainers'])} trainers + {len(opts['variants'])} variants x "
+          f"{len(opts['settings'])} settings x {repeats}, {opts['epochs']} epochs x {opts['iterations']} iterations, "
+          f"device {opts['device']}; workdir {work}", flush=True)
+    if opts["inherited_seed"] is not None:
+        print(f"Every run is seeded by the environment's {SEED_ENV}={opts['inherited_seed']}", flush=True)
     warm = opts["warm_epochs"] > 0
     shim = None
     if warm:  # per setting: the warm start first, then every trainer from it
@@ -386,25 +409,23 @@ def run(args) -> dict:
             raise SystemExit(f"no warm-start variant of {unsupported} (nnunet_semicl/benchmarking/warm_start.py); "
                              f"pass --warm-epochs 0 to train them from scratch")
         shim = write_warm_start_shim(work)
-        runs = [(s, WARM_TRAINER + WARM_SUFFIX, 1) for s in opts["settings"]] + runs
+    cfg = prepare(work, dirs, opts, source, os.path.join(work, "logs", "prepare.log"), runs)
     per_run: Dict[str, Dict[str, list]] = {}
-    for i, (setting, trainer, run) in enumerate(runs):
-        is_warm = trainer.endswith(WARM_SUFFIX)
-        name, plans_setting = (WARM_TRAINER, setting + WARM_SUFFIX) if is_warm else (trainer, run_setting(setting, run))
-        pretrained = None
-        if warm and not is_warm:
-            pretrained = os.path.join(run_folder(dirs, WARM_TRAINER, setting + WARM_SUFFIX, opts["configuration"]),
-                                      "fold_0", "checkpoint_final.pth")
-            name = trainer + WARM_START_SUFFIX
-        print(f"\n== [{i + 1}/{len(runs)}] {name} -p nnUNetPlans_{plans_setting}"
+    for i, r in enumerate(runs):
+        pretrained = warm_start_checkpoint(dirs, opts, r.setting) if warm and r.row != WARM_ROW else None
+        name = r.trainer + WARM_START_SUFFIX if pretrained else r.trainer
+        print(f"\n== [{i + 1}/{len(runs)}] {r.row}: {name} -p nnUNetPlans_{r.plans_setting}"
+              + (f" ({SEED_ENV}={r.seed})" if r.seed is not None else "")
               + (" (from the warm start)" if pretrained else "") + f"   ({(time.time() - t0) / 60:.1f} min elapsed)",
               flush=True)
-        row = train_one(dirs, opts, name, plans_setting, os.path.join(work, "logs", f"{plans_setting}_{name}.log"),
-                        args.redo, schedule_overrides(opts, warm=is_warm), pretrained, shim)
-        per_run.setdefault(WARM_ROW if is_warm else trainer, {}).setdefault(setting, []).append(row)
+        row = train_one(dirs, opts, name, r.plans_setting, os.path.join(work, "logs", f"{r.plans_setting}_{name}.log"),
+                        args.redo, r.trainer_block, pretrained, shim, r.seed)
+        row["pair_key"] = r.pair_key
+        per_run.setdefault(r.row, {}).setdefault(r.setting, []).append(row)
         print(f"   {row['status']}: Dice RV {fmt(row['RV'])}, MLV {fmt(row['MLV'])}, LVC {fmt(row['LVC'])}, "
               f"mean {fmt(row['mean'])}, {fmt(row.get('s_per_it'), 2)} s/it", flush=True)
     results = {t: {s: average_runs(rows) for s, rows in per.items()} for t, per in per_run.items()}
+    add_paired_differences(results)
     report = {"machine": machine_info(opts["device"], os.cpu_count()), "options": opts,
               "command": command_line("accuracy"),
               "configuration": {k: cfg.get(k) for k in ("patch_size", "batch_size", "spacing", "data_identifier")},
@@ -419,60 +440,6 @@ def run(args) -> dict:
     print(f"\nResults: {os.path.join(work, 'accuracy.json')} and accuracy.md ({(time.time() - t0) / 60:.1f} min)",
           flush=True)
     return report
-
-
-def format_accuracy_markdown(report: dict) -> str:
-    o = report["options"]
-    settings = o["settings"]
-    headers = ["trainer"]
-    for s in settings:
-        n = LABELED_PATIENTS.get(s)
-        tag = f"{s} ({n} pat.)" if n else s
-        headers += [f"{tag} RV", "MLV", "LVC", "mean", "runs"]
-    headers += ["s/it", "train min"]
-    rows = []
-    for trainer, per in report["results"].items():
-        cells = [f"{trainer} (`{WARM_TRAINER}`)" if trainer == WARM_ROW else f"`{trainer}`"]
-        silent = sum(1 for r in per.values() if r for x in r.get("runs") or [] if x.get("unsupervised_terms_ran") is False)
-        if silent:   # such a run trained as LabeledOnly would
-            cells[0] += f" (**{silent} run(s) whose unsupervised terms never ran**)"
-        for s in settings:
-            r = per.get(s)
-            runs = (r or {}).get("runs") or []
-            cells += ([fmt(r.get(k)) for k in ("RV", "MLV", "LVC", "mean")]
-                      + [", ".join(fmt(x.get("mean")) for x in runs) if len(runs) > 1 else str(len(runs))]
-                      if r else ["-"] * 5)
-        cells.append(" / ".join(fmt(per[s].get("s_per_it"), 2) if per.get(s) else "-" for s in settings))
-        cells.append(" / ".join(fmt(per[s]["wall_s"] / 60.0, 1) if per.get(s) and per[s].get("wall_s") else "-"
-                                for s in settings))
-        rows.append(cells)
-    c = report["configuration"]
-    table = markdown_table(headers, rows, "l" + "r" * (len(headers) - 1))
-    return "\n".join([
-        f"Measured {report['machine'].get('date')} with `{report['command']}`"
-        + (" (**smoke run: not a measurement**)" if o.get("smoke") else "") + f"; {report['wall_s'] / 60:.0f} min in all.",
-        "",
-        f"- Machine: {format_machine(report['machine'])}.",
-        f"- ACDC, SSL4MIS copy (`convert-acdc --allow-missing`); configuration `{o['configuration']}` inherited from "
-        f"`2d`: spacing {c['spacing']} mm, patch {c['patch_size']}, batch {c['batch_size']} labeled (+ "
-        f"{c['batch_size']} unlabeled), U-Net widths {report['architecture']}; {o['epochs']} epochs x "
-        f"{o['iterations']} iterations ({o['val_iterations']} validation iterations), trainers' default "
-        f"hyperparameters and phase fractions"
-        + (f", initial learning rate {o['lr']}" if o.get("lr") else "") + ".",
-        (f"- Start: per setting, a supervised warm start (`{WARM_TRAINER}`, {o['warm_epochs']} x "
-         f"{o['warm_iterations']} iterations on the setting's labeled cases, nnU-Net's learning rate; row "
-         f"`{WARM_ROW}`); then every trainer, the labeled-only baseline included, trains as `<trainer>_warmStart`: "
-         f"the trainer unchanged, its network starting from all weights of the warm start (heads, queues and the "
-         f"optimizer fresh; the EMA teacher a copy of the student). Differences to the warm-start row are what "
-         f"the short schedule of each loss did."
-         if o.get("warm_epochs") else "- Start: every trainer from scratch (no warm start)."),
-        "- Dice: nnU-Net's final validation of fold 0 = the 20 frames (ED, ES) of the 10 validation patients, "
-        "`fold_0/validation/summary.json` (mean over cases), averaged over a trainer's runs (`runs`: each run's mean, "
-        "or the number of runs); `s/it`: median epoch duration (its validation iterations included) per training "
-        "iteration; `train min`: wall time of `nnUNetv2_train` including the final validation.",
-        "",
-        table,
-    ])
 
 
 def main(argv=None):

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from nnunet_semicl.benchmarking import accuracy, common, samplers, step, step_report, step_trainers, step_worker
+from nnunet_semicl.benchmarking import (accuracy, accuracy_runs, accuracy_table, common, samplers, step,
+                                        step_report, step_trainers, step_worker)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -315,9 +316,9 @@ def test_protocol_configuration_and_schedule():
     assert kw["n_stages"] == 5 and kw["features_per_stage"] == [16, 32, 64, 128, 256]
     assert kw["strides"] == [[1, 1]] + [[2, 2]] * 4 and kw["kernel_sizes"] == [[3, 3]] * 5
     assert kw["n_conv_per_stage"] == [2] * 5 and kw["n_conv_per_stage_decoder"] == [2] * 4
-    assert accuracy.schedule_overrides(opts) == {"num_epochs": 36, "num_iterations_per_epoch": 50,
+    assert accuracy_runs.schedule_overrides(opts) == {"num_epochs": 36, "num_iterations_per_epoch": 50,
                                                  "num_val_iterations_per_epoch": 10, "save_every": 5}
-    assert [accuracy.run_setting("5pct", r) for r in (1, 2, 3)] == ["5pct", "5pct_run2", "5pct_run3"]
+    assert [accuracy_runs.setting_copy("5pct", run=r) for r in (1, 2, 3)] == ["5pct", "5pct_run2", "5pct_run3"]
 
 
 def test_reduced_resolution_configuration():
@@ -337,7 +338,7 @@ def test_reduced_resolution_configuration():
 def test_runs_are_averaged():
     rows = [{"RV": 0.5, "MLV": 0.6, "LVC": 0.7, "mean": 0.6, "s_per_it": 1.0, "wall_s": 100.0},
             {"RV": 0.7, "MLV": 0.6, "LVC": 0.9, "mean": 0.8, "s_per_it": None, "wall_s": 300.0}]
-    avg = accuracy.average_runs(rows)
+    avg = accuracy_table.average_runs(rows)
     assert avg["RV"] == pytest.approx(0.6) and avg["mean"] == pytest.approx(0.7) and avg["s_per_it"] == 1.0
     assert avg["wall_s"] == 200.0 and avg["runs"] == rows
 
@@ -347,25 +348,222 @@ def test_read_summary_and_accuracy_markdown(tmp_path):
                "foreground_mean": {"Dice": 0.6}, "metric_per_case": [{}] * 20}
     path = tmp_path / "summary.json"
     path.write_text(json.dumps(summary))
-    row = accuracy.read_summary(str(path))
-    assert row == {"RV": 0.5, "MLV": 0.6, "LVC": 0.7, "mean": 0.6, "n_cases": 20}
+    row = accuracy_table.read_summary(str(path))
+    assert row == {"RV": 0.5, "MLV": 0.6, "LVC": 0.7, "mean": 0.6, "n_cases": 20, "per_case": {}}
     report = {"machine": common.machine_info("cpu", 2), "command": "nnunet_semicl benchmark accuracy",
               "options": {"settings": ["5pct", "10pct"], "configuration": "2d_3mm", "epochs": 12, "iterations": 20,
                           "val_iterations": 2, "smoke": False, "warm_epochs": 40, "warm_iterations": 25},
               "configuration": {"patch_size": [128, 112], "batch_size": 8, "spacing": [3.0, 3.0]},
               "architecture": [16, 32, 64, 128, 128], "wall_s": 3600.0,
-              "results": {accuracy.WARM_ROW: {"5pct": dict(row, wall_s=500.0)},
+              "results": {accuracy_runs.WARM_ROW: {"5pct": dict(row, wall_s=500.0)},
                           "nnUNetTrainerLabeledOnly": {"5pct": dict(row, wall_s=120.0, s_per_it=0.45)},
                           "nnUNetTrainerACTIONpp": {"5pct": dict(row, wall_s=300.0, runs=[{"mean": 0.61}, {"mean": 0.59}]),
                                                     "10pct": dict(row, mean=0.8, wall_s=330.0)}}}
-    md = accuracy.format_accuracy_markdown(report)
+    md = accuracy_table.format_accuracy_markdown(report)
     assert "| 5pct (3 pat.) RV |" in md.replace("  ", " ") or "5pct (3 pat.) RV" in md
     assert "`nnUNetTrainerACTIONpp`" in md and "0.800" in md and "5.0 / 5.5" in md and "2.0 / -" in md
     assert "| warm start (`nnUNetTrainerLabeledOnly`)" in md and "40 x 25 iterations" in md
     assert "0.610, 0.590" in md and "0.45 / -" in md   # each run's mean; seconds per iteration
-    warm = accuracy.schedule_overrides(dict(accuracy.resolve_options(_acc_args()), lr=0.02), warm=True)
+    warm = accuracy_runs.schedule_overrides(dict(accuracy.resolve_options(_acc_args()), lr=0.02), warm=True)
     assert warm["num_epochs"] == accuracy.DEFAULT_WARM_EPOCHS and "initial_lr" not in warm
     assert warm["num_iterations_per_epoch"] == accuracy.DEFAULT_WARM_ITERATIONS
+
+
+def _acc_opts(*options):
+    from nnunet_semicl.cli import build_parser
+    return accuracy.resolve_options(build_parser().parse_args(["benchmark", "accuracy", *options]))
+
+
+def test_seeds_option(monkeypatch):
+    from nnunet_semicl.errors import InputError
+
+    monkeypatch.delenv("NNUNET_SEMICL_SEED", raising=False)
+    opts = _acc_opts("--seeds", "1", "2")
+    assert opts["seeds"] == [1, 2] and opts["inherited_seed"] is None and opts["variants"] == {}
+    assert _acc_opts()["seeds"] is None
+    with pytest.raises(InputError, match="1 given more than once"):
+        _acc_opts("--seeds", "1", "2", "1")
+    with pytest.raises(InputError, match="--seeds and --runs"):
+        _acc_opts("--seeds", "1", "--runs", "2")
+    with pytest.raises(InputError, match="leave out --warm-epochs"):
+        _acc_opts("--seeds", "1", "--warm-epochs", "3")
+    with pytest.raises(SystemExit) as e:   # argparse: not a seed
+        _acc_opts("--seeds", "-1")
+    assert e.value.code == 2
+    monkeypatch.setenv("NNUNET_SEMICL_SEED", "7")   # the by-hand way: every run seeded by the environment
+    assert _acc_opts()["inherited_seed"] == 7 and _acc_opts("--seeds", "3")["inherited_seed"] is None
+    monkeypatch.setenv("NNUNET_SEMICL_SEED", "x")
+    with pytest.raises(InputError, match="NNUNET_SEMICL_SEED=x"):
+        _acc_opts()
+
+
+def test_variant_option_is_checked_before_anything_trains(tmp_path):
+    from nnunet_semicl.errors import InputError
+
+    opts = _acc_opts("--trainers", "nnUNetTrainerACTIONpp",
+                     "--variant", "noDistill:nnUNetTrainerACTIONpp:relational_in_finetune=false",
+                     "--variant", "strict:nnUNetTrainerPseudoLabel:confidence_threshold=1,unsup_warmup=false")
+    assert opts["variants"] == {
+        "noDistill": {"trainer": "nnUNetTrainerACTIONpp", "overrides": {"relational_in_finetune": False}},
+        "strict": {"trainer": "nnUNetTrainerPseudoLabel", "overrides": {"confidence_threshold": 1.0,
+                                                                        "unsup_warmup": False}}}
+    # a list value keeps its commas
+    assert accuracy_runs.VARIANT_ITEM_SEPARATOR.split("a=[0.8, 1.2],b=1") == ["a=[0.8, 1.2]", "b=1"]
+    refused = {
+        "noDistill:nnUNetTrainerACTIONpp:relational_in_finetun=false": "unknown trainer setting",
+        "x:nnUNetTrainerNope:confidence_threshold=0.9": "nnUNetTrainerNope is not one of this package's trainers",
+        "x:nnUNetTrainerPseudoLabel:confidence_threshold=2": "confidence_threshold must be a number between 0 and 1",
+        "x:nnUNetTrainerPseudoLabel:num_epochs=5": "belongs to the benchmark's schedule",
+        "x:nnUNetTrainerPseudoLabel:confidence_threshold=0.9,confidence_threshold=0.8": "given twice",
+        "x:nnUNetTrainerPseudoLabel": "expected NAME:TRAINER:KEY=VALUE",
+        "x:nnUNetTrainerPseudoLabel:confidence_threshold": "expected KEY=VALUE",
+        "no_distill:nnUNetTrainerACTIONpp:relational_in_finetune=false": "a letter followed by letters and digits",
+        "nnUNetTrainerACTIONpp:nnUNetTrainerACTIONpp:relational_in_finetune=false": "exists already",
+        "s2:nnUNetTrainerACTIONpp:relational_in_finetune=false": "would name the setting copy of a seed",
+        "run2:nnUNetTrainerACTIONpp:relational_in_finetune=false": "would name the setting copy of a seed",
+    }
+    for text, message in refused.items():
+        with pytest.raises(InputError, match=message):
+            _acc_opts("--trainers", "nnUNetTrainerACTIONpp", "--variant", text)
+    with pytest.raises(InputError, match="the row a exists already"):
+        _acc_opts("--variant", "a:nnUNetTrainerPseudoLabel:unsup_warmup=false",
+                  "--variant", "a:nnUNetTrainerPseudoLabel:unsup_warmup=true")
+    # the command exits 2 with the message before it creates its work folder
+    from nnunet_semicl.cli import build_parser
+    work = tmp_path / "work"
+    args = build_parser().parse_args(["benchmark", "accuracy", "-i", str(tmp_path), "--workdir", str(work),
+                                      "--variant", "x:nnUNetTrainerPseudoLabel:nope=1"])
+    with pytest.raises(SystemExit) as e:
+        accuracy.run(args)
+    assert e.value.code == 2 and not work.exists()
+
+
+def test_plan_of_runs(monkeypatch):
+    monkeypatch.delenv("NNUNET_SEMICL_SEED", raising=False)
+    schedule = accuracy_runs.schedule_overrides(_acc_opts())
+    opts = _acc_opts("--trainers", "nnUNetTrainerLabeledOnly", "nnUNetTrainerACTIONpp", "--seeds", "1", "2")
+    opts["variants"] = {"noDistill": {"trainer": "nnUNetTrainerACTIONpp",
+                                      "overrides": {"relational_in_finetune": False}}}   # as parse_variants gives
+    plan = [(r.row, r.trainer, r.plans_setting, r.seed, r.pair_key) for r in accuracy_runs.plan_runs(opts)]
+    assert plan == [("nnUNetTrainerLabeledOnly", "nnUNetTrainerLabeledOnly", "5pct_s1", 1, "s1"),
+                    ("nnUNetTrainerACTIONpp", "nnUNetTrainerACTIONpp", "5pct_s1", 1, "s1"),
+                    ("noDistill", "nnUNetTrainerACTIONpp", "5pct_noDistill_s1", 1, "s1"),
+                    ("nnUNetTrainerLabeledOnly", "nnUNetTrainerLabeledOnly", "5pct_s2", 2, "s2"),
+                    ("nnUNetTrainerACTIONpp", "nnUNetTrainerACTIONpp", "5pct_s2", 2, "s2"),
+                    ("noDistill", "nnUNetTrainerACTIONpp", "5pct_noDistill_s2", 2, "s2")]
+    runs = accuracy_runs.plan_runs(opts)
+    assert runs[0].trainer_block == schedule and runs[2].trainer_block == dict(schedule, relational_in_finetune=False)
+    assert runs[2].purpose == "variant noDistill (nnUNetTrainerACTIONpp), repetition s1"
+    opts.update(seeds=None, runs=2)   # a variant without seeds: its own copy, and a run-2 copy of it
+    assert [r.plans_setting for r in accuracy_runs.plan_runs(opts)][2::3] == ["5pct_noDistill", "5pct_noDistill_run2"]
+    # --runs: unseeded copies as before; an inherited NNUNET_SEMICL_SEED seeds (and is recorded) without renaming
+    opts = _acc_opts("--trainers", "nnUNetTrainerLabeledOnly", "--runs", "2", "--settings", "5pct", "10pct")
+    assert [(r.plans_setting, r.seed, r.pair_key) for r in accuracy_runs.plan_runs(opts)] == [
+        ("5pct", None, "run1"), ("5pct_run2", None, "run2"), ("10pct", None, "run1"), ("10pct_run2", None, "run2")]
+    monkeypatch.setenv("NNUNET_SEMICL_SEED", "5")
+    inherited = accuracy_runs.plan_runs(_acc_opts("--trainers", "nnUNetTrainerLabeledOnly"))
+    assert [(r.plans_setting, r.seed) for r in inherited] == [("5pct", 5)]
+    monkeypatch.delenv("NNUNET_SEMICL_SEED")
+    warm = accuracy_runs.plan_runs(_acc_opts("--trainers", "nnUNetTrainerLabeledOnly", "--warm-epochs", "2"))
+    assert [(r.row, r.plans_setting, r.purpose) for r in warm][0] == (accuracy_runs.WARM_ROW, "5pct_warm",
+                                                                      "the supervised warm start")
+    assert warm[0].trainer_block["num_epochs"] == 2 and warm[1].plans_setting == "5pct"
+
+
+def test_a_results_folder_is_reused_only_with_its_seed_and_trainer_block():
+    block = {"num_epochs": 36}
+    assert accuracy.reuse_problem(block, {"seed": 1, "pretrained": None}, block, None, 1) is None
+    assert accuracy.reuse_problem(block, {}, block, None, 1) is None   # a record of an earlier version
+    assert "NNUNET_SEMICL_SEED=1, not 2" in accuracy.reuse_problem(block, {"seed": 1}, block, None, 2)
+    assert "NNUNET_SEMICL_SEED=None, not 2" in accuracy.reuse_problem(block, {"seed": None}, block, None, 2)
+    assert "trainer block" in accuracy.reuse_problem(block, {"seed": 1}, dict(block, unsup_warmup=False), None, 1)
+
+
+def test_a_run_gets_its_seed_and_records_it(tmp_path, monkeypatch):
+    """train_one with nnUNetv2_train replaced: the seed reaches the training's environment, is recorded before
+    training starts, and a folder trained with another seed is refused."""
+    dirs = {"nnUNet_results": str(tmp_path)}
+    opts = {"configuration": "2d_cpu", "device": "cpu"}
+    block = {"num_epochs": 1, "num_iterations_per_epoch": 2}
+    model = tmp_path / accuracy.DATASET / "nnUNetTrainerLabeledOnly__nnUNetPlans_5pct_s3__2d_cpu"
+    seen = {}
+
+    def fake_training(args, env, *a, **kw):
+        seen["seed"], seen["args"] = env.get("NNUNET_SEMICL_SEED"), args
+        seen["record"] = json.loads((model / "fold_0" / "semicl_benchmark_run.json").read_text())
+        (model / "plans.json").write_text(json.dumps({"semicl": {"trainer": block}}))
+        _write_summary(model / "fold_0" / "validation" / "summary.json", [0.5, 0.7])
+
+    monkeypatch.setattr(accuracy, "run_command", fake_training)
+    row = accuracy.train_one(dirs, opts, "nnUNetTrainerLabeledOnly", "5pct_s3", str(tmp_path / "log"), False, block,
+                             seed=3)
+    assert seen["seed"] == "3" and seen["record"]["seed"] == 3 and "nnUNetPlans_5pct_s3" in seen["args"]
+    assert row["seed"] == 3 and row["mean"] == pytest.approx(0.6) and len(row["per_case"]) == 2
+    assert accuracy.train_one(dirs, opts, "nnUNetTrainerLabeledOnly", "5pct_s3", "", False, block,
+                              seed=3)["status"] == "done before"
+    with pytest.raises(SystemExit, match="NNUNET_SEMICL_SEED=3, not 4"):
+        accuracy.train_one(dirs, opts, "nnUNetTrainerLabeledOnly", "5pct_s3", "", False, block, seed=4)
+
+
+def _write_summary(path, case_dices):
+    """A validation/summary.json as nnU-Net writes it, every class of a case at the given Dice."""
+    cases = [{"reference_file": f"/gt/patient{i:03d}_frame01.nii.gz", "prediction_file": f"/p/{i}.nii.gz",
+              "metrics": {k: {"Dice": d} for k, _ in accuracy_table.CLASSES}} for i, d in enumerate(case_dices)]
+    mean = sum(case_dices) / len(case_dices)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    per_class = {k: {"Dice": mean} for k, _ in accuracy_table.CLASSES}
+    path.write_text(json.dumps({"metric_per_case": cases, "mean": per_class, "foreground_mean": {"Dice": mean}}))
+    return str(path)
+
+
+def test_paired_statistics_on_summary_files(tmp_path):
+    dices = {  # (row, seed): the 3 validation cases' Dice
+        ("nnUNetTrainerLabeledOnly", 1): [0.6, 0.7, 0.8], ("nnUNetTrainerLabeledOnly", 2): [0.5, 0.6, 0.7],
+        ("nnUNetTrainerPseudoLabel", 1): [0.7, 0.8, 0.8], ("nnUNetTrainerPseudoLabel", 2): [0.6, 0.6, 0.8],
+        ("noDistill", 1): [0.7, 0.7, 0.9], ("noDistill", 2): [0.6, 0.8, 0.6],
+        ("unpaired", 3): [0.9, 0.9, 0.9]}
+    per_run = {}
+    for (row, seed), d in dices.items():
+        run = accuracy_table.read_summary(_write_summary(tmp_path / row / f"s{seed}" / "summary.json", d))
+        run.update(seed=seed, pair_key=f"s{seed}", wall_s=60.0)
+        per_run.setdefault(row, []).append(run)
+    results = {row: {"5pct": accuracy_table.average_runs(runs)} for row, runs in per_run.items()}
+    accuracy_table.add_paired_differences(results)
+    # noDistill - LabeledOnly, by hand: per-case differences 0.1, 0.0, 0.1 (s1) and 0.1, 0.2, -0.1 (s2)
+    diffs = [0.1, 0.0, 0.1, 0.1, 0.2, -0.1]
+    m = sum(diffs) / 6
+    se = math.sqrt(sum((d - m) ** 2 for d in diffs) / 5 / 6)
+    p = results["noDistill"]["5pct"]["paired"]["nnUNetTrainerLabeledOnly"]
+    assert p["per_seed"] == pytest.approx({"s1": 0.2 / 3, "s2": 0.2 / 3}) and p["mean"] == pytest.approx(0.2 / 3)
+    assert p["se"] == pytest.approx(se) and se == pytest.approx(0.042164, abs=1e-6)
+    assert p["n"] == 6 and p["better"] == 4
+    # noDistill - PseudoLabel: 0.0, -0.1, 0.1 and 0.0, 0.2, -0.2 -> per seed 0, 0; 2 of 6 better
+    q = results["noDistill"]["5pct"]["paired"]["nnUNetTrainerPseudoLabel"]
+    assert q["per_seed"] == pytest.approx({"s1": 0.0, "s2": 0.0}, abs=1e-12) and q["better"] == 2
+    assert q["se"] == pytest.approx(math.sqrt(0.1 / 5 / 6))
+    assert results["unpaired"]["5pct"]["paired"] == {"nnUNetTrainerLabeledOnly": None,
+                                                     "nnUNetTrainerPseudoLabel": None}   # other seeds
+    assert "nnUNetTrainerLabeledOnly" not in results["nnUNetTrainerLabeledOnly"]["5pct"]["paired"]
+    assert results["noDistill"]["5pct"]["mean"] == pytest.approx((0.7667 + 0.6667) / 2, abs=1e-4)
+    # a class nnU-Net scores NaN (absent from reference and prediction) is left out of the case's mean
+    nan_case = {"metrics": {"1": {"Dice": 0.5}, "2": {"Dice": 0.7}, "3": {"Dice": float("nan")}}}
+    assert accuracy_table.case_foreground_dice(nan_case) == pytest.approx(0.6)
+    assert accuracy_table.case_foreground_dice({}) is None
+    results["noDistill"]["5pct"]["runs"][0]["unsupervised_terms_ran"] = False
+    report = {"machine": common.machine_info("cpu", 2), "command": "nnunet_semicl benchmark accuracy --seeds 1 2",
+              "options": {"settings": ["5pct"], "configuration": "2d_cpu", "epochs": 36, "iterations": 50,
+                          "val_iterations": 10, "smoke": False, "warm_epochs": 0, "seeds": [1, 2],
+                          "variants": {"noDistill": {"trainer": "nnUNetTrainerACTIONpp",
+                                                     "overrides": {"relational_in_finetune": False}}}},
+              "configuration": {"patch_size": [128, 128], "batch_size": 8, "spacing": [1.5, 1.5]},
+              "architecture": [16, 32, 64, 128, 256], "wall_s": 600.0, "results": results}
+    md = accuracy_table.format_accuracy_markdown(report)
+    assert "Δ LabeledOnly" in md and "Δ PseudoLabel" in md and "sqrt(n)" in md and "Seeds: 1, 2" in md
+    assert "+0.067 ± 0.042 (4/6 better; s1 +0.067, s2 +0.067)" in md
+    assert "`noDistill` (`nnUNetTrainerACTIONpp`, relational_in_finetune=false)" in md
+    assert "s1 0.767, s2 0.667" in md and "1 run(s) whose unsupervised terms never ran" in md
+    unpaired = next(line for line in md.splitlines() if line.startswith("| `unpaired`"))
+    assert [c.strip() for c in unpaired.split("|")[-5:-1]] == ["-", "-", "-", "1.0"]   # no pairing; s/it; train min
 
 
 def test_run_command_streams_logs_and_exits_with_the_tail(tmp_path, capsys):
