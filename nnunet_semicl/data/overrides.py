@@ -27,7 +27,6 @@ against the trainer actually run is :func:`validate_overrides` at training start
 No torch or nnU-Net import: the trainer classes are passed in.
 """
 import difflib
-import inspect
 import json
 import math
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -148,7 +147,7 @@ def _kind(v) -> str:
     return "a list"
 
 
-def _convert(key: str, value, default) -> Tuple[bool, object, str]:
+def _converted_value(key: str, value, default) -> Tuple[bool, object, str]:
     """(ok, converted value, what was expected) for ``value`` against one default."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if default is None:
@@ -174,7 +173,7 @@ def _convert(key: str, value, default) -> Tuple[bool, object, str]:
     expected = f"a list of {len(default)} ({', '.join(_kind(e) for e in default)})"
     if not isinstance(value, (list, tuple)) or len(value) != len(default):
         return False, value, expected
-    items = [_convert(key + "[]", v, d) for v, d in zip(value, default)]
+    items = [_converted_value(key + "[]", v, d) for v, d in zip(value, default)]
     return all(ok for ok, _, _ in items), tuple(v for _, v, _ in items), expected
 
 
@@ -199,7 +198,7 @@ def _check_value(key: str, value, defaults: Sequence[object]) -> Tuple[Optional[
     """(converted value, None), or (None, the problem) for ``value`` against a key's ``defaults``."""
     expected = []
     for d in defaults:
-        ok, converted, what = _convert(key, value, d)
+        ok, converted, what = _converted_value(key, value, d)
         if ok:
             break
         expected.append(what)

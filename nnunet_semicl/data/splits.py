@@ -29,7 +29,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from nnunet_semicl.data.overrides import check_setting_overrides
 from nnunet_semicl.errors import SplitError, short_list
 from nnunet_semicl.files import load_json
 
@@ -296,9 +295,6 @@ def validate_fold_sets(sets: dict, train_cases: Sequence[str], fold_name: str,
                          f"semi-supervised training. Label fewer cases, or add unlabeled images with "
                          f"`nnunet_semicl add-unlabeled`.")
 
-#: a setting's trainer block (``"semicl": {"trainer": {...}}``) is checked by data/overrides.py; this name stays
-#: for callers that check a block without a trainer class (``nnunet_semicl split``)
-check_trainer_overrides = check_setting_overrides
 #: nnU-Net's own checkpoint interval (epochs); shorter schedules save more often (:func:`default_save_every`)
 NNUNET_SAVE_EVERY = 50
 

@@ -178,6 +178,14 @@ def add_unlabeled_images(dataset_name_or_id, input_folder: str, prefix: str = ""
     dataset_name = resolve_dataset_name(dataset_name_or_id, need_raw=True)
     if not nnUNet_preprocessed:
         raise InputError("nnUNet_preprocessed is not set: add-unlabeled writes the dataset's fingerprint there.")
+    # refused before the lock is taken or anything is written (not a rollback with chained tracebacks)
+    raw = os.path.join(str(nnUNet_raw), dataset_name)
+    check_dataset_json(load_json(os.path.join(raw, "dataset.json")), os.path.join(raw, "dataset.json"))
+    for sub in ("", "imagesTr", "labelsTr"):
+        check_writable(os.path.join(raw, sub), "add-unlabeled writes dataset.json and the new cases there")
+    if compute_fingerprint:
+        check_writable(os.path.join(str(nnUNet_preprocessed), dataset_name),
+                       "add-unlabeled writes the fingerprint there")
     command = f"add-unlabeled {dataset_name} -i {os.path.abspath(input_folder)} --prefix '{prefix}'"
     # (an interrupted run of the same command is completed by DatasetChange; nothing more to do then)
     with DatasetChange(dataset_name, str(nnUNet_preprocessed), [str(nnUNet_raw)], command, verbose) as change:
@@ -196,13 +204,7 @@ def _add(change, dataset_name: str, input_folder: str, prefix: str, num_processe
 
     raw = os.path.join(str(nnUNet_raw), dataset_name)
     ds_path = os.path.join(raw, "dataset.json")
-    dataset_json = check_dataset_json(load_json(ds_path), ds_path)
-    # refused before anything is written (not a rollback with chained tracebacks)
-    for sub in ("", "imagesTr", "labelsTr"):
-        check_writable(os.path.join(raw, sub), "add-unlabeled writes dataset.json and the new cases there")
-    if compute_fingerprint:
-        check_writable(os.path.join(str(nnUNet_preprocessed), dataset_name),
-                       "add-unlabeled writes the fingerprint there")
+    dataset_json = load_json(ds_path)
     ending = dataset_json["file_ending"]
     n_channels = len(dataset_json.get("channel_names", dataset_json.get("modality", {})))
     cases = _case_files(input_folder, ending, n_channels)

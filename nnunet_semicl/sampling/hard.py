@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from nnunet_semicl.sampling.stratified import stable_group_order
+from nnunet_semicl.sampling.allocation import stable_group_order
 
 
 def hard_query_mask(labels: torch.Tensor, valid: torch.Tensor, prob: torch.Tensor, cls: int,

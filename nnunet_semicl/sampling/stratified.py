@@ -79,113 +79,12 @@ from typing import Dict, NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from nnunet_semicl.sampling.allocation import (covering_allocation, exclusive_cumsum, gather_at, group_sums,
+                                               merge_groups, owners, rand_below, to_device)
 from nnunet_semicl.sampling.base import PixelSampler, Sample
 
 GridSpec = Union[None, int, Sequence[int], Dict[int, int]]
 
-_RAND_HIGH = 2 ** 62  # random integers reduced modulo a stratum size: bias below size / 2^62
-
-
-def _largest_remainder(sizes: np.ndarray, n: int) -> np.ndarray:
-    """Proportional allocation on a small int64 array (see :func:`proportional_allocation`)."""
-    total = int(sizes.sum())
-    if total == 0 or n == 0:
-        return np.zeros_like(sizes)
-    num = sizes * n
-    base = num // total
-    r = n - int(base.sum())                # < number of strata with a positive remainder
-    if r > 0:
-        rem = np.where(sizes > 0, num - base * total, -1)                    # exact remainders, in [0, total)
-        base[np.argsort(-rem, kind="stable")[:r]] += 1                       # ties: lower index first
-    return base
-
-
-def proportional_allocation(sizes, n: int) -> torch.Tensor:
-    """Split ``n`` draws over strata of the given ``sizes`` proportionally (largest-remainder rounding).
-
-    ``n_m = floor(n |P_m| / |P|)`` plus one for the ``n - sum floor`` strata with the largest
-    remainders (ties: lower stratum index first). Integer arithmetic only, so the result sums exactly
-    to ``n`` (when any stratum is non-empty) and empty strata always get 0.
-    """
-    sizes = torch.as_tensor(sizes, dtype=torch.long)
-    if n < 0:
-        raise ValueError(f"n must be non-negative, got {n}")
-    if bool((sizes < 0).any()):
-        raise ValueError("stratum sizes must be non-negative")
-    return torch.from_numpy(_largest_remainder(sizes.numpy().astype(np.int64), n))
-
-
-def _covering_allocation(sizes: np.ndarray, n: int) -> np.ndarray:
-    """Proportional allocation that gives every non-empty stratum at least one draw (needs n >= M)."""
-    alloc = _largest_remainder(sizes, n)
-    nonempty = sizes > 0
-    if bool((alloc[nonempty] > 0).all()):
-        return alloc
-    return nonempty + _largest_remainder(sizes, n - int(nonempty.sum()))
-
-
-def _merge_groups(sizes: np.ndarray, n: int) -> Optional[np.ndarray]:
-    """The group of every stratum when the ``M`` non-empty strata outnumber the ``n`` draws, else None.
-
-    Consecutive strata are merged into at most ``n`` groups of about equal candidate counts
-    (group = candidates before the stratum x n // N, numbered consecutively).
-    """
-    if int((sizes > 0).sum()) <= n:
-        return None
-    key = (np.cumsum(sizes) - sizes) * n // int(sizes.sum())
-    return np.concatenate([[0], np.cumsum(key[1:] != key[:-1])])
-
-
-def _group_sums(values: np.ndarray, group: Optional[np.ndarray]) -> np.ndarray:
-    if group is None:
-        return values
-    out = np.zeros(int(group[-1]) + 1, dtype=np.int64)
-    np.add.at(out, group, values)
-    return out
-
-
-def _exclusive_cumsum(x: np.ndarray) -> np.ndarray:
-    return np.cumsum(x) - x
-
-
-def _randbelow(high: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """Uniform integers in [0, high) for a LongTensor of (positive) bounds."""
-    r = torch.randint(0, _RAND_HIGH, high.shape, generator=generator, device=high.device)
-    return torch.fmod(r, high)   # = r % high for non-negative values, and faster
-
-
-def _at(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``values[index]`` for 1-D tensors (index_select: several times faster than ``[]`` on CPU)."""
-    return values.index_select(0, index)
-
-
-def _to_device(a: np.ndarray, device) -> torch.Tensor:
-    """A small numpy array as a tensor on ``device`` (one copy; torch.tensor of lists is slower)."""
-    return torch.from_numpy(np.ascontiguousarray(a)).to(device)
-
-
-def _owners(counts: torch.Tensor) -> torch.Tensor:
-    """``repeat_interleave(arange(M), counts)``: the stratum of every draw, grouped."""
-    return torch.repeat_interleave(counts)
-
-
-def stable_group_order(key: torch.Tensor) -> torch.Tensor:
-    """``torch.argsort(key, stable=True)`` computed from the runs of equal consecutive values.
-
-    Data in raster order often come in long runs of equal keys (a class region's pixels on one row):
-    sorting the R run values instead of the N entries costs O(N + R log R) instead of O(N log N).
-    """
-    n = key.numel()
-    run_value, run_of, run_len = torch.unique_consecutive(key, return_inverse=True, return_counts=True)
-    run_order = torch.argsort(run_value, stable=True)
-    sorted_len = run_len[run_order]
-    dest_start = torch.empty_like(run_len)
-    dest_start[run_order] = torch.cumsum(sorted_len, 0) - sorted_len   # where each run goes, grouped by key
-    run_start = torch.cumsum(run_len, 0) - run_len
-    i = torch.arange(n, device=key.device)
-    order = torch.empty(n, dtype=torch.long, device=key.device)
-    order[dest_start[run_of] + (i - run_start[run_of])] = i
-    return order
 
 
 class _IndexLayout:
@@ -218,26 +117,26 @@ class _IndexLayout:
         self.e, self.cand, self.device = e, cand, device
         self.sizes = np.array(size, dtype=np.int64)
         self._unpaired = np.minimum(np.array(area) - self.sizes, self.sizes)
-        self._start, self._w, self._gap, self._last, self._size = _to_device(
+        self._start, self._w, self._gap, self._last, self._size = to_device(
             np.array([start, w, [e - v for v in w], [a - 1 for a in area], size], dtype=np.int64), device)
 
     def position(self, block: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
         """List position of the ``rank``-th entry of ``block``."""
         # (rlo + k // w) e + clo + k % w  =  start + k + (k // w)(e - w)
-        return _at(self._start, block) + rank + torch.div(rank, _at(self._w, block), rounding_mode="floor") \
-            * _at(self._gap, block)
+        return gather_at(self._start, block) + rank + torch.div(rank, gather_at(self._w, block), rounding_mode="floor") \
+            * gather_at(self._gap, block)
 
     def reflection(self, block: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
         """Rank of the point reflection of the ``rank``-th entry of ``block`` (a candidate iff < size)."""
-        return _at(self._last, block) - rank
+        return gather_at(self._last, block) - rank
 
     # the sampler's protocol: (stratum, rank inside the stratum) -> flat index
     def locate(self, block: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        return _at(self.cand, self.position(block, k))
+        return gather_at(self.cand, self.position(block, k))
 
     def pair(self, block: torch.Tensor, k: torch.Tensor):
         refl = self.reflection(block, k)
-        has = refl < _at(self._size, block)
+        has = refl < gather_at(self._size, block)
         return self.locate(block, k), self.locate(block, torch.where(has, refl, torch.zeros_like(refl))), has
 
     def unpaired_sizes(self) -> np.ndarray:
@@ -338,23 +237,23 @@ class _SpatialLayout:
         if self.geo.to_flat is None:
             return q
         bp = torch.div(stratum, self.geo.cells, rounding_mode="floor") * self.P
-        return bp + _at(self.geo.to_flat, q - bp)
+        return bp + gather_at(self.geo.to_flat, q - bp)
 
     # the sampler's protocol: (stratum, rank inside the stratum) -> flat index
     def locate(self, stratum: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        return self._flat(_at(self.q, _at(self.qstart, stratum) + k), stratum)
+        return self._flat(gather_at(self.q, gather_at(self.qstart, stratum) + k), stratum)
 
     def pair(self, stratum: torch.Tensor, k: torch.Tensor):
-        q = _at(self.q, _at(self.qstart, stratum) + k)
+        q = gather_at(self.q, gather_at(self.qstart, stratum) + k)
         b = torch.div(stratum, self.geo.cells, rounding_mode="floor")
-        q2 = 2 * b * self.P + _at(self.geo.refl, stratum - b * self.geo.cells) - q    # b P + refl[c] - (q - b P)
-        return self._flat(q, stratum), self._flat(q2, stratum), _at(self.grouped.reshape(-1), q2)
+        q2 = 2 * b * self.P + gather_at(self.geo.refl, stratum - b * self.geo.cells) - q    # b P + refl[c] - (q - b P)
+        return self._flat(q, stratum), self._flat(q2, stratum), gather_at(self.grouped.reshape(-1), q2)
 
     def unpaired_sizes(self) -> np.ndarray:
         geo = self.geo
         if geo.refl_table is None:
             cell = torch.repeat_interleave(torch.diff(geo.start, append=geo.start.new_full((1,), self.P)))
-            geo = geo._replace(refl_table=_at(geo.refl, cell) - torch.arange(self.P, device=self.device))
+            geo = geo._replace(refl_table=gather_at(geo.refl, cell) - torch.arange(self.P, device=self.device))
             self._cache[self.key] = self.geo = geo
         flipped = self.grouped.gather(1, geo.refl_table.expand(self.B, -1))
         self.u = (self.grouped & ~flipped).reshape(-1).nonzero(as_tuple=True)[0]
@@ -362,7 +261,7 @@ class _SpatialLayout:
         return sizes
 
     def locate_unpaired(self, stratum: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        return self._flat(_at(self.u, _at(self.ustart, stratum) + k), stratum)
+        return self._flat(gather_at(self.u, gather_at(self.ustart, stratum) + k), stratum)
 
 
 def _draws_per_unit(n: int, antithetic: bool) -> int:
@@ -408,54 +307,54 @@ def _draw(layout, n: int, generator: Optional[torch.Generator], antithetic: bool
     N = int(sizes.sum())
     unit = _draws_per_unit(n, antithetic)
     units = n // unit
-    group = _merge_groups(sizes, units)
-    gsize = _group_sums(sizes, group)
-    alloc = unit * _covering_allocation(gsize, units)
+    group = merge_groups(sizes, units)
+    gsize = group_sums(sizes, group)
+    alloc = unit * covering_allocation(gsize, units)
     alloc[int(np.argmax(gsize))] += n - unit * units   # odd n under SAG: one unpaired draw, in the largest group
     half = (alloc + 1) // 2
-    gstart_d, gsize_d, alloc_d, half_d = _to_device(np.stack([_exclusive_cumsum(gsize), gsize, alloc, half]), device)
-    wg = _to_device((gsize / N / np.maximum(alloc, 1)).astype(np.float32), device)   # weight of a group's draw
+    gstart_d, gsize_d, alloc_d, half_d = to_device(np.stack([exclusive_cumsum(gsize), gsize, alloc, half]), device)
+    wg = to_device((gsize / N / np.maximum(alloc, 1)).astype(np.float32), device)   # weight of a group's draw
 
     def stratum_and_rank(owner, stratum_sizes, gstart, gsize):
         """A uniform draw in each owner's group: (its stratum, its rank inside the stratum)."""
-        k = _randbelow(_at(gsize, owner), generator)
+        k = rand_below(gather_at(gsize, owner), generator)
         if group is None:
             return owner, k
-        rank = _at(gstart, owner) + k                  # among the candidates in stratum order
-        ends, starts = _to_device(np.stack([np.cumsum(stratum_sizes), _exclusive_cumsum(stratum_sizes)]), device)
+        rank = gather_at(gstart, owner) + k                  # among the candidates in stratum order
+        ends, starts = to_device(np.stack([np.cumsum(stratum_sizes), exclusive_cumsum(stratum_sizes)]), device)
         stratum = torch.searchsorted(ends, rank, right=True)
-        return stratum, rank - _at(starts, stratum)
+        return stratum, rank - gather_at(starts, stratum)
 
     if not antithetic:
-        owner = _owners(alloc_d)
+        owner = owners(alloc_d)
         if shuffle:   # draws are i.i.d. inside a group: shuffling the owners shuffles the sample
-            owner = _at(owner, torch.randperm(owner.numel(), generator=generator, device=device))
+            owner = gather_at(owner, torch.randperm(owner.numel(), generator=generator, device=device))
         index = layout.locate(*stratum_and_rank(owner, sizes, gstart_d, gsize_d))
-        return Sample(index, _at(wg, owner))
+        return Sample(index, gather_at(wg, owner))
 
-    owner = _owners(half_d)
+    owner = owners(half_d)
     stratum, k = stratum_and_rank(owner, sizes, gstart_d, gsize_d)
     base, second, has = layout.pair(stratum, k)
     if not bool(has.all()):
         # replacement rule: a uniform draw among the group's unpaired candidates (see module doc),
         # only for the bases without partner (each is itself unpaired, so its group has some)
         usizes = layout.unpaired_sizes()
-        usize = _group_sums(usizes, group)
-        ustart_d, usize_d = _to_device(np.stack([_exclusive_cumsum(usize), usize]), device)
+        usize = group_sums(usizes, group)
+        ustart_d, usize_d = to_device(np.stack([exclusive_cumsum(usize), usize]), device)
         lone = (~has).nonzero(as_tuple=True)[0]
         second = second.clone()
-        second[lone] = layout.locate_unpaired(*stratum_and_rank(_at(owner, lone), usizes, ustart_d, usize_d))
+        second[lone] = layout.locate_unpaired(*stratum_and_rank(gather_at(owner, lone), usizes, ustart_d, usize_d))
     # truncate each group's pairs to n_m: keep the first floor(n_m/2) partners (of the base draws
     # half_start[g] .. half_start[g] + n_keep[g] - 1)
     n_keep = alloc - half
-    n_keep_d, shift = _to_device(np.stack([n_keep, _exclusive_cumsum(half) - _exclusive_cumsum(n_keep)]), device)
-    keep_owner = _owners(n_keep_d)
-    keep = torch.arange(keep_owner.numel(), device=device) + _at(shift, keep_owner)
-    index = torch.cat([base, _at(second, keep)])
-    weight = _at(wg, torch.cat([owner, keep_owner]))
+    n_keep_d, shift = to_device(np.stack([n_keep, exclusive_cumsum(half) - exclusive_cumsum(n_keep)]), device)
+    keep_owner = owners(n_keep_d)
+    keep = torch.arange(keep_owner.numel(), device=device) + gather_at(shift, keep_owner)
+    index = torch.cat([base, gather_at(second, keep)])
+    weight = gather_at(wg, torch.cat([owner, keep_owner]))
     if shuffle:
         perm = torch.randperm(index.numel(), generator=generator, device=device)
-        index, weight = _at(index, perm), _at(weight, perm)
+        index, weight = gather_at(index, perm), gather_at(weight, perm)
     return Sample(index, weight)
 
 

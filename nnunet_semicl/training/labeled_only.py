@@ -16,7 +16,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_semicl.data.splits import (PLANS_BLOCK, UNLABELED_KEY, CaseSets, SplitError,
                                        check_folds_against_unlabeled, check_resumed_case_sets,
-                                       check_trainer_overrides, default_folds, default_save_every, read_folds,
+                                       default_folds, default_save_every, read_folds,
                                        resolve_case_sets, setting_block, truly_unlabeled_cases)
 from nnunet_semicl.errors import InputError
 from nnunet_semicl.files import load_json, save_json

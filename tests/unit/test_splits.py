@@ -217,7 +217,7 @@ def test_differs_from_file_ignores_only_created_by(tmp_path):
 
 
 def test_trainer_overrides_accept_the_warmup_floor_and_refuse_bad_values():
-    from nnunet_semicl.data.splits import check_trainer_overrides
+    from nnunet_semicl.data.overrides import check_setting_overrides as check_trainer_overrides
     from nnunet_semicl.training.training_dynamics import TrainingDynamicsMixin
     trainers = [TrainingDynamicsMixin]
     check_trainer_overrides({"warmup_limit_floor": 0.0, "num_epochs": 2}, "plans 'x'", trainers)

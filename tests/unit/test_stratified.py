@@ -5,8 +5,8 @@ from fractions import Fraction
 import pytest
 import torch
 
-from nnunet_semicl.sampling.stratified import (StratifiedSampler, index_strata, proportional_allocation,
-                                              stable_group_order)
+from nnunet_semicl.sampling.allocation import proportional_allocation, stable_group_order
+from nnunet_semicl.sampling.stratified import StratifiedSampler, index_strata
 from nnunet_semicl.sampling.uniform import UniformSampler
 
 MODES = [("spatial", False), ("spatial", True), ("index", False), ("index", True)]
