@@ -400,3 +400,13 @@ def test_a_setting_changed_after_construction_rebuilds_the_schedule_and_keeps_it
     assert t.unsup_gate_step == 20 and t.schedule.rampup_length == 20
     t.rampup_fraction = 0.0                                      # e.g. the step benchmark's steady state
     assert t.unsup_gate_step == 20 and t.schedule.rampup_length == 0 and t.unsup_scale() == 1.0
+
+
+def test_the_guard_module_and_the_trainers_agree_on_its_default_form():
+    """One default, stated once: the module has none of its own, and its docstring names the trainers'."""
+    import nnunet_semicl.modules.distribution_alignment as da
+    from nnunet_semicl.training.training_dynamics import TrainingDynamicsMixin
+    with pytest.raises(TypeError):
+        DistributionAlignment(3)                                   # the caller must choose the form
+    assert f'alignment_statistic = "{TrainingDynamicsMixin.alignment_statistic}"' in da.__doc__
+    assert TrainingDynamicsMixin.alignment_boost_only is False and "boost_only=False``: ReMixMatch" in da.__doc__
