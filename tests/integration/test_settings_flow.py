@@ -33,7 +33,7 @@ def test_the_promised_command_trains_with_the_default_setting(phantom):
         log = open(sorted(f for f in (os.path.join(folder, x) for x in os.listdir(folder))
                           if os.path.basename(f).startswith("training_log"))[-1]).read()
         assert f"default setting '{phantom.setting}'" in log and "-p nnUNetPlans_<setting>" in log
-        assert "'num_epochs': 2" in log   # the default setting's schedule came along
+        assert "num_epochs: 1000 -> 2" in log   # the default setting's schedule came along
     finally:
         if os.path.exists(default_file):
             os.remove(default_file)
