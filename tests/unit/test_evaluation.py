@@ -311,3 +311,22 @@ def test_labels_the_dataset_does_not_define_are_refused(acdc_like, tmp_path, cap
     err = capsys.readouterr().err
     assert e.value.code == 2 and "--labels 9: not a label of" in err and "1 RV, 2 MLV, 3 LVC" in err
     assert not out.exists()
+
+
+def test_evaluate_prints_and_records_whether_the_unsupervised_terms_ran(acdc_like, tmp_path, capsys):
+    """A run whose warm-up gate never opened is LabeledOnly training under a method's name: evaluate says so,
+    from the fold's semicl_training_summary.json (the prediction folder's parent, or -m/--model)."""
+    ref_dir, pred_dir, _, _ = acdc_like
+    summary = {"trainer": "nnUNetTrainerACTIONpp", "unsupervised_terms_ran": False, "unsup_gate_step": None,
+               "message": "WARNING: the unsupervised terms never turned on (...)"}
+    (pred_dir.parent / "semicl_training_summary.json").write_text(json.dumps(summary))
+    res = evaluate_folders(str(pred_dir), str(ref_dir), output=str(tmp_path / "r.json"))
+    assert res["training"]["unsupervised_terms_ran"] is False
+    assert "Training (nnUNetTrainerACTIONpp): WARNING: the unsupervised terms never turned on" in capsys.readouterr().out
+    assert json.load(open(tmp_path / "r.json"))["training"]["trainer"] == "nnUNetTrainerACTIONpp"
+    model = tmp_path / "fold_0"
+    model.mkdir()
+    (model / "semicl_training_summary.json").write_text(json.dumps({**summary, "unsupervised_terms_ran": True}))
+    res = evaluate_folders(str(pred_dir), str(ref_dir), output=str(tmp_path / "r2.json"), verbose=False,
+                           model_folder=str(model))
+    assert res["training"]["unsupervised_terms_ran"] is True         # -m wins over the parent folder
