@@ -63,10 +63,10 @@ class nnUNetTrainerACTIONpp(nnUNetTrainerACTION):
             return float(t // ipe), self.ats_period_fraction * length / ipe
         return float(t), self.ats_period_fraction * length
 
-    def ats_temperature(self, tau_min: float = None, tau_max: float = None) -> float:
+    def ats_temperature(self) -> float:
+        """The temperature of the anatomical contrast and SAACL now (it replaces ACTION's fixed ``anco_tau``)."""
         t, period = self.ats_position()
-        return cosine_temperature(t, max(period, 1e-8), self.ats_tau_min if tau_min is None else tau_min,
-                                  self.ats_tau_max if tau_max is None else tau_max)
+        return cosine_temperature(t, max(period, 1e-8), self.ats_tau_min, self.ats_tau_max)
 
     def relational_temperatures(self) -> Tuple[float, float]:
         """The relational terms' (student, teacher) temperatures, both scaled by one ATS factor (1 ..

@@ -118,8 +118,8 @@ class nnUNetTrainerRelationalPretraining(nnUNetTrainerSemiSupervised):
         if self.current_epoch == e_fine and e_fine > 0:
             # fine-tuning starts from the pre-trained student; its teacher restarts from it (official code)
             self.sync_teachers()
-            self.print_to_log_file("ACTION: fine-tuning starts; teacher re-initialised from the student")
-        self.print_to_log_file(f"ACTION phase: {self.phase()}")
+            self.print_to_log_file("Fine-tuning starts; teacher re-initialised from the student")
+        self.print_to_log_file(f"{type(self).__name__} phase: {self.phase()}")
 
     # ------------------------------------------------------------------------------------------
     # construction

@@ -364,18 +364,17 @@ class nnUNetTrainerSemiSupervised(TrainingDynamicsMixin, nnUNetTrainerLabeledOnl
                 terms = {"sup": self.supervised_loss(ctx)}
             total = sum(terms.values())
         self._check_finite(terms, ctx)
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(total).backward()
-            average_gradients(self.heads.parameters())
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.grad_clip_norm)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            total.backward()
-            average_gradients(self.heads.parameters())
-            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.grad_clip_norm)
+        scaler = self.grad_scaler   # nnU-Net's GradScaler on CUDA, None on CPU
+        (total if scaler is None else scaler.scale(total)).backward()
+        average_gradients(self.heads.parameters())
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.grad_clip_norm)
+        if scaler is None:
             self.optimizer.step()
+        else:
+            scaler.step(self.optimizer)
+            scaler.update()
         self.after_optimizer_step(ctx)
         self.global_step += 1
         out = {"loss": total.detach().cpu().numpy()}

@@ -162,3 +162,26 @@ def test_mona_head_is_linear_and_the_equivariance_mask_is_as_released():
     assert torch.equal(mask[0], y[0, 0] != 0)
     expected = (pseudo[0] != 0) & valid[0]
     assert torch.equal(mask[1], expected) and not bool(mask[2].any())
+
+
+def test_phase_schedule():
+    from nnunet_semicl.training.action import nnUNetTrainerACTION, nnUNetTrainerACTION_paper
+    from nnunet_semicl.training.action_pp import nnUNetTrainerACTIONpp, nnUNetTrainerACTIONpp_paper
+    from nnunet_semicl.training.mona import nnUNetTrainerMONA
+
+    def phases(cls, n, **settings):
+        t = cls.__new__(cls)   # only the phase arithmetic, no nnU-Net state
+        t.num_epochs = n
+        for k, v in settings.items():
+            setattr(t, k, v)
+        return [t.phase(e) for e in range(n)]
+
+    for phased in (nnUNetTrainerACTION_paper, nnUNetTrainerACTIONpp_paper):
+        assert phases(phased, 8) == ["global"] * 2 + ["local"] * 2 + ["finetune"] * 4
+        assert phases(phased, 1000).count("finetune") == 500
+    for no_phases in (nnUNetTrainerACTION, nnUNetTrainerACTIONpp):
+        assert phases(no_phases, 4) == ["finetune"] * 4
+    # the two-stage recipe's first training (-pretrained_weights feeds the second): setting keys
+    assert phases(nnUNetTrainerACTION, 4, global_phase_fraction=0.5, local_phase_fraction=0.5) == \
+        ["global"] * 2 + ["local"] * 2
+    assert phases(nnUNetTrainerMONA, 6) == ["local"] * 2 + ["finetune"] * 4

@@ -248,10 +248,9 @@ def test_relational_pretraining_terms_wait_for_the_gate_and_ramp_from_their_phas
     a.global_step, a.current_epoch = 27, 2                            # local phase (epochs 2-3)
     assert a.relational_weight(1.0, 0) == pytest.approx(math.exp(-5.0 * 0.25 ** 2))   # 15 of 20 ramp its
     assert a.relational_weight(1.0, 2) == pytest.approx(math.exp(-5.0 * 0.65 ** 2))   # local: from its phase
-    from nnunet_semicl.training.action import nnUNetTrainerACTION_paper
     p = _gate_trainer("nnUNetTrainerACTION_paper")
     p.unsup_gate_step = 0                                              # what start_training_dynamics sets
-    assert isinstance(p, nnUNetTrainerACTION_paper) and p.uses_unlabeled_now()
+    assert p.uses_unlabeled_now()
     assert p.relational_weight(1.0, 0) == 1.0
 
 
