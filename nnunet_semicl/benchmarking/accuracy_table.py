@@ -7,32 +7,34 @@ import math
 import os
 from typing import Dict, List, Optional, Sequence
 
+from nnunet_semicl.benchmarking.accuracy_datasets import ACDC, dataset_of
 from nnunet_semicl.benchmarking.accuracy_runs import WARM_ROW, WARM_TRAINER
 from nnunet_semicl.benchmarking.common import fmt, format_machine, markdown_table
 from nnunet_semicl.files import load_json
 from nnunet_semicl.seeding import SEED_ENV
 
-LABELED_PATIENTS = {"1pct": 1, "5pct": 3, "10pct": 7}
-CLASSES = (("1", "RV"), ("2", "MLV"), ("3", "LVC"))
+#: ACDC's classes (label value, column); a dataset's own: ``accuracy_datasets.DATASETS[...].classes``
+CLASSES = ACDC.classes
 #: the rows every other row is compared with, paired by seed and validation volume
 REFERENCE_ROWS = ("nnUNetTrainerLabeledOnly", "nnUNetTrainerPseudoLabel")
 
 
-def average_runs(rows: list) -> dict:
+def average_runs(rows: list, classes: Sequence = CLASSES) -> dict:
     """One table row from a trainer's runs of one setting: the mean of each value, and every run's row."""
     out = {}
-    for key in ("RV", "MLV", "LVC", "mean", "s_per_it", "wall_s"):
+    for key in [name for _, name in classes] + ["mean", "s_per_it", "wall_s"]:
         vals = [r[key] for r in rows if r.get(key) is not None]
         out[key] = sum(vals) / len(vals) if vals else None
     out["runs"] = rows
     return out
 
 
-def read_summary(path: str) -> dict:
-    """Per-class and mean foreground Dice from nnU-Net's validation/summary.json, and each validation case's
-    foreground-mean Dice (``per_case``, by reference file name; for the paired statistics)."""
+def read_summary(path: str, classes: Sequence = CLASSES) -> dict:
+    """Per-class (``classes``: label value, column) and mean foreground Dice from nnU-Net's validation/summary.json,
+    and each validation case's foreground-mean Dice (``per_case``, by reference file name; for the paired
+    statistics)."""
     s = load_json(path)
-    out = {name: s["mean"].get(k, {}).get("Dice") for k, name in CLASSES}
+    out = {name: s["mean"].get(k, {}).get("Dice") for k, name in classes}
     out["mean"] = s["foreground_mean"]["Dice"]
     cases = s.get("metric_per_case", [])
     out["n_cases"] = len(cases)
@@ -47,10 +49,11 @@ def validation_case_name(case: dict, index: int) -> str:
 
 
 def case_foreground_dice(case: dict) -> Optional[float]:
-    """One case's mean Dice over the foreground classes; a class nnU-Net scores NaN (absent from both the
-    reference and the prediction) is left out; None without any score."""
+    """One case's mean Dice over the foreground classes (every class nnU-Net scored: its summary holds the foreground
+    ones); a class nnU-Net scores NaN (absent from both the reference and the prediction) is left out; None
+    without any score."""
     metrics = case.get("metrics", {})
-    values = [metrics[k]["Dice"] for k, _ in CLASSES if k in metrics and metrics[k].get("Dice") is not None]
+    values = [m["Dice"] for m in metrics.values() if m.get("Dice") is not None]
     values = [float(v) for v in values if not math.isnan(float(v))]
     return sum(values) / len(values) if values else None
 
@@ -138,14 +141,18 @@ def paired_legend(options: dict, references: Sequence[str]) -> List[str]:
 
 def format_accuracy_markdown(report: dict) -> str:
     o = report["options"]
+    ds = dataset_of(o)
+    columns = [name for _, name in ds.classes]
+    labeled = dict(ds.labeled)
     settings = o["settings"]
     variants = o.get("variants") or {}
     references = [ref for ref in REFERENCE_ROWS if ref in report["results"]]
     headers = ["trainer"]
     for s in settings:
-        n = LABELED_PATIENTS.get(s)
-        tag = f"{s} ({n} pat.)" if n else s
-        headers += [f"{tag} RV", "MLV", "LVC", "mean", "runs"] + [f"Δ {reference_name(ref)}" for ref in references]
+        n = labeled.get(s)
+        tag = f"{s} ({n} {ds.unit})" if n else s
+        headers += ([f"{tag} {columns[0]}"] + columns[1:] + ["mean", "runs"]
+                    + [f"Δ {reference_name(ref)}" for ref in references])
     headers += ["s/it", "train min"]
     rows = []
     for trainer, per in report["results"].items():
@@ -155,9 +162,9 @@ def format_accuracy_markdown(report: dict) -> str:
             cells[0] += f" (**{silent} run(s) whose unsupervised terms never ran**)"
         for s in settings:
             r = per.get(s)
-            cells += ([fmt(r.get(k)) for k in ("RV", "MLV", "LVC", "mean")] + [per_run_means(r.get("runs") or [])]
+            cells += ([fmt(r.get(k)) for k in columns + ["mean"]] + [per_run_means(r.get("runs") or [])]
                       + [paired_cell((r.get("paired") or {}).get(ref)) for ref in references]
-                      if r else ["-"] * (5 + len(references)))
+                      if r else ["-"] * (len(columns) + 2 + len(references)))
         cells.append(" / ".join(fmt(per[s].get("s_per_it"), 2) if per.get(s) else "-" for s in settings))
         cells.append(" / ".join(fmt(per[s]["wall_s"] / 60.0, 1) if per.get(s) and per[s].get("wall_s") else "-"
                                 for s in settings))
@@ -169,8 +176,8 @@ def format_accuracy_markdown(report: dict) -> str:
         + (" (**smoke run: not a measurement**)" if o.get("smoke") else "") + f"; {report['wall_s'] / 60:.0f} min in all.",
         "",
         f"- Machine: {format_machine(report['machine'])}.",
-        f"- ACDC, SSL4MIS copy (`convert-acdc --allow-missing`); configuration `{o['configuration']}` inherited from "
-        f"`2d`: spacing {c['spacing']} mm, patch {c['patch_size']}, batch {c['batch_size']} labeled (+ "
+        f"- {ds.source_text}; configuration `{o['configuration']}` inherited from "
+        f"`{ds.parent}`: spacing {c['spacing']} mm, patch {c['patch_size']}, batch {c['batch_size']} labeled (+ "
         f"{c['batch_size']} unlabeled), U-Net widths {report['architecture']}; {o['epochs']} epochs x "
         f"{o['iterations']} iterations ({o['val_iterations']} validation iterations), trainers' default "
         f"hyperparameters and phase fractions" + (" (a variant: with the keys in its row)" if variants else "")
@@ -182,7 +189,7 @@ def format_accuracy_markdown(report: dict) -> str:
          f"optimizer fresh; the EMA teacher a copy of the student). Differences to the warm-start row are what "
          f"the short schedule of each loss did."
          if o.get("warm_epochs") else "- Start: every trainer from scratch (no warm start)."),
-        "- Dice: nnU-Net's final validation of fold 0 = the 20 frames (ED, ES) of the 10 validation patients, "
+        f"- Dice: nnU-Net's final validation of fold 0 = {ds.validation_text}, "
         "`fold_0/validation/summary.json` (mean over cases), averaged over a trainer's runs (`runs`: each run's mean, "
         "or the number of runs); `s/it`: median epoch duration (its validation iterations included) per training "
         "iteration; `train min`: wall time of `nnUNetv2_train` including the final validation.",
