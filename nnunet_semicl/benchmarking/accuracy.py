@@ -61,7 +61,7 @@ from nnunet_semicl.benchmarking.accuracy_runs import (VARIANT_EXAMPLE, WARM_ROW,
                                                       PlannedRun, check_seeds, parse_variants, plan_runs,
                                                       schedule_overrides)
 from nnunet_semicl.benchmarking.accuracy_table import (add_paired_differences, average_runs,
-                                                       format_accuracy_markdown, read_summary)
+                                                       format_accuracy_markdown, read_summary, read_surface_metrics)
 from nnunet_semicl.benchmarking.common import (add_update_docs_argument, command_line, fmt, machine_info,
                                                shared_data_folder, update_docs_if_asked)
 from nnunet_semicl.errors import InputError
@@ -353,7 +353,12 @@ def train_one(dirs, opts, trainer: str, setting: str, log: str, redo: bool, over
                      "-device", device] + extra, env, log, show=training_progress, indent="    ")
         save_json(dict(record, wall_s=record["wall_s"] + time.time() - t), record_file)
         row = {"status": "trained" + (f" ({extra[0]})" if extra and extra[0] in ("--val", "--c") else "")}
-    row.update(read_summary(summary, dataset_of(opts).classes))
+    ds = dataset_of(opts)
+    row.update(read_summary(summary, ds.classes))
+    if ds.surface_metrics:   # the papers' LA table: HD95 and ASD per volume
+        pre = os.path.join(dirs["nnUNet_preprocessed"], ds.dataset)
+        row.update(read_surface_metrics(os.path.join(fold, "validation"), os.path.join(pre, "gt_segmentations"),
+                                        os.path.join(pre, "dataset.json"), ds.classes))
     training = find_training_summary(fold)
     if training is not None:   # a method whose unsupervised terms never ran is LabeledOnly training: say so
         row["unsupervised_terms_ran"] = training.get("unsupervised_terms_ran")
@@ -417,7 +422,9 @@ def run(args) -> dict:
         row["pair_key"] = r.pair_key
         per_run.setdefault(r.row, {}).setdefault(r.setting, []).append(row)
         dice = ", ".join(f"{name} {fmt(row.get(name))}" for _, name in ds.classes)
-        print(f"   {row['status']}: Dice {dice}, mean {fmt(row['mean'])}, {fmt(row.get('s_per_it'), 2)} s/it", flush=True)
+        surface = "".join(f", {c} {fmt(row[c], 2)} mm" for c in ("HD95", "ASD") if c in row)
+        print(f"   {row['status']}: Dice {dice}, mean {fmt(row['mean'])}{surface}, {fmt(row.get('s_per_it'), 2)} s/it",
+              flush=True)
     results = {t: {s: average_runs(rows, ds.classes) for s, rows in per.items()} for t, per in per_run.items()}
     add_paired_differences(results)
     report = {"machine": machine_info(opts["device"], os.cpu_count()), "options": opts,

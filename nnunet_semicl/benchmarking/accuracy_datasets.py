@@ -42,6 +42,7 @@ class AccuracyDataset:
     unit: str                                  # of ``labeled``, in the table's header
     source_text: str                           # the table's legend: the data
     validation_text: str                       # the table's legend: what nnU-Net's final validation scores
+    surface_metrics: bool = False              # HD95 and ASD per validation volume (medpy; the papers' LA table)
 
     @property
     def dim(self) -> int:
@@ -71,7 +72,8 @@ LA = AccuracyDataset(
     strides=((1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2)), epochs=30, iterations=50, val_iterations=10,
     classes=(("1", "left_atrium"),), labeled=(("1pct", 1), ("5pct", 4), ("10pct", 8)), unit="vol.",
     source_text="LA, UA-MT development copy (30 volumes; `convert-la --allow-missing --protocol dev`)",
-    validation_text="the 5 validation volumes (`protocols.LA_DEV_VAL`, labeled by no setting) at 0.625 mm")
+    validation_text="the 5 validation volumes (`protocols.LA_DEV_VAL`, labeled by no setting) at 0.625 mm",
+    surface_metrics=True)
 DATASETS = {d.key: d for d in (ACDC, LA)}
 
 

@@ -15,6 +15,8 @@ from nnunet_semicl.seeding import SEED_ENV
 
 #: ACDC's classes (label value, column); a dataset's own: ``accuracy_datasets.DATASETS[...].classes``
 CLASSES = ACDC.classes
+#: the surface distances of a dataset with ``surface_metrics`` (key of nnunet_semicl.evaluation, column), in mm
+SURFACE_METRICS = (("hd95_mm", "HD95"), ("asd_mm", "ASD"))
 #: the rows every other row is compared with, paired by seed and validation volume
 REFERENCE_ROWS = ("nnUNetTrainerLabeledOnly", "nnUNetTrainerPseudoLabel")
 
@@ -22,7 +24,7 @@ REFERENCE_ROWS = ("nnUNetTrainerLabeledOnly", "nnUNetTrainerPseudoLabel")
 def average_runs(rows: list, classes: Sequence = CLASSES) -> dict:
     """One table row from a trainer's runs of one setting: the mean of each value, and every run's row."""
     out = {}
-    for key in [name for _, name in classes] + ["mean", "s_per_it", "wall_s"]:
+    for key in [name for _, name in classes] + ["mean"] + [c for _, c in SURFACE_METRICS] + ["s_per_it", "wall_s"]:
         vals = [r[key] for r in rows if r.get(key) is not None]
         out[key] = sum(vals) / len(vals) if vals else None
     out["runs"] = rows
@@ -41,6 +43,38 @@ def read_summary(path: str, classes: Sequence = CLASSES) -> dict:
     out["per_case"] = {validation_case_name(c, i): d for i, c in enumerate(cases)
                        for d in [case_foreground_dice(c)] if d is not None}
     return out
+
+
+def read_surface_metrics(validation: str, gt_folder: str, dataset_json: str, classes: Sequence = CLASSES) -> dict:
+    """HD95 and ASD in mm (``nnunet_semicl.evaluation``: medpy, the papers' definitions) of every prediction in
+    nnU-Net's ``validation`` folder against its reference in ``gt_folder`` (the preprocessed folder's
+    ``gt_segmentations``), averaged over the foreground classes: the means over volumes and ``surface_per_case``.
+    Computed once into ``validation/summary_semicl.json`` (and its .md), read from there afterwards."""
+    out = os.path.join(validation, "summary_semicl.json")
+    if not os.path.isfile(out):
+        import tempfile
+
+        from nnunet_semicl.evaluation import evaluate_folders
+
+        ending = load_json(dataset_json).get("file_ending", ".nii.gz")
+        with tempfile.TemporaryDirectory() as references:   # the validation volumes' references only
+            for name in os.listdir(validation):
+                if name.endswith(ending):
+                    os.symlink(os.path.join(gt_folder, name), os.path.join(references, name))
+            evaluate_folders(validation, references, labels=[int(k) for k, _ in classes], dataset_json=dataset_json,
+                             output=out, verbose=False)
+    result = load_json(out)
+    row = {column: result["average"][key]["mean"] for key, column in SURFACE_METRICS}
+    row["surface_per_case"] = {case: {column: _class_mean([m[key] for m in metrics.values()])
+                                      for key, column in SURFACE_METRICS}
+                               for case, metrics in result["per_case"].items()}
+    return row
+
+
+def _class_mean(values: Sequence) -> Optional[float]:
+    """The mean of the defined values (evaluation writes an undefined distance as null)."""
+    values = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return sum(values) / len(values) if values else None
 
 
 def validation_case_name(case: dict, index: int) -> str:
@@ -142,16 +176,18 @@ def paired_legend(options: dict, references: Sequence[str]) -> List[str]:
 def format_accuracy_markdown(report: dict) -> str:
     o = report["options"]
     ds = dataset_of(o)
-    columns = [name for _, name in ds.classes]
+    columns = [name for _, name in ds.classes] + ["mean"] + ([c for _, c in SURFACE_METRICS] if ds.surface_metrics
+                                                             else [])
     labeled = dict(ds.labeled)
     settings = o["settings"]
     variants = o.get("variants") or {}
     references = [ref for ref in REFERENCE_ROWS if ref in report["results"]]
+    surface = {c for _, c in SURFACE_METRICS}
     headers = ["trainer"]
     for s in settings:
         n = labeled.get(s)
         tag = f"{s} ({n} {ds.unit})" if n else s
-        headers += ([f"{tag} {columns[0]}"] + columns[1:] + ["mean", "runs"]
+        headers += ([f"{tag} {columns[0]}"] + columns[1:] + ["runs"]
                     + [f"Δ {reference_name(ref)}" for ref in references])
     headers += ["s/it", "train min"]
     rows = []
@@ -162,9 +198,9 @@ def format_accuracy_markdown(report: dict) -> str:
             cells[0] += f" (**{silent} run(s) whose unsupervised terms never ran**)"
         for s in settings:
             r = per.get(s)
-            cells += ([fmt(r.get(k)) for k in columns + ["mean"]] + [per_run_means(r.get("runs") or [])]
+            cells += ([fmt(r.get(k), 2 if k in surface else 3) for k in columns] + [per_run_means(r.get("runs") or [])]
                       + [paired_cell((r.get("paired") or {}).get(ref)) for ref in references]
-                      if r else ["-"] * (len(columns) + 2 + len(references)))
+                      if r else ["-"] * (len(columns) + 1 + len(references)))
         cells.append(" / ".join(fmt(per[s].get("s_per_it"), 2) if per.get(s) else "-" for s in settings))
         cells.append(" / ".join(fmt(per[s]["wall_s"] / 60.0, 1) if per.get(s) and per[s].get("wall_s") else "-"
                                 for s in settings))
@@ -192,7 +228,10 @@ def format_accuracy_markdown(report: dict) -> str:
         f"- Dice: nnU-Net's final validation of fold 0 = {ds.validation_text}, "
         "`fold_0/validation/summary.json` (mean over cases), averaged over a trainer's runs (`runs`: each run's mean, "
         "or the number of runs); `s/it`: median epoch duration (its validation iterations included) per training "
-        "iteration; `train min`: wall time of `nnUNetv2_train` including the final validation.",
+        "iteration; `train min`: wall time of `nnUNetv2_train` including the final validation."
+        + (" `HD95`, `ASD`: mm, medpy (`nnunet_semicl.evaluation`: 95th percentile of the symmetric surface "
+           "distances; mean distance from the prediction's surface to the reference's) per validation volume, "
+           "mean over volumes (`fold_0/validation/summary_semicl.json`)." if ds.surface_metrics else ""),
         *paired_legend(o, references),
         "",
         table,

@@ -155,8 +155,10 @@ def test_la_table_columns(tmp_path):
     row = accuracy_table.read_summary(str(path), la.classes)
     assert row["left_atrium"] == 0.8 and "RV" not in row and row["per_case"] == {
         "V0.nii.gz": 0.7, "V1.nii.gz": 0.8, "V2.nii.gz": 0.9}
-    avg = accuracy_table.average_runs([dict(row, wall_s=60.0), dict(row, left_atrium=0.6, wall_s=120.0)], la.classes)
+    avg = accuracy_table.average_runs([dict(row, wall_s=60.0, HD95=4.0, ASD=1.0),
+                                       dict(row, left_atrium=0.6, wall_s=120.0, HD95=6.0, ASD=2.0)], la.classes)
     assert avg["left_atrium"] == pytest.approx(0.7) and avg["wall_s"] == 90.0
+    assert (avg["HD95"], avg["ASD"]) == (5.0, 1.5)
     report = {"machine": common.machine_info("cpu", 2), "command": "nnunet_semicl benchmark accuracy --dataset la",
               "options": {"dataset": "la", "settings": ["5pct"], "configuration": "3d_cpu", "epochs": 30,
                           "iterations": 50, "val_iterations": 10, "smoke": False, "warm_epochs": 0},
@@ -165,8 +167,52 @@ def test_la_table_columns(tmp_path):
               "results": {"nnUNetTrainerLabeledOnly": {"5pct": avg}}}
     md = accuracy_table.format_accuracy_markdown(report)
     header = next(line for line in md.splitlines() if line.startswith("| trainer"))
-    assert [c.strip() for c in header.strip("|").split("|")][:4] == ["trainer", "5pct (4 vol.) left_atrium", "mean",
-                                                                       "runs"]
+    assert [c.strip() for c in header.strip("|").split("|")][:6] == ["trainer", "5pct (4 vol.) left_atrium", "mean",
+                                                                       "HD95", "ASD", "runs"]
     assert "RV" not in md and "inherited from `3d_fullres`" in md and "5 validation volumes" in md
     assert "| `nnUNetTrainerLabeledOnly` |" in md.replace("  ", " ") or "`nnUNetTrainerLabeledOnly`" in md
-    assert "0.700" in md and "1.5" in md   # the Dice and the mean wall time in minutes
+    assert "0.700" in md and "5.00" in md and "1.50" in md   # Dice, HD95 and ASD (mm), mean wall time (min)
+    assert "`HD95`, `ASD`: mm, medpy" in md
+    acdc_md = accuracy_table.format_accuracy_markdown(dict(report, options=dict(report["options"], dataset="acdc")))
+    assert "HD95" not in acdc_md and "5pct (3 pat.) RV" in acdc_md
+
+
+def test_surface_metrics_of_the_validation_volumes(tmp_path):
+    """HD95 / ASD (mm) of each prediction in validation/ against its reference in gt_segmentations (which holds
+    every training case): a perfect volume scores 0, a shifted one nnunet_semicl.evaluation's figures; the row's
+    values are the means over volumes; the result is written once and read back."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from nnunet_semicl.evaluation import binary_metrics
+
+    validation, gt = tmp_path / "fold_0" / "validation", tmp_path / "gt_segmentations"
+    validation.mkdir(parents=True)
+    gt.mkdir()
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "left_atrium": 1},
+                                                        "file_ending": ".nii.gz"}))
+    ref = np.zeros((12, 16, 16), np.uint8)
+    ref[3:9, 4:12, 4:12] = 1
+    shifted = np.roll(ref, 2, axis=2)
+
+    def write(array, path):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((0.625, 0.625, 0.625))
+        sitk.WriteImage(image, str(path))
+
+    for case, pred in (("A", ref), ("B", shifted)):
+        write(ref, gt / f"{case}.nii.gz")
+        write(pred, validation / f"{case}.nii.gz")
+    write(ref, gt / "C.nii.gz")   # a training case: not validated, not evaluated
+    (validation / "summary.json").write_text("{}")
+    la = accuracy_datasets.DATASETS["la"]
+    row = accuracy_table.read_surface_metrics(str(validation), str(gt), str(tmp_path / "dataset.json"), la.classes)
+    expected = binary_metrics(shifted == 1, ref == 1, (0.625,) * 3)
+    assert expected["hd95_mm"] > 0 and expected["asd_mm"] > 0
+    assert row["surface_per_case"] == {"A": {"HD95": 0.0, "ASD": 0.0},
+                                       "B": {"HD95": pytest.approx(expected["hd95_mm"]),
+                                             "ASD": pytest.approx(expected["asd_mm"])}}
+    assert row["HD95"] == pytest.approx(expected["hd95_mm"] / 2) and row["ASD"] == pytest.approx(expected["asd_mm"] / 2)
+    (gt / "B.nii.gz").unlink()   # computed once: read back from validation/summary_semicl.json
+    assert accuracy_table.read_surface_metrics(str(validation), str(gt), str(tmp_path / "dataset.json"),
+                                               la.classes) == row
