@@ -41,7 +41,8 @@ A paired comparison of three trainers and one variant over two seeds::
 the 5 volumes of ``protocols.LA_DEV_VAL``; 5pct labels the first 4 of ``train.list``, the other 21 are unlabeled),
 ``nnUNetv2_plan_and_preprocess -c 3d_fullres --no_pp``, the inherited ``3d_cpu`` at 1.25 mm isotropic with its own
 preprocessed data (``nnUNetv2_preprocess -c 3d_cpu``), patch 32 x 64 x 64, batch 2 (+ 2 unlabeled), widths
-16-256, 3 x 3 x 3 kernels, strides 1, 2, 2, 2, (1, 2, 2); 30 epochs x 50 iterations; the same steps 3-5.
+16-256, 3 x 3 x 3 kernels, strides 1, 2, 2, 2, (1, 2, 2); 30 epochs x 50 iterations; the same steps 3-5, and
+HD95 / ASD per validation volume in the table (``accuracy_table.read_surface_metrics``).
 
 ``--warm-epochs N`` keeps the older protocol: a shared supervised warm start per setting
 (``nnUNetTrainerLabeledOnly`` on ``nnUNetPlans_<setting>_warm``), then every trainer as
