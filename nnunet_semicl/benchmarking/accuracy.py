@@ -1,4 +1,5 @@
-"""``nnunet_semicl benchmark accuracy``: every trainer trained from scratch on the real ACDC data (CPU scale).
+"""``nnunet_semicl benchmark accuracy``: every trainer trained from scratch on the real ACDC data (CPU scale), or
+with ``--dataset la`` on the LA development copy (3D; the values that differ: ``accuracy_datasets.DATASETS``).
 
 One command (resumable: finished runs are skipped, an interrupted one continues with ``--c``, or
 only re-runs its validation when its final checkpoint exists):
@@ -36,13 +37,19 @@ A paired comparison of three trainers and one variant over two seeds::
         --trainers nnUNetTrainerLabeledOnly nnUNetTrainerPseudoLabel nnUNetTrainerACTIONpp \\
         --variant noDistill:nnUNetTrainerACTIONpp:relational_in_finetune=false
 
+``--dataset la``: ``convert-la --allow-missing --protocol dev`` on the UA-MT copy's 30 volumes (fold 0 validates on
+the 5 volumes of ``protocols.LA_DEV_VAL``; 5pct labels the first 4 of ``train.list``, the other 21 are unlabeled),
+``nnUNetv2_plan_and_preprocess -c 3d_fullres --no_pp``, the inherited ``3d_cpu`` at 1.25 mm isotropic with its own
+preprocessed data (``nnUNetv2_preprocess -c 3d_cpu``), patch 32 x 64 x 64, batch 2 (+ 2 unlabeled), widths
+16-256, 3 x 3 x 3 kernels, strides 1, 2, 2, 2, (1, 2, 2); 30 epochs x 50 iterations; the same steps 3-5, and
+HD95 / ASD per validation volume in the table (``accuracy_table.read_surface_metrics``).
+
 ``--warm-epochs N`` keeps the older protocol: a shared supervised warm start per setting
 (``nnUNetTrainerLabeledOnly`` on ``nnUNetPlans_<setting>_warm``), then every trainer as
 ``<trainer>_warmStart`` (``nnunet_semicl.benchmarking.warm_start``) from its network (not with ``--seeds``
 or ``--variant``).
 """
 import argparse
-import math
 import os
 import shutil
 import sys
@@ -50,31 +57,24 @@ import time
 from typing import Dict, Optional, Sequence
 
 from nnunet_semicl.argtypes import non_negative_int, positive_float, positive_int, seed_int
+from nnunet_semicl.benchmarking.accuracy_datasets import DATASETS, dataset_of, reduced_configuration  # noqa: F401
 from nnunet_semicl.benchmarking.accuracy_runs import (VARIANT_EXAMPLE, WARM_ROW, WARM_SUFFIX, WARM_TRAINER,
                                                       PlannedRun, check_seeds, parse_variants, plan_runs,
                                                       schedule_overrides)
 from nnunet_semicl.benchmarking.accuracy_table import (add_paired_differences, average_runs,
-                                                       format_accuracy_markdown, read_summary)
+                                                       format_accuracy_markdown, read_summary, read_surface_metrics)
 from nnunet_semicl.benchmarking.common import (add_update_docs_argument, command_line, fmt, machine_info,
-                                               shared_acdc_folder, update_docs_if_asked)
+                                               shared_data_folder, update_docs_if_asked)
 from nnunet_semicl.errors import InputError
 from nnunet_semicl.files import find_training_summary, load_json, save_json
 from nnunet_semicl.launch import exit_2_on, nnunet_env, run_command, training_progress
 from nnunet_semicl.seeding import SEED_ENV, seed_from_env
 
-DATASET_ID = 27
-DATASET = "Dataset027_ACDC"
 DEFAULT_TRAINERS = ("nnUNetTrainerLabeledOnly", "nnUNetTrainerMeanTeacher", "nnUNetTrainerPseudoLabel",
                     "nnUNetTrainerACTION", "nnUNetTrainerACTIONpp", "nnUNetTrainerMONA", "nnUNetTrainerARCO",
                     "nnUNetTrainerARCO_SAG")
 DEFAULT_SETTINGS = ("5pct",)
-#: the protocol's schedule: 1800 iterations from scratch (stock nnU-Net: about 0.44 s each on 2 CPU cores)
-DEFAULT_EPOCHS = 36
-DEFAULT_ITERATIONS = 50
-DEFAULT_VAL_ITERATIONS = 10
-#: the protocol's configuration (inherited from 2d)
-CONFIGURATION = "2d_cpu"
-PATCH_SIZE = (128, 128)
+#: the widest stage of the protocols' U-Nets (the schedule, patch, batch, spacing: accuracy_datasets.DATASETS)
 MAX_FEATURES = 256
 #: the optional shared supervised warm start (``--warm-epochs``; off by default)
 DEFAULT_WARM_EPOCHS = 0
@@ -83,17 +83,22 @@ WARM_START_SUFFIX = "_warmStart"   # nnunet_semicl/benchmarking/warm_start.py
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-i", "--input", default=None, help="the SSL4MIS ACDC folder (default: ../shared/data/ACDC_ssl4mis "
-                                                       "beside the checkout when present)")
+    p.add_argument("--dataset", choices=tuple(DATASETS), default="acdc",
+                   help="acdc: the 2D protocol on the SSL4MIS ACDC copy (2d_cpu); la: the 3D protocol on the UA-MT LA "
+                        "development copy (3d_cpu, fold 0 validating on 5 volumes that no setting labels) (default acdc)")
+    p.add_argument("-i", "--input", default=None, help="the SSL4MIS ACDC folder or the UA-MT LA folder (default: "
+                                                       "../shared/data/ACDC_ssl4mis or LA_uamt beside the checkout "
+                                                       "when present)")
     p.add_argument("--workdir", default="nnunet_semicl_accuracy",
                    help="folder for nnUNet_raw/preprocessed/results, logs and results (default ./nnunet_semicl_accuracy)")
     p.add_argument("--trainers", nargs="+", default=None, help=f"default: {' '.join(DEFAULT_TRAINERS)}")
     p.add_argument("--settings", nargs="+", default=None, help=f"default: {' '.join(DEFAULT_SETTINGS)}")
-    p.add_argument("--epochs", type=positive_int, default=None, help=f"default {DEFAULT_EPOCHS}")
+    p.add_argument("--epochs", type=positive_int, default=None, help=f"default {DATASETS['acdc'].epochs} (ACDC), "
+                                                                     f"{DATASETS['la'].epochs} (LA)")
     p.add_argument("--iterations", type=positive_int, default=None,
-                   help=f"iterations per epoch (default {DEFAULT_ITERATIONS})")
+                   help=f"iterations per epoch (default {DATASETS['acdc'].iterations})")
     p.add_argument("--val-iterations", type=positive_int, default=None,
-                   help=f"validation iterations per epoch (default {DEFAULT_VAL_ITERATIONS})")
+                   help=f"validation iterations per epoch (default {DATASETS['acdc'].val_iterations})")
     p.add_argument("--warm-epochs", type=non_negative_int, default=None,
                    help=f"epochs of the shared supervised warm start (nnUNetTrainerLabeledOnly) per setting; 0: every "
                         f"trainer starts from scratch (default {DEFAULT_WARM_EPOCHS})")
@@ -111,15 +116,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", action="append", default=[], metavar="NAME:TRAINER:KEY=VALUE[,KEY=VALUE...]",
                    help=f"a trainer with setting keys (docs/trainers.md), trained in its own setting copy "
                         f"(<setting>_NAME[_s<S>]) and shown as row NAME; repeatable. E.g. {VARIANT_EXAMPLE}")
-    p.add_argument("--spacing", type=positive_float, default=None, help="in-plane spacing, mm: a reduced-resolution "
-                                                               "configuration with its own preprocessed data (default: "
-                                                               "the 2d configuration's spacing and data)")
-    p.add_argument("--configuration", default=None, help=f"name of the added configuration (default {CONFIGURATION}, "
-                                                         f"or 2d_<spacing>mm with --spacing)")
-    p.add_argument("--patch-size", type=positive_int, nargs=2, default=None,
-                   help=f"default {PATCH_SIZE[0]} {PATCH_SIZE[1]} (with --spacing: the median image, rounded up to "
-                        f"the network's stride)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="labeled batch size (= unlabeled) (default 8)")
+    p.add_argument("--spacing", type=positive_float, default=None,
+                   help="spacing, mm (in-plane for ACDC, isotropic for LA): a reduced-resolution configuration with its "
+                        "own preprocessed data (default: ACDC the 2d configuration's spacing and data, LA 1.25)")
+    p.add_argument("--configuration", default=None, help="name of the added configuration (default 2d_cpu / 3d_cpu, "
+                                                         "or 2d_<spacing>mm / 3d_<spacing>mm at another --spacing)")
+    p.add_argument("--patch-size", type=positive_int, nargs="+", default=None,
+                   help="one value per axis (default ACDC 128 128, LA 32 64 64; at another --spacing: the median "
+                        "image, rounded up to the network's stride)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="labeled batch size (= unlabeled) (default ACDC 8, LA 2)")
     p.add_argument("--stages", type=positive_int, default=5, help="U-Net stages (default 5)")
     p.add_argument("--max-features", type=positive_int, default=MAX_FEATURES,
                    help=f"widest stage (default {MAX_FEATURES})")
@@ -135,7 +141,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def resolve_options(args) -> dict:
     smoke = bool(args.smoke)
-    spacing = None if args.spacing is None else float(args.spacing)
+    ds = DATASETS[args.dataset]
+    spacing = ds.spacing if args.spacing is None else float(args.spacing)
+    if args.patch_size is not None and len(args.patch_size) != ds.dim:
+        raise InputError(f"--patch-size {' '.join(map(str, args.patch_size))}: the {ds.title} protocol is {ds.dim}D, "
+                         f"give {ds.dim} values.")
     if args.runs < 1:
         raise SystemExit(f"--runs must be at least 1, got {args.runs}")
     trainers = list(args.trainers or (["nnUNetTrainerLabeledOnly"] if smoke else DEFAULT_TRAINERS))
@@ -148,9 +158,10 @@ def resolve_options(args) -> dict:
     return {
         "trainers": trainers,
         "settings": list(args.settings or (["5pct"] if smoke else DEFAULT_SETTINGS)),
-        "epochs": args.epochs or (1 if smoke else DEFAULT_EPOCHS),
-        "iterations": args.iterations or (2 if smoke else DEFAULT_ITERATIONS),
-        "val_iterations": args.val_iterations or (1 if smoke else DEFAULT_VAL_ITERATIONS),
+        "dataset": ds.key,
+        "epochs": args.epochs or (1 if smoke else ds.epochs),
+        "iterations": args.iterations or (2 if smoke else ds.iterations),
+        "val_iterations": args.val_iterations or (1 if smoke else ds.val_iterations),
         "lr": args.lr,
         "warm_epochs": warm_epochs,
         "warm_iterations": args.warm_iterations or (2 if smoke else DEFAULT_WARM_ITERATIONS),
@@ -160,42 +171,15 @@ def resolve_options(args) -> dict:
         "inherited_seed": None if seeds else seed_from_env(),
         "variants": variants,
         "spacing": spacing,
-        "configuration": args.configuration or (CONFIGURATION if spacing is None else f"2d_{spacing:g}mm".replace(".", "p")),
+        "configuration": args.configuration or ds.configuration_name(spacing),
         "patch_size": args.patch_size,
-        "batch_size": args.batch_size,
+        "batch_size": args.batch_size or ds.batch_size,
         "stages": args.stages,
         "max_features": args.max_features,
         "feature_divisor": args.feature_divisor,
         "device": args.device,
         "smoke": smoke,
     }
-
-
-# ------------------------------------------------------------------------------------------------
-# configuration
-# ------------------------------------------------------------------------------------------------
-def reduced_configuration(plans: dict, opts: dict) -> dict:
-    """The inherited configuration added to the plans (pure): the protocol's ``2d_cpu`` on the parent's data,
-    or with ``spacing`` a lower-resolution one with its own ``data_identifier``."""
-    import numpy as np
-    from nnunet_semicl.data.plans_tools import make_tiny_configuration, resolved_configuration
-
-    parent = resolved_configuration(plans, "2d")
-    n = min(int(opts["stages"]), int(parent["architecture"]["arch_kwargs"]["n_stages"]))
-    kwargs = dict(feature_divisor=opts["feature_divisor"], max_features=opts["max_features"], max_stages=n,
-                  batch_size=opts["batch_size"])
-    if opts["spacing"] is None:
-        return make_tiny_configuration(plans, "2d", patch_size=list(opts["patch_size"] or PATCH_SIZE), **kwargs)
-    factor = np.array(parent["spacing"], dtype=float) / opts["spacing"]
-    median = np.array(parent["median_image_size_in_voxels"], dtype=float) * factor
-    strides = parent["architecture"]["arch_kwargs"]["strides"][:n]
-    total = np.prod(np.array([s if isinstance(s, (list, tuple)) else [s, s] for s in strides]), axis=0)
-    patch = opts["patch_size"] or [int(math.ceil(m / t) * t) for m, t in zip(median, total)]
-    cfg = make_tiny_configuration(plans, "2d", patch_size=patch, **kwargs)
-    cfg["data_identifier"] = f"nnUNetPlans_{opts['configuration']}"
-    cfg["spacing"] = [float(opts["spacing"])] * 2
-    cfg["median_image_size_in_voxels"] = [float(round(m, 1)) for m in median]
-    return cfg
 
 
 # ------------------------------------------------------------------------------------------------
@@ -206,28 +190,17 @@ def prepare(work: str, dirs: Dict[str, str], opts: dict, source: str, log: str, 
     setting copies that ``runs`` train with (idempotent)."""
     from nnunet_semicl.data.setting_files import write_plans_variant
 
+    ds = dataset_of(opts)
     env = nnunet_env(opts["device"], training=False, dirs=dirs)
     cli = [sys.executable, "-m", "nnunet_semicl.cli"]
-    raw = os.path.join(dirs["nnUNet_raw"], DATASET)
-    pre = os.path.join(dirs["nnUNet_preprocessed"], DATASET)
-    if not os.path.isfile(os.path.join(raw, "dataset.json")):
-        print("\n== convert ACDC (about 30 s)", flush=True)
-        run_command(cli + ["convert-acdc", "-i", source, "--allow-missing", "-np", "2", "-q"], env, log)
+    pre = os.path.join(dirs["nnUNet_preprocessed"], ds.dataset)
+    if not os.path.isfile(os.path.join(dirs["nnUNet_raw"], ds.dataset, "dataset.json")):
+        print(f"\n== {' '.join(ds.converter)} (about 30 s)", flush=True)
+        run_command(cli + [ds.converter[0], "-i", source, *ds.converter[1:], "-np", "2", "-q"], env, log)
     plans_path = os.path.join(pre, "nnUNetPlans.json")
     own_data = opts["spacing"] is not None   # a reduced-resolution configuration has its own preprocessed data
-    if not os.path.isfile(plans_path):
-        print("\n== nnUNetv2_plan_and_preprocess -c 2d" + (" (plans only; about 30 s)" if own_data else
-                                                          " (about 3 min)"), flush=True)
-        run_command(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "2", "-npfp", "2",
-                     "--verify_dataset_integrity", "--no_pbar"] + (["--no_pp"] if own_data else []), env, log)
+    plan_parent(work, ds, env, log, plans_path, preprocess=not own_data)
     plans = load_json(plans_path)
-    parent_marker = os.path.join(work, "preprocessed_2d.json")
-    if not own_data and not os.path.isfile(parent_marker):
-        # a work folder planned with --no_pp by an earlier --spacing run: preprocess the 2d data now
-        print("\n== nnUNetv2_preprocess -c 2d (about 3 min)", flush=True)
-        run_command(["nnUNetv2_preprocess", "-d", DATASET_ID, "-c", "2d", "-plans_name", "nnUNetPlans", "-np", "2"],
-                    env, log)
-        save_json({"configuration": "2d"}, parent_marker)
     cname = opts["configuration"]
     cfg = reduced_configuration(plans, opts)
     marker = os.path.join(work, f"preprocessed_{cname}.json")
@@ -243,12 +216,12 @@ def prepare(work: str, dirs: Dict[str, str], opts: dict, source: str, log: str, 
         print(f"\n== nnUNetv2_preprocess -c {cname} (spacing {cfg['spacing']} mm; about a minute)", flush=True)
         if os.path.isdir(data_dir):
             shutil.rmtree(data_dir)
-        run_command(["nnUNetv2_preprocess", "-d", DATASET_ID, "-c", cname, "-plans_name", "nnUNetPlans", "-np", "2"],
-                    env, log)
+        run_command(["nnUNetv2_preprocess", "-d", ds.dataset_id, "-c", cname, "-plans_name", "nnUNetPlans", "-np",
+                     "2"], env, log)
         save_json({"configuration": cfg}, marker)
     from nnunet_semicl.data.plans_tools import resolved_configuration
     resolved = resolved_configuration(load_json(plans_path), cname)
-    run_command(cli + ["sync-plans", DATASET_ID], env, log, echo=False)
+    run_command(cli + ["sync-plans", ds.dataset_id], env, log, echo=False)
     for setting in opts["settings"]:
         if not os.path.isfile(os.path.join(pre, f"splits_semicl_{setting}.json")):
             raise SystemExit(f"setting {setting} does not exist in {pre} (the converter writes 1pct, 5pct, 10pct)")
@@ -257,6 +230,25 @@ def prepare(work: str, dirs: Dict[str, str], opts: dict, source: str, log: str, 
     for name, r in copies.items():   # the same labeled cases, another results folder (and trainer block)
         copy_setting(pre, r.setting, name, r.trainer_block, r.purpose)
     return resolved
+
+
+def plan_parent(work: str, ds, env: dict, log: str, plans_path: str, preprocess: bool) -> None:
+    """The stock ``nnUNetv2_plan_and_preprocess -c <parent>`` (``--no_pp`` when the protocol's configuration has
+    its own preprocessed data), and the parent's preprocessing once a configuration on its data needs it."""
+    marker = os.path.join(work, f"preprocessed_{ds.parent}.json")
+    if not os.path.isfile(plans_path):
+        print(f"\n== nnUNetv2_plan_and_preprocess -c {ds.parent}" + (" (about 3 min)" if preprocess else
+                                                                     " (plans only; about 30 s)"), flush=True)
+        run_command(["nnUNetv2_plan_and_preprocess", "-d", ds.dataset_id, "-c", ds.parent, "-np", "2", "-npfp", "2",
+                     "--verify_dataset_integrity", "--no_pbar"] + ([] if preprocess else ["--no_pp"]), env, log)
+        if preprocess:
+            save_json({"configuration": ds.parent}, marker)
+    if preprocess and not os.path.isfile(marker):
+        # a work folder planned with --no_pp by an earlier --spacing run: preprocess the parent's data now
+        print(f"\n== nnUNetv2_preprocess -c {ds.parent} (about 3 min)", flush=True)
+        run_command(["nnUNetv2_preprocess", "-d", ds.dataset_id, "-c", ds.parent, "-plans_name", "nnUNetPlans", "-np",
+                     "2"], env, log)
+        save_json({"configuration": ds.parent}, marker)
 
 
 def copy_setting(pre: str, setting: str, name: str, overrides: dict, purpose: str) -> None:
@@ -269,13 +261,14 @@ def copy_setting(pre: str, setting: str, name: str, overrides: dict, purpose: st
     write_plans_variant(pre, name, "nnUNetPlans", overwrite=True, trainer_overrides=overrides)
 
 
-def run_folder(dirs: Dict[str, str], trainer: str, setting: str, cname: str) -> str:
-    return os.path.join(dirs["nnUNet_results"], DATASET, f"{trainer}__nnUNetPlans_{setting}__{cname}")
+def run_folder(dirs: Dict[str, str], trainer: str, setting: str, opts: dict) -> str:
+    return os.path.join(dirs["nnUNet_results"], dataset_of(opts).dataset,
+                        f"{trainer}__nnUNetPlans_{setting}__{opts['configuration']}")
 
 
 def warm_start_checkpoint(dirs: Dict[str, str], opts: dict, setting: str) -> str:
     """The final checkpoint of a setting's shared supervised warm start (``--warm-epochs``)."""
-    return os.path.join(run_folder(dirs, WARM_TRAINER, setting + WARM_SUFFIX, opts["configuration"]), "fold_0",
+    return os.path.join(run_folder(dirs, WARM_TRAINER, setting + WARM_SUFFIX, opts), "fold_0",
                         "checkpoint_final.pth")
 
 
@@ -325,7 +318,7 @@ def train_one(dirs, opts, trainer: str, setting: str, log: str, redo: bool, over
     ``pretrained``: a warm-start checkpoint; the run then uses ``<trainer>_warmStart`` (found in ``shim``).
     ``seed``: the run's NNUNET_SEMICL_SEED (recorded in semicl_benchmark_run.json)."""
     cname = opts["configuration"]
-    model = run_folder(dirs, trainer, setting, cname)
+    model = run_folder(dirs, trainer, setting, opts)
     fold = os.path.join(model, "fold_0")
     summary = os.path.join(fold, "validation", "summary.json")
     record_file = os.path.join(fold, "semicl_benchmark_run.json")
@@ -357,11 +350,16 @@ def train_one(dirs, opts, trainer: str, setting: str, log: str, redo: bool, over
         record = {"wall_s": record.get("wall_s", 0.0), "pretrained": pretrained, "seed": seed}
         save_json(record, record_file)
         t = time.time()
-        run_command(["nnUNetv2_train", DATASET_ID, cname, "0", "-tr", trainer, "-p", f"nnUNetPlans_{setting}",
+        run_command(["nnUNetv2_train", dataset_of(opts).dataset_id, cname, "0", "-tr", trainer, "-p", f"nnUNetPlans_{setting}",
                      "-device", device] + extra, env, log, show=training_progress, indent="    ")
         save_json(dict(record, wall_s=record["wall_s"] + time.time() - t), record_file)
         row = {"status": "trained" + (f" ({extra[0]})" if extra and extra[0] in ("--val", "--c") else "")}
-    row.update(read_summary(summary))
+    ds = dataset_of(opts)
+    row.update(read_summary(summary, ds.classes))
+    if ds.surface_metrics:   # the papers' LA table: HD95 and ASD per volume
+        pre = os.path.join(dirs["nnUNet_preprocessed"], ds.dataset)
+        row.update(read_surface_metrics(os.path.join(fold, "validation"), os.path.join(pre, "gt_segmentations"),
+                                        os.path.join(pre, "dataset.json"), ds.classes))
     training = find_training_summary(fold)
     if training is not None:   # a method whose unsupervised terms never ran is LabeledOnly training: say so
         row["unsupervised_terms_ran"] = training.get("unsupervised_terms_ran")
@@ -382,9 +380,11 @@ def run(args) -> dict:
         opts = resolve_options(args)
     work = os.path.abspath(args.workdir + ("_smoke" if opts["smoke"] and args.workdir == "nnunet_semicl_accuracy"
                                            else ""))
-    source = args.input or shared_acdc_folder()
+    ds = dataset_of(opts)
+    source = args.input or shared_data_folder(ds.shared_folder, ds.shared_marker)
     if not source or not os.path.isdir(source):
-        raise SystemExit("Pass -i /path/to/ACDC_ssl4mis (the SSL4MIS copy of ACDC: data/*.h5 and the *.list files).")
+        raise SystemExit(f"Pass -i /path/to/{ds.shared_folder} (docs/datasets.md: the {ds.title} copy and its *.list "
+                         f"files).")
     if opts["device"] == "auto":
         import torch
         opts["device"] = "cuda" if torch.cuda.is_available() else "cpu"
@@ -422,9 +422,11 @@ def run(args) -> dict:
                         args.redo, r.trainer_block, pretrained, shim, r.seed)
         row["pair_key"] = r.pair_key
         per_run.setdefault(r.row, {}).setdefault(r.setting, []).append(row)
-        print(f"   {row['status']}: Dice RV {fmt(row['RV'])}, MLV {fmt(row['MLV'])}, LVC {fmt(row['LVC'])}, "
-              f"mean {fmt(row['mean'])}, {fmt(row.get('s_per_it'), 2)} s/it", flush=True)
-    results = {t: {s: average_runs(rows) for s, rows in per.items()} for t, per in per_run.items()}
+        dice = ", ".join(f"{name} {fmt(row.get(name))}" for _, name in ds.classes)
+        surface = "".join(f", {c} {fmt(row[c], 2)} mm" for c in ("HD95", "ASD") if c in row)
+        print(f"   {row['status']}: Dice {dice}, mean {fmt(row['mean'])}{surface}, {fmt(row.get('s_per_it'), 2)} s/it",
+              flush=True)
+    results = {t: {s: average_runs(rows, ds.classes) for s, rows in per.items()} for t, per in per_run.items()}
     add_paired_differences(results)
     report = {"machine": machine_info(opts["device"], os.cpu_count()), "options": opts,
               "command": command_line("accuracy"),

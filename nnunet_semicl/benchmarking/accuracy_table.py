@@ -7,32 +7,36 @@ import math
 import os
 from typing import Dict, List, Optional, Sequence
 
+from nnunet_semicl.benchmarking.accuracy_datasets import ACDC, dataset_of
 from nnunet_semicl.benchmarking.accuracy_runs import WARM_ROW, WARM_TRAINER
 from nnunet_semicl.benchmarking.common import fmt, format_machine, markdown_table
 from nnunet_semicl.files import load_json
 from nnunet_semicl.seeding import SEED_ENV
 
-LABELED_PATIENTS = {"1pct": 1, "5pct": 3, "10pct": 7}
-CLASSES = (("1", "RV"), ("2", "MLV"), ("3", "LVC"))
+#: ACDC's classes (label value, column); a dataset's own: ``accuracy_datasets.DATASETS[...].classes``
+CLASSES = ACDC.classes
+#: the surface distances of a dataset with ``surface_metrics`` (key of nnunet_semicl.evaluation, column), in mm
+SURFACE_METRICS = (("hd95_mm", "HD95"), ("asd_mm", "ASD"))
 #: the rows every other row is compared with, paired by seed and validation volume
 REFERENCE_ROWS = ("nnUNetTrainerLabeledOnly", "nnUNetTrainerPseudoLabel")
 
 
-def average_runs(rows: list) -> dict:
+def average_runs(rows: list, classes: Sequence = CLASSES) -> dict:
     """One table row from a trainer's runs of one setting: the mean of each value, and every run's row."""
     out = {}
-    for key in ("RV", "MLV", "LVC", "mean", "s_per_it", "wall_s"):
+    for key in [name for _, name in classes] + ["mean"] + [c for _, c in SURFACE_METRICS] + ["s_per_it", "wall_s"]:
         vals = [r[key] for r in rows if r.get(key) is not None]
         out[key] = sum(vals) / len(vals) if vals else None
     out["runs"] = rows
     return out
 
 
-def read_summary(path: str) -> dict:
-    """Per-class and mean foreground Dice from nnU-Net's validation/summary.json, and each validation case's
-    foreground-mean Dice (``per_case``, by reference file name; for the paired statistics)."""
+def read_summary(path: str, classes: Sequence = CLASSES) -> dict:
+    """Per-class (``classes``: label value, column) and mean foreground Dice from nnU-Net's validation/summary.json,
+    and each validation case's foreground-mean Dice (``per_case``, by reference file name; for the paired
+    statistics)."""
     s = load_json(path)
-    out = {name: s["mean"].get(k, {}).get("Dice") for k, name in CLASSES}
+    out = {name: s["mean"].get(k, {}).get("Dice") for k, name in classes}
     out["mean"] = s["foreground_mean"]["Dice"]
     cases = s.get("metric_per_case", [])
     out["n_cases"] = len(cases)
@@ -41,16 +45,49 @@ def read_summary(path: str) -> dict:
     return out
 
 
+def read_surface_metrics(validation: str, gt_folder: str, dataset_json: str, classes: Sequence = CLASSES) -> dict:
+    """HD95 and ASD in mm (``nnunet_semicl.evaluation``: medpy, the papers' definitions) of every prediction in
+    nnU-Net's ``validation`` folder against its reference in ``gt_folder`` (the preprocessed folder's
+    ``gt_segmentations``), averaged over the foreground classes: the means over volumes and ``surface_per_case``.
+    Computed once into ``validation/summary_semicl.json`` (and its .md), read from there afterwards."""
+    out = os.path.join(validation, "summary_semicl.json")
+    if not os.path.isfile(out):
+        import tempfile
+
+        from nnunet_semicl.evaluation import evaluate_folders
+
+        ending = load_json(dataset_json).get("file_ending", ".nii.gz")
+        with tempfile.TemporaryDirectory() as references:   # the validation volumes' references only
+            for name in os.listdir(validation):
+                if name.endswith(ending):
+                    os.symlink(os.path.join(gt_folder, name), os.path.join(references, name))
+            evaluate_folders(validation, references, labels=[int(k) for k, _ in classes], dataset_json=dataset_json,
+                             output=out, verbose=False)
+    result = load_json(out)
+    row = {column: result["average"][key]["mean"] for key, column in SURFACE_METRICS}
+    row["surface_per_case"] = {case: {column: _class_mean([m[key] for m in metrics.values()])
+                                      for key, column in SURFACE_METRICS}
+                               for case, metrics in result["per_case"].items()}
+    return row
+
+
+def _class_mean(values: Sequence) -> Optional[float]:
+    """The mean of the defined values (evaluation writes an undefined distance as null)."""
+    values = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return sum(values) / len(values) if values else None
+
+
 def validation_case_name(case: dict, index: int) -> str:
     reference = case.get("reference_file")
     return os.path.basename(reference) if reference else f"case{index}"
 
 
 def case_foreground_dice(case: dict) -> Optional[float]:
-    """One case's mean Dice over the foreground classes; a class nnU-Net scores NaN (absent from both the
-    reference and the prediction) is left out; None without any score."""
+    """One case's mean Dice over the foreground classes (every class nnU-Net scored: its summary holds the foreground
+    ones); a class nnU-Net scores NaN (absent from both the reference and the prediction) is left out; None
+    without any score."""
     metrics = case.get("metrics", {})
-    values = [metrics[k]["Dice"] for k, _ in CLASSES if k in metrics and metrics[k].get("Dice") is not None]
+    values = [m["Dice"] for m in metrics.values() if m.get("Dice") is not None]
     values = [float(v) for v in values if not math.isnan(float(v))]
     return sum(values) / len(values) if values else None
 
@@ -138,14 +175,20 @@ def paired_legend(options: dict, references: Sequence[str]) -> List[str]:
 
 def format_accuracy_markdown(report: dict) -> str:
     o = report["options"]
+    ds = dataset_of(o)
+    columns = [name for _, name in ds.classes] + ["mean"] + ([c for _, c in SURFACE_METRICS] if ds.surface_metrics
+                                                             else [])
+    labeled = dict(ds.labeled)
     settings = o["settings"]
     variants = o.get("variants") or {}
     references = [ref for ref in REFERENCE_ROWS if ref in report["results"]]
+    surface = {c for _, c in SURFACE_METRICS}
     headers = ["trainer"]
     for s in settings:
-        n = LABELED_PATIENTS.get(s)
-        tag = f"{s} ({n} pat.)" if n else s
-        headers += [f"{tag} RV", "MLV", "LVC", "mean", "runs"] + [f"Δ {reference_name(ref)}" for ref in references]
+        n = labeled.get(s)
+        tag = f"{s} ({n} {ds.unit})" if n else s
+        headers += ([f"{tag} {columns[0]}"] + columns[1:] + ["runs"]
+                    + [f"Δ {reference_name(ref)}" for ref in references])
     headers += ["s/it", "train min"]
     rows = []
     for trainer, per in report["results"].items():
@@ -155,9 +198,9 @@ def format_accuracy_markdown(report: dict) -> str:
             cells[0] += f" (**{silent} run(s) whose unsupervised terms never ran**)"
         for s in settings:
             r = per.get(s)
-            cells += ([fmt(r.get(k)) for k in ("RV", "MLV", "LVC", "mean")] + [per_run_means(r.get("runs") or [])]
+            cells += ([fmt(r.get(k), 2 if k in surface else 3) for k in columns] + [per_run_means(r.get("runs") or [])]
                       + [paired_cell((r.get("paired") or {}).get(ref)) for ref in references]
-                      if r else ["-"] * (5 + len(references)))
+                      if r else ["-"] * (len(columns) + 1 + len(references)))
         cells.append(" / ".join(fmt(per[s].get("s_per_it"), 2) if per.get(s) else "-" for s in settings))
         cells.append(" / ".join(fmt(per[s]["wall_s"] / 60.0, 1) if per.get(s) and per[s].get("wall_s") else "-"
                                 for s in settings))
@@ -169,8 +212,8 @@ def format_accuracy_markdown(report: dict) -> str:
         + (" (**smoke run: not a measurement**)" if o.get("smoke") else "") + f"; {report['wall_s'] / 60:.0f} min in all.",
         "",
         f"- Machine: {format_machine(report['machine'])}.",
-        f"- ACDC, SSL4MIS copy (`convert-acdc --allow-missing`); configuration `{o['configuration']}` inherited from "
-        f"`2d`: spacing {c['spacing']} mm, patch {c['patch_size']}, batch {c['batch_size']} labeled (+ "
+        f"- {ds.source_text}; configuration `{o['configuration']}` inherited from "
+        f"`{ds.parent}`: spacing {c['spacing']} mm, patch {c['patch_size']}, batch {c['batch_size']} labeled (+ "
         f"{c['batch_size']} unlabeled), U-Net widths {report['architecture']}; {o['epochs']} epochs x "
         f"{o['iterations']} iterations ({o['val_iterations']} validation iterations), trainers' default "
         f"hyperparameters and phase fractions" + (" (a variant: with the keys in its row)" if variants else "")
@@ -182,10 +225,13 @@ def format_accuracy_markdown(report: dict) -> str:
          f"optimizer fresh; the EMA teacher a copy of the student). Differences to the warm-start row are what "
          f"the short schedule of each loss did."
          if o.get("warm_epochs") else "- Start: every trainer from scratch (no warm start)."),
-        "- Dice: nnU-Net's final validation of fold 0 = the 20 frames (ED, ES) of the 10 validation patients, "
+        f"- Dice: nnU-Net's final validation of fold 0 = {ds.validation_text}, "
         "`fold_0/validation/summary.json` (mean over cases), averaged over a trainer's runs (`runs`: each run's mean, "
         "or the number of runs); `s/it`: median epoch duration (its validation iterations included) per training "
-        "iteration; `train min`: wall time of `nnUNetv2_train` including the final validation.",
+        "iteration; `train min`: wall time of `nnUNetv2_train` including the final validation."
+        + (" `HD95`, `ASD`: mm, medpy (`nnunet_semicl.evaluation`: 95th percentile of the symmetric surface "
+           "distances; mean distance from the prediction's surface to the reference's) per validation volume, "
+           "mean over volumes (`fold_0/validation/summary_semicl.json`)." if ds.surface_metrics else ""),
         *paired_legend(o, references),
         "",
         table,

@@ -2,7 +2,7 @@
 
     nnunet_semicl benchmark step        s/iteration and peak memory of every trainer (phantoms, real 2d plan)
     nnunet_semicl benchmark samplers    time of uniform / SG / SAG sampling, their variance on real images
-    nnunet_semicl benchmark accuracy    CPU-scale training of every trainer on ACDC (5pct, 10pct), Dice table
+    nnunet_semicl benchmark accuracy    CPU-scale training of every trainer on ACDC or LA (--dataset), Dice table
 
 Each writes JSON + markdown into its work folder, and with ``--update-docs PATH`` replaces its own
 section of that file (docs/performance.md gives the exact commands, their durations and the results).
@@ -15,7 +15,7 @@ from nnunet_semicl.benchmarking import accuracy, samplers, step
 COMMANDS = (
     ("step", step, "seconds per training iteration and peak memory of every trainer"),
     ("samplers", samplers, "time and variance of uniform, SG and SAG pixel sampling"),
-    ("accuracy", accuracy, "CPU-scale training of every trainer on the real ACDC data (Dice table)"),
+    ("accuracy", accuracy, "CPU-scale training of every trainer on the real ACDC or LA data (Dice table)"),
 )
 
 

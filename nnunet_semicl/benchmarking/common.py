@@ -53,12 +53,17 @@ def _version(dist: str) -> Optional[str]:
         return None
 
 
-def shared_acdc_folder() -> Optional[str]:
-    """``../shared/data/ACDC_ssl4mis`` beside the source checkout this package runs from, when it holds the
-    SSL4MIS data (``data/``): the development default of ``--acdc`` / ``-i`` (an installed wheel has none)."""
+def shared_data_folder(name: str, marker: str) -> Optional[str]:
+    """``../shared/data/<name>`` beside the source checkout this package runs from, when it holds ``marker`` (a
+    folder of the copy): the development default of ``-i`` (an installed wheel has none)."""
     checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    path = os.path.join(os.path.dirname(checkout), "shared", "data", "ACDC_ssl4mis")
-    return path if os.path.isdir(os.path.join(path, "data")) else None
+    path = os.path.join(os.path.dirname(checkout), "shared", "data", name)
+    return path if os.path.isdir(os.path.join(path, marker)) else None
+
+
+def shared_acdc_folder() -> Optional[str]:
+    """``../shared/data/ACDC_ssl4mis`` when it holds the SSL4MIS data (``data/``): the default of ``--acdc``."""
+    return shared_data_folder("ACDC_ssl4mis", "data")
 
 
 def machine_info(device: str = "cpu", threads: Optional[int] = None) -> dict:

@@ -37,11 +37,16 @@ def resolved_configuration(plans: dict, name: str) -> dict:
 
 def make_tiny_configuration(plans: dict, parent: str, patch_size: Optional[Sequence[int]] = None,
                             feature_divisor: int = 4, max_features: int = 64, max_stages: int = 4,
-                            batch_size: Optional[int] = None) -> dict:
+                            batch_size: Optional[int] = None, strides: Optional[Sequence[Sequence[int]]] = None,
+                            kernel_size: Optional[int] = None, features_per_stage: Optional[Sequence[int]] = None
+                            ) -> dict:
     """An inherited configuration with a small patch, few stages and narrow features.
 
     Defaults: patch at most 32 voxels per axis in 3D and 64 in 2D (rounded down to the stride
-    product), at most 4 stages, feature widths divided by 4 and capped at 64.
+    product), at most 4 stages, feature widths divided by 4 and capped at 64, the parent's strides
+    (``strides``: one per stage, one value per axis, instead; the first ``max_stages`` are used) and
+    kernels (``kernel_size``: that size on every axis of every stage instead); ``features_per_stage``:
+    the widths (one per stage at least) instead of the parent's divided and capped ones.
     """
     given = {"--feature-divisor": feature_divisor, "--max-features": max_features, "--batch-size": batch_size}
     bad = {k: v for k, v in given.items() if v is not None and v < 1}
@@ -52,7 +57,11 @@ def make_tiny_configuration(plans: dict, parent: str, patch_size: Optional[Seque
     kw = arch["arch_kwargs"]
     dim = len(cfg["patch_size"])
     n = min(int(kw["n_stages"]), max_stages)
-    strides = [list(s) if isinstance(s, (list, tuple)) else [s] * dim for s in kw["strides"]][:n]
+    if strides is not None:
+        n = min(n, len(strides))
+    strides = [list(s) if isinstance(s, (list, tuple)) else [s] * dim for s in strides or kw["strides"]][:n]
+    if any(len(s) != dim for s in strides):
+        raise InputError(f"strides {strides}: each stage needs {dim} values (configuration '{parent}' is {dim}D).")
     total = np.prod(np.array(strides), axis=0)
     if patch_size is None:
         cap = 32 if dim == 3 else 64
@@ -64,11 +73,16 @@ def make_tiny_configuration(plans: dict, parent: str, patch_size: Optional[Seque
     if bad:
         raise InputError(f"tiny patch {patch_size} is not divisible by the network's total stride {list(map(int, total))}.")
     kw["n_stages"] = n
-    kw["features_per_stage"] = [max(4, min(max_features, int(f) // feature_divisor)) for f in kw["features_per_stage"][:n]]
+    if features_per_stage is not None and len(features_per_stage) < n:
+        raise InputError(f"features per stage {list(features_per_stage)}: {n} stages need {n} widths.")
+    kw["features_per_stage"] = ([int(f) for f in features_per_stage[:n]] if features_per_stage is not None else
+                                [max(4, min(max_features, int(f) // feature_divisor)) for f in kw["features_per_stage"][:n]])
     kw["strides"] = strides
     for key in ("kernel_sizes", "n_conv_per_stage", "n_blocks_per_stage"):
         if key in kw:
             kw[key] = kw[key][:n]
+    if kernel_size is not None:
+        kw["kernel_sizes"] = [[int(kernel_size)] * dim for _ in range(n)]
     if "n_conv_per_stage_decoder" in kw:
         kw["n_conv_per_stage_decoder"] = kw["n_conv_per_stage_decoder"][:n - 1]
     return {"inherits_from": parent, "patch_size": patch_size,

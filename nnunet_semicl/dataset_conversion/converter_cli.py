@@ -9,11 +9,12 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 from nnunet_semicl.argtypes import int_at_least, positive_float, positive_int
 from nnunet_semicl.launch import exit_2_on, module_main
 from nnunet_semicl.dataset_conversion.pipeline import DatasetSpec
+from nnunet_semicl.dataset_conversion.protocols import Protocol
 from nnunet_semicl.errors import InputError
 
 
@@ -44,6 +45,8 @@ class ConverterCommand:
     input_help: str
     spacing_help: str
     cv_help: str
+    #: other protocols than the papers' (``--protocol NAME``): (name, protocol, help); none: no option
+    protocols: Tuple[Tuple[str, Protocol, str], ...] = ()
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         spec = self.spec
@@ -61,6 +64,10 @@ class ConverterCommand:
             p.add_argument("--spacing", type=positive_float, nargs=3, default=None, metavar=("Z", "Y", "X"),
                            help=self.spacing_help)
         p.add_argument("--cv", type=int_at_least(2), nargs="?", const=5, default=None, metavar="K", help=self.cv_help)
+        if self.protocols:
+            p.add_argument("--protocol", choices=("papers",) + tuple(n for n, _, _ in self.protocols),
+                           default="papers", help="papers: the papers' protocol (default); "
+                           + "; ".join(f"{n}: {h}" for n, _, h in self.protocols))
         p.add_argument("--allow-missing", action="store_true",
                        help=f"convert the protocol {spec.unit}s that are present and leave out absent ones (default: "
                             f"error)")
@@ -74,10 +81,11 @@ class ConverterCommand:
 
     def run(self, args: argparse.Namespace) -> None:
         """``nnunet_semicl <name>``: ``convert`` with the parsed arguments."""
+        chosen = {n: p for n, p, _ in self.protocols}.get(getattr(args, "protocol", "papers"))
         with exit_2_on(self.name, InputError, FileExistsError):
             self.convert(args.input, args.raw, args.preprocessed, args.id, args.name, args.layout, args.spacing,
                          args.cv, args.allow_missing, args.np, args.overwrite, not args.quiet,
-                         created_by=typed_command())
+                         created_by=typed_command(), **({"protocol": chosen} if chosen else {}))
 
     def main(self, argv: Optional[Sequence[str]] = None) -> None:
         """``python -m <converter module>``."""

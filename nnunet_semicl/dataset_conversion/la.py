@@ -22,7 +22,10 @@ Protocol (``protocols.LA``): the UA-MT 80 training / 20 test volumes; the test v
 test set is not allowed), so ``splits_final.json`` fold 0 validates on 8 of the 80 training volumes
 (``protocols.LA_VAL``) and trains on the other 72; nnU-Net's fold ``all`` trains on all 80, exactly
 the papers' training set. ``splits_semicl_{1pct,5pct,10pct}.json`` label 1 / 4 / 8 volumes.
-``--cv`` makes a 5-fold cross-validation over the 80 training volumes instead.
+``--cv`` makes a 5-fold cross-validation over the 80 training volumes instead. ``--protocol dev``
+(``protocols.LA_DEV``, for the 30-volume development copy with ``--allow-missing``): fold 0 validates on
+``protocols.LA_DEV_VAL`` = every fifth of the first 30 ids of ``train.list`` from the tenth on (5
+volumes; ``LA_VAL`` has only 3 of them), settings and test set unchanged.
 """
 import os
 from functools import partial
@@ -31,7 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from nnunet_semicl.dataset_conversion.cases import raise_if_problems
 from nnunet_semicl.dataset_conversion.converter_cli import ConverterCommand
 from nnunet_semicl.dataset_conversion.pipeline import DatasetSpec, convert_dataset
-from nnunet_semicl.dataset_conversion.protocols import LA, Protocol
+from nnunet_semicl.dataset_conversion.protocols import LA, LA_DEV, Protocol
 from nnunet_semicl.errors import ConversionError
 
 DEFAULT_ID = 28
@@ -145,7 +148,10 @@ COMMAND = ConverterCommand(
     input_help="folder with the <ID>/ case folders (or one level above)",
     spacing_help="spacing in mm assumed for mri_norm2.h5: one value (isotropic) or Z Y X (default 0.625)",
     cv_help="nnU-Net-style K-fold cross-validation (default K=5) over the 80 training volumes instead of fold 0 "
-            "= 72 train / 8 validation; settings are made per fold")
+            "= 72 train / 8 validation; settings are made per fold",
+    protocols=(("dev", LA_DEV, "the development copy's fold 0 (the first 30 ids of train.list, with "
+                               "--allow-missing): validation on protocols.LA_DEV_VAL, 5 volumes that no setting "
+                               "labels, instead of LA_VAL (3 of them present); settings and test set unchanged"),))
 # the functions every nnunet_semicl sub-command module has (cli.EXTERNAL_COMMANDS), and python -m
 add_arguments, run, main = COMMAND.add_arguments, COMMAND.run, COMMAND.main
 

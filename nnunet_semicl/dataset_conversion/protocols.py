@@ -14,7 +14,9 @@ LA (UA-MT lists, 80 / 20 volumes)
     and model selection on the test set is not allowed, so fold 0 holds out 8 training volumes
     (every tenth of ``train.list``, starting with the tenth: :data:`LA_VAL`) and trains on the other
     72; fold ``all`` trains on all 80, exactly the papers' training set. Labeled settings label 1 / 4
-    / 8 volumes (the first ids of ``train.list``).
+    / 8 volumes (the first ids of ``train.list``). :data:`LA_DEV` (``convert-la --protocol dev``) is
+    the same but for fold 0, which validates on :data:`LA_DEV_VAL` (5 of the first 30 ids, which the
+    development copy holds) instead.
 
 ``--cv``: nnU-Net's usual K-fold cross-validation over the non-test patients (grouped by patient, so
 the two ACDC frames of a patient share a fold), with each setting made per fold: the same number of
@@ -102,6 +104,11 @@ LA_SETTINGS = (
     ("5pct", LA_TRAIN_LIST[:4]),
     ("10pct", LA_TRAIN_LIST[:8]),
 )
+#: The development copy's validation volumes (``convert-la --protocol dev``; the CPU accuracy protocol): the
+#: copy holds the first 30 ids of train.list, of which :data:`LA_VAL` gives only 3. Every fifth id of the
+#: first 30 from the tenth on (``LA_TRAIN_LIST[9:30:5]``): LA_VAL's 3 present volumes and 2 more, after the
+#: 8 ids that the settings label, so no setting labels a validation volume.
+LA_DEV_VAL = LA_TRAIN_LIST[9:30:5]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -164,6 +171,10 @@ ACDC = Protocol(name="ACDC (SSL4MIS 70/10/20 patients)", train=ACDC_TRAIN, val=A
 LA = Protocol(name="LA 2018 (UA-MT 80/20 volumes; fold 0 validates on 8 training volumes)", train=LA_TRAIN,
               val=LA_VAL, test=LA_TEST, settings=LA_SETTINGS, suffixes=("",), group_regex=None,
               source="UA-MT / ARCO dataset_split/LA_lists (train.list, test.list)", list_order=LA_TRAIN_LIST)
+#: the development copy's protocol: the papers' lists and settings, fold 0 validating on LA_DEV_VAL
+LA_DEV = Protocol(name="LA 2018, development fold (UA-MT lists; fold 0 validates on 5 of the first 30 volumes)",
+                  train=tuple(i for i in LA_TRAIN_LIST if i not in LA_DEV_VAL), val=LA_DEV_VAL, test=LA_TEST,
+                  settings=LA_SETTINGS, suffixes=("",), group_regex=None, source=LA.source, list_order=LA_TRAIN_LIST)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -531,6 +531,32 @@ def test_error_protocol_id_absent_and_allow_missing(tmp_path, env):
         "splits_semicl_1pct.json"]
 
 
+def test_la_dev_protocol_validates_on_five_unlabeled_volumes(tmp_path, env):
+    """``convert-la --protocol dev --allow-missing`` on the development copy's 30 volumes (the first 30 ids of
+    train.list): fold 0 validates on LA_DEV_VAL (5 volumes, none labeled by 1pct / 5pct / 10pct), the 5pct setting
+    labels the first 4 ids of train.list and every other volume is unlabeled; the papers' default keeps LA_VAL."""
+    from tests.conftest import cli_in_process
+
+    src = tmp_path / "LA_uamt"
+    make_la_uamt(str(src), ids=protocols.LA_TRAIN_LIST[:30])
+    cli_in_process("convert-la", "-i", src, "--allow-missing", "--protocol", "dev", "-np", "1", "-q")
+    pre = os.path.join(env["nnUNet_preprocessed"], "Dataset028_LA")
+    folds = _load_json(os.path.join(pre, "splits_final.json"))
+    val = protocols.LA_DEV_VAL
+    assert len(val) >= 5 and set(val) <= set(protocols.LA_TRAIN_LIST[:30]) and set(protocols.LA_VAL[:3]) <= set(val)
+    assert folds == [{"train": sorted(set(protocols.LA_TRAIN_LIST[:30]) - set(val)), "val": sorted(val)}]
+    for name, n in (("1pct", 1), ("5pct", 4), ("10pct", 8)):
+        f = _load_json(os.path.join(pre, f"splits_semicl_{name}.json"))["folds"][0]
+        assert f["labeled"] == sorted(protocols.LA_TRAIN_LIST[:n]) and not set(f["labeled"]) & set(val)
+        assert sorted(f["unlabeled"]) == sorted(set(folds[0]["train"]) - set(f["labeled"]))
+    assert len(f["unlabeled"]) == 30 - 5 - 8
+    info = _load_json(os.path.join(env["nnUNet_raw"], "Dataset028_LA", "conversion_info.json"))
+    assert info["protocol"] == protocols.LA_DEV.name
+    # the papers' protocol (the default) is unchanged: 3 of LA_VAL's 8 volumes are in the copy
+    cli_in_process("convert-la", "-i", src, "--allow-missing", "--overwrite", "-np", "1", "-q")
+    assert _load_json(os.path.join(pre, "splits_final.json"))[0]["val"] == sorted(protocols.LA_VAL[:3])
+
+
 def test_la_id_absent(tmp_path, env):
     src = tmp_path / "LA_uamt"
     make_la_uamt(str(src), ids=LA_IDS[:30] + LA_IDS[40:])

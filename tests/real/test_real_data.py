@@ -209,3 +209,26 @@ def test_la_real_plan_and_preprocess(la, nnunet_env):
     _sync_and_check_settings(28, name, nnunet_env, "3d_fullres", {
         "1pct": protocols.LA_TRAIN_LIST[:1], "5pct": protocols.LA_TRAIN_LIST[:4],
         "10pct": protocols.LA_TRAIN_LIST[:8]})
+
+
+def test_la_real_copy_fits_the_development_fold():
+    """``benchmark accuracy --dataset la`` on the real copy: its default input is this copy, and fold 0 of
+    ``convert-la --protocol dev`` (``protocols.LA_DEV``) finds its 5 validation volumes there, none labeled by any
+    setting, leaving 21 unlabeled volumes to the 5pct setting (the splits on the ids: tests/unit/test_accuracy_la.py;
+    the conversion: tests/integration/test_conversion.py)."""
+    _require(LA_DIR)
+    from nnunet_semicl.benchmarking.accuracy_datasets import DATASETS
+    from nnunet_semicl.benchmarking.common import shared_data_folder
+
+    la = DATASETS["la"]
+    assert Path(shared_data_folder(la.shared_folder, la.shared_marker)) == LA_DIR
+    present = sorted(p.name for p in (LA_DIR / la.shared_marker).iterdir() if p.is_dir())
+    folds = protocols.make_folds(protocols.LA_DEV, present)
+    assert folds[0]["val"] == sorted(protocols.LA_DEV_VAL) and len(folds[0]["train"]) == 25
+    contents, skipped = protocols.make_settings(protocols.LA_DEV, folds)
+    assert not skipped
+    for content in contents:
+        fold = content["folds"][0]
+        assert not set(fold["labeled"]) & set(folds[0]["val"])
+    five = {c["setting"]: c for c in contents}["5pct"]["folds"][0]
+    assert five["labeled"] == sorted(protocols.LA_TRAIN_LIST[:4]) and len(five["unlabeled"]) == 21

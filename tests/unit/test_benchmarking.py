@@ -485,7 +485,7 @@ def test_a_run_gets_its_seed_and_records_it(tmp_path, monkeypatch):
     dirs = {"nnUNet_results": str(tmp_path)}
     opts = {"configuration": "2d_cpu", "device": "cpu"}
     block = {"num_epochs": 1, "num_iterations_per_epoch": 2}
-    model = tmp_path / accuracy.DATASET / "nnUNetTrainerLabeledOnly__nnUNetPlans_5pct_s3__2d_cpu"
+    model = tmp_path / accuracy.DATASETS["acdc"].dataset / "nnUNetTrainerLabeledOnly__nnUNetPlans_5pct_s3__2d_cpu"
     seen = {}
 
     def fake_training(args, env, *a, **kw):

@@ -48,6 +48,26 @@ def test_tiny_configuration_width_options():
             make_tiny_configuration(PLANS, "3d_fullres", **bad)
 
 
+def test_tiny_configuration_own_strides_kernels_and_widths():
+    """The LA CPU protocol's network on an anisotropic parent: its own strides (fewer stages than given: the first
+    ones), 3 x 3 x 3 kernels everywhere and explicit widths; wrong shapes are refused."""
+    strides = [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]]
+    tiny = make_tiny_configuration(PLANS, "3d_fullres", patch_size=[32, 64, 64], max_stages=5, strides=strides,
+                                   kernel_size=3, features_per_stage=[16, 32, 64, 128, 256, 512])
+    kw = tiny["architecture"]["arch_kwargs"]
+    assert kw["n_stages"] == 5 and kw["strides"] == strides and kw["kernel_sizes"] == [[3, 3, 3]] * 5
+    assert kw["features_per_stage"] == [16, 32, 64, 128, 256] and len(kw["n_conv_per_stage_decoder"]) == 4
+    assert make_tiny_configuration(PLANS, "3d_fullres", patch_size=[8, 16, 16], max_stages=5,
+                                   strides=strides[:3])["architecture"]["arch_kwargs"]["n_stages"] == 3
+    assert ARCH3D["arch_kwargs"]["kernel_sizes"][0] == [1, 3, 3]   # the parent's plans are not modified
+    with pytest.raises(InputError, match="each stage needs 3 values"):
+        make_tiny_configuration(PLANS, "3d_fullres", patch_size=[32, 64, 64], strides=[[1, 1], [2, 2]])
+    with pytest.raises(InputError, match="4 stages need 4 widths"):
+        make_tiny_configuration(PLANS, "3d_fullres", features_per_stage=[16, 32])
+    with pytest.raises(InputError, match="not divisible"):
+        make_tiny_configuration(PLANS, "3d_fullres", patch_size=[36, 64, 64], max_stages=5, strides=strides)
+
+
 def test_tiny_config_command_passes_the_width_options(tmp_path, monkeypatch, capsys):
     from nnunet_semicl import cli
     base = tmp_path / "Dataset001_X"
