@@ -76,7 +76,8 @@ class nnUNetTrainerSemiSupervised(TrainingDynamicsMixin, nnUNetTrainerLabeledOnl
 
     @property
     def loss_terms(self):
-        return tuple(self.term_weights)
+        """The terms logged per epoch and drawn in progress.png: those some phase of this configuration computes."""
+        return tuple(t for t in self.term_weights if self.term_runs(t))
 
     def term_runs(self, term: str) -> bool:
         """Whether some phase of this configuration computes ``term`` (methods with phases refine this)."""
