@@ -38,6 +38,7 @@ class nnUNetTrainerACTIONpp(nnUNetTrainerACTION):
     centre_momentum = 0.1             # eta of the running class centroids
     centre_seed = 0
     representation_dim = 128          # the paper's d (ACTION's 512 in 2D is the official code's)
+    rep_head_teacher = True           # SAACL's positives: the teacher's view of labeled pixels
     # ---- ATS (paper best: 0.1 -> 1.0, one cosine period over the fine-tuning terms' run) -----------
     ats_tau_min = 0.1
     ats_tau_max = 1.0
@@ -87,9 +88,6 @@ class nnUNetTrainerACTIONpp(nnUNetTrainerACTION):
 
     def teacher_sees_labeled(self) -> bool:
         return self.phase() == "finetune"  # SAACL's positives are the teacher's view of labeled pixels
-
-    def build_head_teachers(self):
-        return super().build_head_teachers() + self.finetune_head_teachers()
 
     def build_state(self):
         state = super().build_state()

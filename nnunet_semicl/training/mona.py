@@ -53,6 +53,7 @@ class nnUNetTrainerMONA(nnUNetTrainerRelationalPretraining):
     local_phase_fraction = 1.0 / 3.0
     supervised_weight = 1.0            # CE + Dice (methods.md 2.6)
     representation_activation = False  # as released: two 1x1 convolutions, no nonlinearity (train_arco_2d.py)
+    rep_head_teacher = True            # teacher features for the memory banks, positives and NN
     # ---- tailness: U2PL-style memory-bank contrast (paper / code values) -------------------------
     contrast_weight = 0.01
     contrast_tau = 0.5
@@ -90,9 +91,6 @@ class nnUNetTrainerMONA(nnUNetTrainerRelationalPretraining):
     def teacher_sees_labeled(self) -> bool:
         # labeled pixels contribute teacher features and probabilities to positives and negatives
         return self.phase() == "finetune"
-
-    def build_head_teachers(self):
-        return super().build_head_teachers() + self.finetune_head_teachers()
 
     def build_state(self):
         state = super().build_state()

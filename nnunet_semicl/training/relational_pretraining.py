@@ -55,6 +55,7 @@ class nnUNetTrainerRelationalPretraining(nnUNetTrainerSemiSupervised):
     representation_stride = 4         # representation at >= 1/4 resolution in-plane (ReCo's feature stride)
     representation_max_voxels = 16384  # ... and at most this many voxels per sample (3D memory bound)
     representation_activation = False  # ACTION's head: two linear layers
+    rep_head_teacher = False           # True: an EMA twin of the rep head (ACTION++'s SAACL, MONA/ARCO's banks)
     uses_features = True
     term_weights = {**nnUNetTrainerSemiSupervised.term_weights, "global": "global_weight", "local": "local_weight"}
 
@@ -160,11 +161,9 @@ class nnUNetTrainerRelationalPretraining(nnUNetTrainerSemiSupervised):
         return heads
 
     def build_head_teachers(self):
-        return tuple(n for n in ("global", "local") if n in self.heads)
-
-    def finetune_head_teachers(self):
-        """The ``rep`` head's EMA twin, for methods whose fine-tuning needs teacher representations."""
-        return ("rep",) if self.has_finetune() else ()
+        # the rep head's EMA twin only for methods whose fine-tuning needs teacher representations
+        wanted = ("global", "local") + (("rep",) if self.rep_head_teacher else ())
+        return tuple(n for n in wanted if n in self.heads)
 
     def build_state(self):
         state = super().build_state()
