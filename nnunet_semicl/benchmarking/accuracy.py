@@ -91,7 +91,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                        "when present)")
     p.add_argument("--workdir", default="nnunet_semicl_accuracy",
                    help="folder for nnUNet_raw/preprocessed/results, logs and results (default ./nnunet_semicl_accuracy)")
-    p.add_argument("--trainers", nargs="+", default=None, help=f"default: {' '.join(DEFAULT_TRAINERS)}")
+    p.add_argument("--trainers", nargs="*", default=None,
+                   help=f"default: {' '.join(DEFAULT_TRAINERS)}; with no name only the --variant rows train")
     p.add_argument("--settings", nargs="+", default=None, help=f"default: {' '.join(DEFAULT_SETTINGS)}")
     p.add_argument("--epochs", type=positive_int, default=None, help=f"default {DATASETS['acdc'].epochs} (ACDC), "
                                                                      f"{DATASETS['la'].epochs} (LA)")
@@ -148,10 +149,14 @@ def resolve_options(args) -> dict:
                          f"give {ds.dim} values.")
     if args.runs < 1:
         raise SystemExit(f"--runs must be at least 1, got {args.runs}")
-    trainers = list(args.trainers or (["nnUNetTrainerLabeledOnly"] if smoke else DEFAULT_TRAINERS))
+    trainers = list(args.trainers if args.trainers is not None else
+                    (["nnUNetTrainerLabeledOnly"] if smoke else DEFAULT_TRAINERS))
     warm_epochs = args.warm_epochs if args.warm_epochs is not None else DEFAULT_WARM_EPOCHS
     seeds = check_seeds(args.seeds, args.runs)
     variants = parse_variants(args.variant, trainers)
+    if not trainers and not variants:
+        raise InputError("--trainers without a name trains only the --variant rows: name trainers or give a "
+                         "--variant NAME:TRAINER:KEY=VALUE.")
     if (seeds or variants) and warm_epochs > 0:
         raise InputError("--seeds and --variant train from scratch: leave out --warm-epochs (the warm-start "
                          "protocol trains one shared, unseeded warm start per setting).")

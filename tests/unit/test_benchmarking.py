@@ -425,6 +425,11 @@ def test_variant_option_is_checked_before_anything_trains(tmp_path):
     for text, message in refused.items():
         with pytest.raises(InputError, match=message):
             _acc_opts("--trainers", "nnUNetTrainerACTIONpp", "--variant", text)
+    # --trainers without a name: only the variants train; with neither, a clear refusal
+    only = _acc_opts("--trainers", "--variant", "noDistill:nnUNetTrainerACTIONpp:relational_in_finetune=false")
+    assert only["trainers"] == [] and list(only["variants"]) == ["noDistill"]
+    with pytest.raises(InputError, match="trains only the --variant rows"):
+        _acc_opts("--trainers")
     with pytest.raises(InputError, match="the row a exists already"):
         _acc_opts("--variant", "a:nnUNetTrainerPseudoLabel:unsup_warmup=false",
                   "--variant", "a:nnUNetTrainerPseudoLabel:unsup_warmup=true")
