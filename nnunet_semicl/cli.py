@@ -9,7 +9,7 @@
     nnunet_semicl demo                        the end-to-end demo
     nnunet_semicl evaluate ...                paper-style metrics of a prediction folder
     nnunet_semicl convert-acdc / convert-la   dataset conversion with the papers' protocols
-    nnunet_semicl benchmark step|samplers|accuracy   docs/performance.md's measurements
+    nnunet_semicl benchmark step|samplers|accuracy|gradients   docs/performance.md's measurements
 
 Planning, training, prediction and nnU-Net's own evaluation use the stock ``nnUNetv2_*`` commands.
 """

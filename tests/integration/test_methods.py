@@ -67,6 +67,28 @@ def test_method_trains_every_phase_through_stock_entry_and_predicts(phantom, tra
     seg = predict_one(os.path.dirname(folder), os.path.join(phantom.raw, "imagesTs", "phantom010_frame01_0000.nii.gz"),
                       str(tmp_path / "pred"))
     assert seg.shape == (10, 64, 64) and set(np.unique(seg)) <= {0, 1, 2, 3}
+    if trainer == "nnUNetTrainerACTIONpp" and cfg == "2d_tiny":
+        check_gradients_command(phantom, trainer, cfg, folder, tmp_path)
+
+
+def check_gradients_command(phantom, trainer, cfg, folder, tmp_path):
+    """``benchmark gradients`` on the trained model: a norm for every term the fine-tuning computes, and the
+    results folder left exactly as it was."""
+    from nnunet_semicl.cli import build_parser
+    from tests.integration.nnunet_helpers import tree_digest
+
+    before = tree_digest(os.path.dirname(folder))
+    out = tmp_path / "gradients.json"
+    args = build_parser().parse_args(["benchmark", "gradients", "-d", str(phantom.id), "-c", cfg, "-tr", trainer,
+                                      "-p", phantom.phases_plans, "--batches", "1", "--at", "0.5",
+                                      "--json", str(out)])
+    with env(**TRAIN_ENV):
+        args.benchmark_run(args)
+    terms = json.load(open(out))["points"]["0.5"]["terms"]
+    assert set(terms) == {"sup", "unsup", "anco", "saacl", "global", "local"}
+    assert terms["global"]["decoder"] == 0.0 and terms["global"]["encoder"] > 0   # a bottleneck term
+    assert terms["sup"]["heads"] == 0.0 and terms["anco"]["heads"] > 0
+    assert tree_digest(os.path.dirname(folder)) == before
 
 
 @pytest.mark.parametrize("settings,heads,state", [
