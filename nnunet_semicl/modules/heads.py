@@ -31,6 +31,19 @@ def select_representation_taps(spatial_shapes: Sequence[Sequence[int]], max_voxe
     return best
 
 
+def pixel_major(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels-last memory layout where that is the fast one: 2D maps (``[B, C, H, W]``) on the CPU.
+
+    There, bilinear upsampling of a wide channels-first map is about 6x slower than of a channels-last one,
+    a 1x1 convolution keeps its input's layout, and a channels-last map flattens to ``[pixels, C]`` (what
+    every pixel contrast reads) without a copy: the representation head's forward + backward takes less than
+    half the time. Same values up to float rounding. Anything else is returned as it is (3D: the CPU's conv3d
+    does not keep a channels-last input's layout, no gain measured; CUDA: not measured)."""
+    if x.dim() == 4 and x.device.type == "cpu":
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 class RepresentationHead(nn.Module):
     """Multi-scale representation: ``conv1x1(cat(upsample(f_0), ..., upsample(f_t)))`` -> act -> ``conv1x1``.
 
@@ -68,7 +81,7 @@ class RepresentationHead(nn.Module):
         target = features[-1].shape[2:]
         x = None
         for f, p in zip(features, self.proj):
-            y = p(f)
+            y = p(pixel_major(f))
             if tuple(y.shape[2:]) != tuple(target):
                 y = F.interpolate(y, size=target, mode=self.mode, align_corners=False)
             x = y if x is None else x + y
