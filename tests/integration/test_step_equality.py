@@ -6,7 +6,13 @@ memory banks and the NN pool filled with seeded random unit vectors), and runs `
 ``train_step`` calls on batches drawn once with seeded nnU-Net loaders. After each step it records every loss
 term, the global gradient norm and the gradient norm of each top-level module (the network's encoder and
 decoder, every head); after the last, the norm of each EMA twin and the sum of each state buffer. These numbers
-are compared with ``step_reference.json`` (relative tolerance ``RTOL``): a speed change must not move any of them.
+are compared with ``step_reference.json``: a speed change must not move any of them.
+
+Tolerances: the first step runs on the same weights, batch and random draws, so only float rounding may differ
+(measured: below 1e-7 for a kernel changed by a speed-up) and ``RTOL`` is tight; a changed loss term or weight
+shows there. Later steps run on weights that already differ by such rounding, and a rounding-level change can
+flip a discrete choice (an entropy percentile, a hard-query threshold, a sampler's stratum), which moves a
+gradient norm by up to a few 1e-4 (measured): ``RTOL_LATER``. They still catch a changed EMA, queue or bank update.
 
 Confidence thresholds are lowered for the test (an untrained teacher is never 0.97-confident), so that the
 unlabeled pixels take part in every term; banks and queues are shortened so the test stays fast.
@@ -31,6 +37,7 @@ pytestmark = pytest.mark.integration
 REFERENCE = os.path.join(os.path.dirname(__file__), "step_reference.json")
 UPDATE = os.environ.get("NNUNET_SEMICL_UPDATE_STEP_REFERENCE") == "1"
 RTOL = 1e-4
+RTOL_LATER = 2e-3
 ATOL = 1e-7
 STEPS = 3
 TRAINERS = ("nnUNetTrainerLabeledOnly", "nnUNetTrainerPseudoLabel", "nnUNetTrainerMeanTeacher", "nnUNetTrainerACTION",
@@ -63,13 +70,28 @@ def _fingerprint_step(t, out: dict, clip_norms: list) -> dict:
     return rec
 
 
-def _fingerprint_state(t) -> dict:
+def _distance(params, others=None) -> float:
+    """Norm of all ``params`` together (of ``params - others`` when given)."""
+    params = list(params)
+    others = [torch.zeros_like(p) for p in params] if others is None else list(others)
+    return float(torch.stack([(p.detach().double() - o.detach().double()).norm() for p, o in zip(params, others)]).norm())
+
+
+def _twins(t) -> dict:
+    """Every EMA twin's parameters (the teacher and the heads' twins), copied."""
+    if getattr(t, "teacher", None) is None:
+        return {}
+    twins = {"teacher": t.teacher.model, **{f"head_teacher.{n}": tw.model for n, tw in t.head_teachers.items()}}
+    return {n: [p.detach().clone() for p in m.parameters()] for n, m in twins.items()}
+
+
+def _fingerprint_state(t, twins_before: dict) -> dict:
     rec = {}
+    for name, after in _twins(t).items():
+        rec[f"{name}_norm"] = _distance(after)
+        # how far each EMA twin moved over the steps: proportional to 1 - momentum, 0 for a skipped update
+        rec[f"{name}_moved"] = _distance(after, twins_before[name])
     if getattr(t, "teacher", None) is not None:
-        rec["teacher_norm"] = float(torch.stack([p.double().norm() for p in t.teacher.model.parameters()]).norm())
-        for name, twin in t.head_teachers.items():
-            rec[f"head_teacher_norm.{name}"] = float(torch.stack([p.double().norm()
-                                                                  for p in twin.model.parameters()]).norm())
         for name, buf in t.state_modules.named_buffers():
             if buf.is_floating_point() or buf.dtype in (torch.int64, torch.int32, torch.bool):
                 rec[f"state_sum.{name}"] = float(buf.double().sum())
@@ -102,17 +124,18 @@ def run_trainer(phantom, name: str, clip_norms: list) -> dict:
                 t.dataloader_unlabeled = iter(unlabeled)
             fill_state_buffers(t)
             _seed(2)
+            twins_before = _twins(t)
             steps = [_fingerprint_step(t, t.train_step(b), clip_norms) for b in labeled]
-            return {"steps": steps, "state": _fingerprint_state(t)}
+            return {"steps": steps, "state": _fingerprint_state(t, twins_before)}
         finally:
             for dl in (t.dataloader_train, t.dataloader_val):
                 getattr(dl, "_finish", lambda: None)()
 
 
-def _compare(got: dict, want: dict, where: str):
+def _compare(got: dict, want: dict, where: str, rtol: float):
     assert set(got) == set(want), f"{where}: recorded quantities differ: {sorted(set(got) ^ set(want))}"
     bad = {k: (got[k], want[k]) for k in want
-           if not np.isclose(got[k], want[k], rtol=RTOL, atol=ATOL, equal_nan=True)}
+           if not np.isclose(got[k], want[k], rtol=rtol, atol=ATOL, equal_nan=True)}
     assert not bad, f"{where}: changed (got, reference): {bad}"
 
 
@@ -136,5 +159,5 @@ def test_losses_and_gradients_equal_reference(phantom, monkeypatch):
         last = want[name]["steps"][-1]
         assert all(v != 0 for k, v in last.items() if k.startswith("train_loss_")), (name, last)
         for i, (g, w) in enumerate(zip(got[name]["steps"], want[name]["steps"])):
-            _compare(g, w, f"{name} step {i}")
-        _compare(got[name]["state"], want[name]["state"], f"{name} state")
+            _compare(g, w, f"{name} step {i}", RTOL if i == 0 else RTOL_LATER)
+        _compare(got[name]["state"], want[name]["state"], f"{name} state", RTOL_LATER)
