@@ -84,8 +84,10 @@ class RepresentationHead(nn.Module):
             y = p(pixel_major(f))
             if tuple(y.shape[2:]) != tuple(target):
                 y = F.interpolate(y, size=target, mode=self.mode, align_corners=False)
-            x = y if x is None else x + y
-        x = x + self.bias.view(1, -1, *([1] * self.dim))
+            # in place: neither a 1x1 convolution nor upsampling keeps its output for backward, and a new
+            # full-size tensor per add costs as much as the add (same values)
+            x = y if x is None else x.add_(y)
+        x = x.add_(self.bias.view(1, -1, *([1] * self.dim)))
         return self.out(self.act(x))
 
 
