@@ -233,7 +233,7 @@ def memory_bank_contrast_loss(student_rep: torch.Tensor, teacher_rep: torch.Tens
             if gather or feats.shape[0] > 0:
                 bank.push_class(c, feats, gather=gather)
 
-    losses = []
+    draws = []
     for c in range(num_classes):
         pos_mask = reliable & (labels == c)
         anchor_mask = pos_mask & (probs[:, c] > anchor_threshold)
@@ -249,9 +249,16 @@ def memory_bank_contrast_loss(student_rep: torch.Tensor, teacher_rep: torch.Tens
         bank_mask = torch.ones(negatives.shape[0], dtype=torch.bool, device=device)
         ns = negative_sampler(bank_mask, n_a * num_negatives, generator)
         rows = (ns.index + oldest) % negatives.shape[0]
-        losses.append(memory_bank_contrast_from_indices(
-            student_flat[a.index], positive, negatives, rows.view(n_a, num_negatives), temperature,
-            a.weight if use_weights else None, ns.weight.view(n_a, num_negatives) if use_weights else None))
+        draws.append((a, positive, negatives, rows.view(n_a, num_negatives), ns.weight.view(n_a, num_negatives)))
+
+    losses = []
+    if draws:
+        # the anchors of every class in one gather: one [pixels, D] gradient buffer in backward, not one per class
+        anchors = student_flat[torch.cat([a.index for a, *_ in draws])].split([a.index.numel() for a, *_ in draws])
+        for anchors_c, (a, positive, negatives, rows, negative_weight) in zip(anchors, draws):
+            losses.append(memory_bank_contrast_from_indices(
+                anchors_c, positive, negatives, rows, temperature, a.weight if use_weights else None,
+                negative_weight if use_weights else None))
 
     if stats is not None:
         stats["valid_classes"] = len(losses)
