@@ -71,12 +71,15 @@ def anatomical_contrast_from_indices(rep: torch.Tensor, prototypes: torch.Tensor
         d = rep.shape[1]
         flat = at_least_fp32(rep).movedim(1, -1).reshape(-1, d)                  # [P, D] P = B*prod(spatial)
         table = F.normalize(flat.detach(), dim=-1)                                 # constant keys
-        q = F.normalize(flat[query_index.reshape(-1)], dim=-1).view(m, q_per, d)   # with gradient
+        # queries are drawn with replacement: each distinct pixel is normalised and multiplied once
+        pixels, rows = torch.unique(query_index.reshape(-1), return_inverse=True)
+        q_distinct = F.normalize(flat[pixels], dim=-1)                             # with gradient
+        q = q_distinct[rows].view(m, q_per, d)
         pos = F.normalize(prototypes.detach().to(flat.dtype)[classes], dim=-1)     # [M, D]
         pos_logit = (q * pos.unsqueeze(1)).sum(-1, keepdim=True)                   # [M, Q, 1]
         # negatives: only the Q x N drawn products, never the [M, Q, N, D] gathered keys (1 GB at D=512)
-        neg_logit = gather_dot(q.reshape(m * q_per, d), table,
-                               negative_index.reshape(m * q_per, -1)).view(m, q_per, -1)   # [M, Q, N]
+        neg_logit = gather_dot(q_distinct, table, negative_index.reshape(m * q_per, -1),
+                               rows=rows).view(m, q_per, -1)                       # [M, Q, N]
         logits = torch.cat([pos_logit, neg_logit], dim=-1) / tau
         # cross-entropy with the positive at index 0; equal Q per class, so the global mean is the
         # mean over classes of the per-class means
