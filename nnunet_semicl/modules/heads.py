@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_semicl.modules.pixels import pixel_major
+
 
 def conv_nd(dim: int):
     return {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dim]
@@ -29,19 +31,6 @@ def select_representation_taps(spatial_shapes: Sequence[Sequence[int]], max_voxe
         if n <= max_voxels and stride_ok:
             best = i
     return best
-
-
-def pixel_major(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in channels-last memory layout where that is the fast one: 2D maps (``[B, C, H, W]``) on the CPU.
-
-    There, bilinear upsampling of a wide channels-first map is about 6x slower than of a channels-last one,
-    a 1x1 convolution keeps its input's layout, and a channels-last map flattens to ``[pixels, C]`` (what
-    every pixel contrast reads) without a copy: the representation head's forward + backward takes less than
-    half the time. Same values up to float rounding. Anything else is returned as it is (3D: the CPU's conv3d
-    does not keep a channels-last input's layout, no gain measured; CUDA: not measured)."""
-    if x.dim() == 4 and x.device.type == "cpu":
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
 
 
 class RepresentationHead(nn.Module):

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunet_semicl.modules.heads import RepresentationHead, pixel_major
+from nnunet_semicl.modules.heads import RepresentationHead
+from nnunet_semicl.modules.pixels import pixel_major
 
 
 def _reference(head: RepresentationHead, features):
