@@ -34,12 +34,13 @@ def class_prototypes(rep: torch.Tensor, pixel_class: torch.Tensor, num_classes: 
     pixels that take no part. Absent classes get a zero prototype and count 0.
     """
     d = rep.shape[1]
-    keep = pixel_class >= 0
-    feats = at_least_fp32(rep.detach()).movedim(1, -1)[keep]           # [P_valid, D]
-    cls = pixel_class[keep]
-    sums = torch.zeros(num_classes, d, device=rep.device, dtype=feats.dtype).index_add_(0, cls, feats)
-    counts = torch.bincount(cls, minlength=num_classes)
-    return sums / counts.clamp(min=1).unsqueeze(1).to(feats.dtype), counts
+    feats = at_least_fp32(rep.detach()).movedim(1, -1).reshape(-1, d)   # [P, D] (a view for a pixel-major map)
+    # pixels that take no part are summed into an extra row K, which is dropped: no copy of the valid pixels
+    cls = pixel_class.reshape(-1).long()
+    cls = torch.where(cls >= 0, cls, torch.full_like(cls, num_classes))
+    sums = torch.zeros(num_classes + 1, d, device=rep.device, dtype=feats.dtype).index_add_(0, cls, feats)
+    counts = torch.bincount(cls, minlength=num_classes + 1)[:num_classes]
+    return sums[:num_classes] / counts.clamp(min=1).unsqueeze(1).to(feats.dtype), counts
 
 
 def anatomical_contrast_from_indices(rep: torch.Tensor, prototypes: torch.Tensor, classes: torch.Tensor,
