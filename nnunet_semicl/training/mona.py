@@ -139,7 +139,7 @@ class nnUNetTrainerMONA(nnUNetTrainerRelationalPretraining):
         valid = resize_labels(torch.cat([valid_l, ctx.valid]), size)
         valid[n:] &= moved_ok
         # the released code splits reliable/unreliable by the entropy of the student on the strong view
-        probs = torch.softmax(ctx.full_logits().detach().float(), 1)
+        probs = ctx.student_probs()
         entropy = pixel_entropy(F.interpolate(probs, size=size, mode="area"))
         is_labeled = torch.arange(rep.shape[0], device=rep.device) < n
         alpha = linear_decay(self.finetune_progress(), 1.0, self.entropy_alpha_start, 0.0)
@@ -168,7 +168,7 @@ class nnUNetTrainerMONA(nnUNetTrainerRelationalPretraining):
         # as released: T(stopgrad f(x)) against f(T(x)) over the whole student batch
         x = torch.cat([ctx.x_labeled, ctx.x_strong.to(ctx.x_labeled.dtype)])
         with torch.no_grad():
-            probs = torch.softmax(ctx.full_logits().detach().float(), dim=1)
+            probs = ctx.student_probs()
             grid = random_smooth_grid(x.shape[0], x.shape[2:], magnitude=0.0, scale=self.equivariance_scale,
                                       p_mirror=self.equivariance_mirror,
                                       max_rotation=math.radians(self.equivariance_rotation), device=x.device)
