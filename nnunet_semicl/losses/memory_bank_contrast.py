@@ -262,7 +262,8 @@ def memory_bank_contrast_loss(student_rep: torch.Tensor, teacher_rep: torch.Tens
         # one [pixels, D] gradient buffer in backward, not one per class
         distinct = [torch.unique(a.index, return_inverse=True) for a, *_ in draws]
         anchors = student_flat[torch.cat([pixels for pixels, _ in distinct])].split([len(p) for p, _ in distinct])
-        for anchors_c, (_, anchor_rows), (a, positive, negatives, rows, negative_weight) in zip(anchors, distinct, draws):
+        for anchors_c, (_, anchor_rows), draw in zip(anchors, distinct, draws):
+            a, positive, negatives, rows, negative_weight = draw
             losses.append(memory_bank_contrast_from_indices(
                 anchors_c, positive, negatives, rows, temperature, a.weight if use_weights else None,
                 negative_weight if use_weights else None, anchor_rows=anchor_rows))

@@ -74,7 +74,8 @@ def _distance(params, others=None) -> float:
     """Norm of all ``params`` together (of ``params - others`` when given)."""
     params = list(params)
     others = [torch.zeros_like(p) for p in params] if others is None else list(others)
-    return float(torch.stack([(p.detach().double() - o.detach().double()).norm() for p, o in zip(params, others)]).norm())
+    norms = [(p.detach().double() - o.detach().double()).norm() for p, o in zip(params, others)]
+    return float(torch.stack(norms).norm())
 
 
 def _twins(t) -> dict:
