@@ -34,12 +34,13 @@ def class_prototypes(rep: torch.Tensor, pixel_class: torch.Tensor, num_classes: 
     pixels that take no part. Absent classes get a zero prototype and count 0.
     """
     d = rep.shape[1]
-    keep = pixel_class >= 0
-    feats = at_least_fp32(rep.detach()).movedim(1, -1)[keep]           # [P_valid, D]
-    cls = pixel_class[keep]
-    sums = torch.zeros(num_classes, d, device=rep.device, dtype=feats.dtype).index_add_(0, cls, feats)
-    counts = torch.bincount(cls, minlength=num_classes)
-    return sums / counts.clamp(min=1).unsqueeze(1).to(feats.dtype), counts
+    feats = at_least_fp32(rep.detach()).movedim(1, -1).reshape(-1, d)   # [P, D] (a view for a pixel-major map)
+    # pixels that take no part are summed into an extra row K, which is dropped: no copy of the valid pixels
+    cls = pixel_class.reshape(-1).long()
+    cls = torch.where(cls >= 0, cls, torch.full_like(cls, num_classes))
+    sums = torch.zeros(num_classes + 1, d, device=rep.device, dtype=feats.dtype).index_add_(0, cls, feats)
+    counts = torch.bincount(cls, minlength=num_classes + 1)[:num_classes]
+    return sums[:num_classes] / counts.clamp(min=1).unsqueeze(1).to(feats.dtype), counts
 
 
 def anatomical_contrast_from_indices(rep: torch.Tensor, prototypes: torch.Tensor, classes: torch.Tensor,
@@ -71,12 +72,15 @@ def anatomical_contrast_from_indices(rep: torch.Tensor, prototypes: torch.Tensor
         d = rep.shape[1]
         flat = at_least_fp32(rep).movedim(1, -1).reshape(-1, d)                  # [P, D] P = B*prod(spatial)
         table = F.normalize(flat.detach(), dim=-1)                                 # constant keys
-        q = F.normalize(flat[query_index.reshape(-1)], dim=-1).view(m, q_per, d)   # with gradient
+        # queries are drawn with replacement: each distinct pixel is normalised and multiplied once
+        pixels, rows = torch.unique(query_index.reshape(-1), return_inverse=True)
+        q_distinct = F.normalize(flat[pixels], dim=-1)                             # with gradient
+        q = q_distinct[rows].view(m, q_per, d)
         pos = F.normalize(prototypes.detach().to(flat.dtype)[classes], dim=-1)     # [M, D]
         pos_logit = (q * pos.unsqueeze(1)).sum(-1, keepdim=True)                   # [M, Q, 1]
         # negatives: only the Q x N drawn products, never the [M, Q, N, D] gathered keys (1 GB at D=512)
-        neg_logit = gather_dot(q.reshape(m * q_per, d), table,
-                               negative_index.reshape(m * q_per, -1)).view(m, q_per, -1)   # [M, Q, N]
+        neg_logit = gather_dot(q_distinct, table, negative_index.reshape(m * q_per, -1),
+                               rows=rows).view(m, q_per, -1)                       # [M, Q, N]
         logits = torch.cat([pos_logit, neg_logit], dim=-1) / tau
         # cross-entropy with the positive at index 0; equal Q per class, so the global mean is the
         # mean over classes of the per-class means

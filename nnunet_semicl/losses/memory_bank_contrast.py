@@ -127,11 +127,13 @@ def negative_mask(c: int, labels: torch.Tensor, is_labeled: torch.Tensor, probs:
 def memory_bank_contrast_from_indices(anchors: torch.Tensor, positive: torch.Tensor, bank: torch.Tensor,
                                       negative_index: torch.Tensor, temperature: float = 0.5,
                                       anchor_weight: Optional[torch.Tensor] = None,
-                                      negative_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+                                      negative_weight: Optional[torch.Tensor] = None,
+                                      anchor_rows: Optional[torch.Tensor] = None) -> torch.Tensor:
     """One class's loss for already-drawn anchors and negatives (the deterministic part).
 
     Args:
-        anchors: ``[A, D]`` student features (with gradient).
+        anchors: ``[A, D]`` student features (with gradient); with ``anchor_rows``, ``[U, D]``: each distinct
+            drawn pixel once.
         positive: ``[D]`` the class prototype (constant).
         bank: ``[M, D]`` the class's memory bank (constant).
         negative_index: long ``[A, N]``: rows of ``bank`` that are each anchor's negatives.
@@ -139,17 +141,20 @@ def memory_bank_contrast_from_indices(anchors: torch.Tensor, positive: torch.Ten
         anchor_weight: ``[A]`` sampler weights of the anchors (normalised here); None = equal.
         negative_weight: ``[A, N]`` sampler weights of the negatives, summing to 1 over all A x N
             draws; None = equal. Each negative's term exp(s/tau) is multiplied by ``A N w``.
+        anchor_rows: long ``[A]``, optional: the row of ``anchors`` each drawn anchor is (anchors drawn with
+            replacement recur; the bank product is then ``U x M`` instead of ``A x M``).
 
     Returns the 0-d weighted mean over anchors of
     ``-log( e^{s_p} / (e^{s_p} + sum_j A N w_j e^{s_j}) )`` with ``s = cos / temperature``.
     """
     with torch.autocast(device_type=anchors.device.type, enabled=False):
         q = F.normalize(at_least_fp32(anchors), dim=-1)
+        rows = torch.arange(q.shape[0], device=q.device) if anchor_rows is None else anchor_rows
         p = F.normalize(positive.detach().to(q.dtype), dim=-1)
-        pos_logit = (q @ p).unsqueeze(1) / temperature                               # [A, 1]
+        pos_logit = (q @ p)[rows].unsqueeze(1) / temperature                         # [A, 1]
         # cosine to the drawn bank rows without copying or normalising the whole bank (up to 50k x D)
         norms = torch.linalg.vector_norm(bank.detach(), dim=1, dtype=q.dtype).clamp_min(1e-12)
-        neg_logit = gather_dot(q, bank, negative_index) / norms[negative_index] / temperature  # [A, N]
+        neg_logit = gather_dot(q, bank, negative_index, rows=rows) / norms[negative_index] / temperature  # [A, N]
         if negative_weight is not None:
             w = negative_weight.detach().to(q.dtype)
             neg_logit = neg_logit + torch.log(w * w.numel())
@@ -233,7 +238,7 @@ def memory_bank_contrast_loss(student_rep: torch.Tensor, teacher_rep: torch.Tens
             if gather or feats.shape[0] > 0:
                 bank.push_class(c, feats, gather=gather)
 
-    losses = []
+    draws = []
     for c in range(num_classes):
         pos_mask = reliable & (labels == c)
         anchor_mask = pos_mask & (probs[:, c] > anchor_threshold)
@@ -249,9 +254,19 @@ def memory_bank_contrast_loss(student_rep: torch.Tensor, teacher_rep: torch.Tens
         bank_mask = torch.ones(negatives.shape[0], dtype=torch.bool, device=device)
         ns = negative_sampler(bank_mask, n_a * num_negatives, generator)
         rows = (ns.index + oldest) % negatives.shape[0]
-        losses.append(memory_bank_contrast_from_indices(
-            student_flat[a.index], positive, negatives, rows.view(n_a, num_negatives), temperature,
-            a.weight if use_weights else None, ns.weight.view(n_a, num_negatives) if use_weights else None))
+        draws.append((a, positive, negatives, rows.view(n_a, num_negatives), ns.weight.view(n_a, num_negatives)))
+
+    losses = []
+    if draws:
+        # each distinct anchor pixel once (drawn with replacement, they recur), and every class's in one gather:
+        # one [pixels, D] gradient buffer in backward, not one per class
+        distinct = [torch.unique(a.index, return_inverse=True) for a, *_ in draws]
+        anchors = student_flat[torch.cat([pixels for pixels, _ in distinct])].split([len(p) for p, _ in distinct])
+        for anchors_c, (_, anchor_rows), draw in zip(anchors, distinct, draws):
+            a, positive, negatives, rows, negative_weight = draw
+            losses.append(memory_bank_contrast_from_indices(
+                anchors_c, positive, negatives, rows, temperature, a.weight if use_weights else None,
+                negative_weight if use_weights else None, anchor_rows=anchor_rows))
 
     if stats is not None:
         stats["valid_classes"] = len(losses)

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_semicl.modules.pixels import pixel_major
+
 
 def conv_nd(dim: int):
     return {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dim]
@@ -68,11 +70,13 @@ class RepresentationHead(nn.Module):
         target = features[-1].shape[2:]
         x = None
         for f, p in zip(features, self.proj):
-            y = p(f)
+            y = p(pixel_major(f))
             if tuple(y.shape[2:]) != tuple(target):
                 y = F.interpolate(y, size=target, mode=self.mode, align_corners=False)
-            x = y if x is None else x + y
-        x = x + self.bias.view(1, -1, *([1] * self.dim))
+            # in place: neither a 1x1 convolution nor upsampling keeps its output for backward, and a new
+            # full-size tensor per add costs as much as the add (same values)
+            x = y if x is None else x.add_(y)
+        x = x.add_(self.bias.view(1, -1, *([1] * self.dim)))
         return self.out(self.act(x))
 
 

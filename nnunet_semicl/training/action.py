@@ -73,7 +73,7 @@ class nnUNetTrainerACTION(nnUNetTrainerRelationalPretraining):
     def anatomical_contrast(self, ctx: StepContext, rep: torch.Tensor, tau: float = None) -> torch.Tensor:
         size = rep.shape[2:]
         labels, valid = self.contrast_targets(ctx, size)
-        prob = F.interpolate(torch.softmax(ctx.full_logits().detach().float(), 1), size=tuple(size), mode="area")
+        prob = F.interpolate(ctx.student_probs(), size=tuple(size), mode="area")
         return anatomical_contrast_loss(rep, labels, valid, prob, self.anco_strong_threshold,
                                         self.anco_tau if tau is None else tau, self.anco_queries, self.anco_negatives)
 

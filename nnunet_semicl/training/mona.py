@@ -37,7 +37,7 @@ from nnunet_semicl.losses.memory_bank_contrast import memory_bank_contrast_loss,
 from nnunet_semicl.losses.nearest_neighbour import (NearestNeighbourPool, embedding_dim, image_embedding,
                                                     nearest_neighbour_loss)
 from nnunet_semicl.modules.memory_bank import ClassMemoryBank
-from nnunet_semicl.modules.pixels import resize_labels
+from nnunet_semicl.modules.pixels import pixel_major, resize_labels
 from nnunet_semicl.sampling.base import PixelSampler
 from nnunet_semicl.sampling.stratified import StratifiedSampler
 from nnunet_semicl.sampling.uniform import UniformSampler
@@ -130,7 +130,8 @@ class nnUNetTrainerMONA(nnUNetTrainerRelationalPretraining):
         # the unlabeled half of the teacher maps was computed on the weak view: move it into the strong view
         t_rep_u, moved_ok = self.augmentation_for_step().replay(ctx.strong_params, t_rep[n:].float())
         t_probs_u, _ = self.augmentation_for_step().replay(ctx.strong_params, t_probs[n:])
-        t_rep = torch.cat([t_rep[:n].float(), t_rep_u])
+        # in the rep head's layout (the warp returns channels-first): the loss flattens it to [pixels, D] without a copy
+        t_rep = torch.cat([t_rep[:n].float(), pixel_major(t_rep_u)])
         t_probs = torch.cat([t_probs[:n], t_probs_u])
         y = ctx.labeled_target_full()
         valid_l = ctx.labeled_valid(self.label_manager.ignore_label)
@@ -138,7 +139,7 @@ class nnUNetTrainerMONA(nnUNetTrainerRelationalPretraining):
         valid = resize_labels(torch.cat([valid_l, ctx.valid]), size)
         valid[n:] &= moved_ok
         # the released code splits reliable/unreliable by the entropy of the student on the strong view
-        probs = torch.softmax(ctx.full_logits().detach().float(), 1)
+        probs = ctx.student_probs()
         entropy = pixel_entropy(F.interpolate(probs, size=size, mode="area"))
         is_labeled = torch.arange(rep.shape[0], device=rep.device) < n
         alpha = linear_decay(self.finetune_progress(), 1.0, self.entropy_alpha_start, 0.0)
@@ -167,7 +168,7 @@ class nnUNetTrainerMONA(nnUNetTrainerRelationalPretraining):
         # as released: T(stopgrad f(x)) against f(T(x)) over the whole student batch
         x = torch.cat([ctx.x_labeled, ctx.x_strong.to(ctx.x_labeled.dtype)])
         with torch.no_grad():
-            probs = torch.softmax(ctx.full_logits().detach().float(), dim=1)
+            probs = ctx.student_probs()
             grid = random_smooth_grid(x.shape[0], x.shape[2:], magnitude=0.0, scale=self.equivariance_scale,
                                       p_mirror=self.equivariance_mirror,
                                       max_rotation=math.radians(self.equivariance_rotation), device=x.device)

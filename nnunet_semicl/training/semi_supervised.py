@@ -364,7 +364,10 @@ class nnUNetTrainerSemiSupervised(TrainingDynamicsMixin, nnUNetTrainerLabeledOnl
                 ctx = self.supervised_step(batch)
                 terms = {"sup": self.supervised_loss(ctx)}
             total = sum(terms.values())
-        self._check_finite(terms, ctx)
+        # the loss and every term in ONE device-to-host copy per step (each float(tensor) would wait for the device)
+        host = torch.stack([total.detach().float()] + [v.detach().float() for v in terms.values()]).cpu()
+        host_terms = dict(zip(terms, host[1:].tolist()))
+        self._check_finite(host_terms, ctx)
         scaler = self.grad_scaler   # nnU-Net's GradScaler on CUDA, None on CPU
         (total if scaler is None else scaler.scale(total)).backward()
         average_gradients(self.heads.parameters())
@@ -378,9 +381,9 @@ class nnUNetTrainerSemiSupervised(TrainingDynamicsMixin, nnUNetTrainerLabeledOnl
             scaler.update()
         self.after_optimizer_step(ctx)
         self.global_step += 1
-        out = {"loss": total.detach().cpu().numpy()}
+        out = {"loss": host[0].numpy()}
         for t in self.loss_terms:
-            out[TERM_PREFIX + t] = float(terms[t].detach()) if t in terms else float("nan")
+            out[TERM_PREFIX + t] = host_terms.get(t, float("nan"))
         return out
 
     def after_optimizer_step(self, ctx: StepContext) -> None:
@@ -388,10 +391,10 @@ class nnUNetTrainerSemiSupervised(TrainingDynamicsMixin, nnUNetTrainerLabeledOnl
         for name, t in self.head_teachers.items():
             t.update(self.heads[name])
 
-    def _check_finite(self, terms: Dict[str, torch.Tensor], ctx: StepContext) -> None:
-        bad = [k for k, v in terms.items() if not bool(torch.isfinite(v.detach()).all())]
+    def _check_finite(self, values: Dict[str, float], ctx: StepContext) -> None:
+        """Stop before a non-finite loss term reaches the weights (``values``: the terms' values on the host)."""
+        bad = [k for k, v in values.items() if not np.isfinite(v)]
         if bad:
-            values = {k: float(v.detach()) for k, v in terms.items()}
             inputs_finite = bool(torch.isfinite(ctx.x_labeled).all()) and bool(torch.isfinite(ctx.x_weak).all())
             hint = ("the input batch itself contains NaN/Inf: check the images of these cases in the raw data"
                     if not inputs_finite else "the inputs are finite: lower the learning rate or check the loss "

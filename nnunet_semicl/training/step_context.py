@@ -36,6 +36,7 @@ class StepContext:
     paste_mask: Optional[torch.Tensor] = None  # [Bu, *spatial] weak-view pixels showing a labeled image (copy-paste)
     outputs: object = None                 # student outputs on cat(labeled, strong)
     features: Optional[List[torch.Tensor]] = None  # student taps on cat(labeled, strong)
+    _student_probs: Optional[torch.Tensor] = field(default=None, repr=False)
 
     @property
     def n_labeled(self) -> int:
@@ -48,6 +49,13 @@ class StepContext:
     def full_logits(self) -> torch.Tensor:
         """Student logits on ``cat(labeled, strong unlabeled)`` at full resolution."""
         return full_resolution(self.outputs)
+
+    def student_probs(self) -> torch.Tensor:
+        """Softmax of the student's full-resolution logits (detached, fp32): computed once per step, however many
+        terms read it."""
+        if self._student_probs is None:
+            self._student_probs = torch.softmax(self.full_logits().detach().float(), 1)
+        return self._student_probs
 
     def unlabeled_logits(self) -> torch.Tensor:
         return self.full_logits()[self.n_labeled:]

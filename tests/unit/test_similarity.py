@@ -56,3 +56,21 @@ def test_logsumexp_dot_keys_constant_and_empty():
     assert empty.shape == (3,) and bool(torch.isneginf(empty).all())
     with pytest.raises(ValueError):
         logsumexp_dot(q, torch.zeros(6, 5))
+
+
+@pytest.mark.parametrize("dense", [0, 10 ** 6])
+def test_rows_select_a_query_per_index_row(dense):
+    """``rows``: each distinct query passed once; the same values and gradient as the repeated queries."""
+    torch.manual_seed(0)
+    q = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    table = torch.randn(30, 5, dtype=torch.float64)
+    rows = torch.tensor([0, 2, 2, 1, 0, 3, 2])
+    index = torch.randint(0, 30, (7, 6))
+    out = gather_dot(q, table, index, chunk=3, dense_max_elements=dense, rows=rows)
+    ref = gather_dot(q[rows], table, index, chunk=3, dense_max_elements=dense)
+    assert torch.allclose(out, ref)
+    w = torch.randn(7, 6, dtype=torch.float64)
+    assert torch.allclose(*(torch.autograd.grad((o * w).sum(), q)[0] for o in (out, ref)))
+    assert torch.autograd.gradcheck(lambda x: gather_dot(x, table, index, 3, dense, rows=rows), (q,))
+    with pytest.raises(ValueError):
+        gather_dot(q, table, index, rows=rows[:5])
