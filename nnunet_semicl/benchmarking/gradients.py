@@ -192,7 +192,7 @@ def measure(trainer, at: Sequence[float], batches: int, seed: int = 0) -> Dict[f
     return results
 
 
-def format_table(results: Mapping[float, dict]) -> str:
+def format_gradient_table(results: Mapping[float, dict]) -> str:
     """Markdown: one row per point and term; the norms and their ratio to the pseudo-label term's."""
     head = ("| at | iteration | ramp | term | loss | encoder | decoder | heads | network / unsup |\n"
             "|---:|---:|---:|:---|---:|---:|---:|---:|---:|")
@@ -220,7 +220,7 @@ def run(args) -> None:
         finally:
             close_loaders(trainer)
     print(f"Gradient norm of each weighted loss term ({args.batches} batches per point), {checkpoint}:\n")
-    print(format_table(results))
+    print(format_gradient_table(results))
     if args.json:
         save_json({"checkpoint": checkpoint, "batches": args.batches,
                    "points": {str(k): v for k, v in results.items()}}, args.json)

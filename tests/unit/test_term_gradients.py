@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from nnunet_semicl.benchmarking.gradients import format_table, mean_over_batches, term_gradient_norms
+from nnunet_semicl.benchmarking.gradients import format_gradient_table, mean_over_batches, term_gradient_norms
 
 
 def test_norm_of_each_term_per_group_with_known_values():
@@ -40,7 +40,7 @@ def test_mean_over_batches_and_table_ratio_to_the_pseudo_label_term():
     assert mean["unsup"]["encoder"] == 2.0 and mean["global"]["encoder"] == 6.0
     for t in mean.values():
         t["loss"] = 0.5
-    table = format_table({0.5: {"step": 10, "scale": 1.0, "terms": mean}})
+    table = format_gradient_table({0.5: {"step": 10, "scale": 1.0, "terms": mean}})
     line = [l for l in table.splitlines() if "| global |" in l][0]
     assert line.rstrip().endswith("| 3.00 |") and "| 6.0000 |" in line   # network norm 6 against unsup's 2
     assert math.isclose(float([l for l in table.splitlines() if "| unsup |" in l][0].split("|")[-2]), 1.0)
