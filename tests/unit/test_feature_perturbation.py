@@ -61,3 +61,29 @@ def test_probability_outside_zero_to_one_is_refused(p):
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         channel_dropout(_skips(2), p)
 
+
+# ---- the setting keys in the trainers' term tables (no nnU-Net state: the class arithmetic only) -----------------
+def _configured(cls, epochs=100, **settings):
+    t = cls.__new__(cls)
+    t.num_epochs = epochs
+    for k, v in settings.items():
+        setattr(t, k, v)
+    return t
+
+
+def test_fp_is_a_term_of_every_semi_supervised_trainer_only_when_its_weight_is_positive():
+    from nnunet_semicl.training.action_pp import nnUNetTrainerACTIONpp, nnUNetTrainerACTIONpp_paper
+    from nnunet_semicl.training.mean_teacher import nnUNetTrainerMeanTeacher
+    from nnunet_semicl.training.mona import nnUNetTrainerARCO_SAG, nnUNetTrainerMONA
+    from nnunet_semicl.training.pseudo_label import nnUNetTrainerPseudoLabel
+
+    for cls in (nnUNetTrainerPseudoLabel, nnUNetTrainerMeanTeacher, nnUNetTrainerACTIONpp,
+                nnUNetTrainerACTIONpp_paper, nnUNetTrainerMONA, nnUNetTrainerARCO_SAG):
+        default = _configured(cls)
+        assert cls.feature_perturbation_weight == 0.0 and cls.feature_perturbation_dropout == 0.5
+        assert "fp" not in default.active_terms() and "fp" not in default.loss_terms, cls.__name__
+        on = _configured(cls, feature_perturbation_weight=0.5)
+        assert on.active_terms()["fp"] == 0.5 and "fp" in on.loss_terms, cls.__name__
+    # a phased method computes it with the pseudo-label term, in fine-tuning: none, no term
+    assert "fp" not in _configured(nnUNetTrainerMONA, feature_perturbation_weight=0.5,
+                                   local_phase_fraction=1.0).active_terms()
