@@ -177,7 +177,7 @@ def measure(trainer, at: Sequence[float], batches: int, seed: int = 0) -> Dict[f
                     raise InputError(f"At iteration {trainer.global_step} this trainer computes no unsupervised "
                                      f"term: choose --at points inside the unsupervised terms' run.")
                 ctx = trainer.prepare_step(batch, next(trainer.dataloader_unlabeled))
-                terms = trainer.compute_losses(ctx)
+                terms = trainer.step_losses(ctx)
                 losses.append({k: float(v.detach()) for k, v in terms.items()})
                 rows.append(term_gradient_norms(terms, groups))
                 trainer.state_modules.load_state_dict(state)

@@ -189,6 +189,8 @@ def _range_rule(key: str):
     if key.endswith(("_momentum", "_threshold")) or key in ("warmup_min_fraction", "warmup_max_fraction",
                                                             "rampup_fraction", "copy_paste_side"):
         return (lambda v: 0 <= v <= 1), "a number between 0 and 1"
+    if key.endswith("_dropout"):   # a dropout probability (1 would drop everything)
+        return (lambda v: 0 <= v < 1), "a number in [0, 1)"
     if key.endswith(("_weight", "_fraction")):
         return (lambda v: v >= 0), "a number >= 0"
     return None

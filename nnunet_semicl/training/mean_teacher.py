@@ -15,7 +15,7 @@ from nnunet_semicl.training.step_context import StepContext
 
 class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
     consistency_weight = 0.1            # SSL4MIS's mean-teacher default
-    term_weights = {"sup": "supervised_weight", "cons": "consistency_weight"}
+    term_weights = {"sup": "supervised_weight", "cons": "consistency_weight", "fp": "feature_perturbation_weight"}
 
     def strong_view_targets(self, ctx: StepContext) -> Dict[str, torch.Tensor]:
         return {**super().strong_view_targets(ctx), "teacher_probs": ctx.teacher_probs}

@@ -90,7 +90,8 @@ class nnUNetTrainerRelationalPretraining(nnUNetTrainerSemiSupervised):
             return self.uses_global_term()
         if term == "local":
             return self.uses_local_term()
-        return term == "sup" or self.has_finetune()   # every other term is a fine-tuning term
+        # every other term is a fine-tuning term (and may be off altogether: the base class decides)
+        return term == "sup" or (self.has_finetune() and super().term_runs(term))
 
     def earliest_unsup_step(self) -> int:
         return self.phase_starts()[1] * self.num_iterations_per_epoch

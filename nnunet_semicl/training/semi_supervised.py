@@ -11,7 +11,7 @@ Per training iteration (one backward, one optimizer step):
 4. ONE student forward over ``cat(labeled, strong unlabeled)`` (nnU-Net uses instance norm, so the
    two halves do not interact; one forward also keeps DistributedDataParallel simple); decoder
    features are captured by forward hooks;
-5. ``compute_losses`` returns the weighted loss terms; their sum is backpropagated inside nnU-Net's
+5. ``step_losses`` returns the weighted loss terms; their sum is backpropagated inside nnU-Net's
    AMP / GradScaler branching, gradients are clipped over network and heads together, and the
    teacher (and teacher twins of heads) follow by EMA.
 
@@ -21,7 +21,8 @@ and our state goes under ``checkpoint['semicl']``.
 
 What one iteration computed travels in a ``StepContext`` (``training/step_context.py``); when the
 unsupervised terms turn on and how much they weigh is ``TrainingDynamicsMixin``
-(``training/training_dynamics.py``).
+(``training/training_dynamics.py``); the opt-in mechanisms of other methods (UniMatch's feature perturbation) are
+``PeerMechanismsMixin`` (``training/peer_mechanisms.py``).
 """
 from typing import Dict, List, Optional, Sequence
 
@@ -44,11 +45,12 @@ from nnunet_semicl.modules.ema import EMATeacher, unwrap
 from nnunet_semicl.modules.feature_taps import FeatureTaps, unet_tap_channels, unet_tap_modules
 from nnunet_semicl.training.labeled_only import nnUNetTrainerLabeledOnly
 from nnunet_semicl.training.loss_logger import TERM_PREFIX, SemiCLLocalLogger
+from nnunet_semicl.training.peer_mechanisms import PeerMechanismsMixin
 from nnunet_semicl.training.step_context import StepContext, full_resolution
 from nnunet_semicl.training.training_dynamics import TrainingDynamicsMixin
 
 
-class nnUNetTrainerSemiSupervised(TrainingDynamicsMixin, nnUNetTrainerLabeledOnly):
+class nnUNetTrainerSemiSupervised(TrainingDynamicsMixin, PeerMechanismsMixin, nnUNetTrainerLabeledOnly):
     """Shared machinery; as it stands it trains with the pseudo-label loss (see nnUNetTrainerPseudoLabel)."""
 
     # ---- hyperparameters (class attributes; variants are subclasses) ------------------------------
@@ -72,7 +74,7 @@ class nnUNetTrainerSemiSupervised(TrainingDynamicsMixin, nnUNetTrainerLabeledOnl
     allow_compile = False             # hooks + EMA copy + custom step: not yet verified with torch.compile
     #: the method's table of loss terms: each term and the class attribute holding its weight at full strength
     #: (the unsupervised ones are multiplied by the schedule's ramp); logged per epoch, drawn in progress.png
-    term_weights = {"sup": "supervised_weight", "unsup": "pseudo_label_weight"}
+    term_weights = {"sup": "supervised_weight", "unsup": "pseudo_label_weight", "fp": "feature_perturbation_weight"}
 
     @property
     def loss_terms(self):
@@ -81,6 +83,8 @@ class nnUNetTrainerSemiSupervised(TrainingDynamicsMixin, nnUNetTrainerLabeledOnl
 
     def term_runs(self, term: str) -> bool:
         """Whether some phase of this configuration computes ``term`` (methods with phases refine this)."""
+        if term == "fp":   # an opt-in term: nothing is built or logged for it when it is off
+            return self.feature_perturbation_weight > 0
         return True
 
     def active_terms(self) -> Dict[str, float]:
@@ -319,19 +323,30 @@ class nnUNetTrainerSemiSupervised(TrainingDynamicsMixin, nnUNetTrainerLabeledOnl
         return self.loss(ctx.labeled_outputs(), ctx.y_labeled)
 
     def pseudo_label_loss(self, ctx: StepContext) -> torch.Tensor:
+        """The pseudo-label loss of the student's strong view (targets moved with its geometry)."""
         t = ctx.strong_targets
-        logits = ctx.unlabeled_logits()
+        return self.pseudo_label_objective(ctx.unlabeled_logits(), t["pseudo_label"], t["confidence"], ctx.valid)
+
+    def pseudo_label_objective(self, logits: torch.Tensor, pseudo_label: torch.Tensor, confidence: torch.Tensor,
+                               valid: torch.Tensor) -> torch.Tensor:
+        """This trainer's pseudo-label loss of ``logits`` against ``pseudo_label`` / ``confidence`` over the
+        ``valid`` pixels: the confidence-weighted (or -masked) CE, plus the optional Dice on confident pixels."""
         ce = confidence_masked_ce if self.pseudo_label_pixel_mask else confidence_weighted_ce
-        loss = ce(logits, t["pseudo_label"], t["confidence"], ctx.valid, self.confidence_threshold)
+        loss = ce(logits, pseudo_label, confidence, valid, self.confidence_threshold)
         if self.pseudo_label_dice_weight > 0:
-            confident = ctx.valid & (t["confidence"] >= self.confidence_threshold)
-            loss = loss + self.pseudo_label_dice_weight * masked_soft_dice(logits, t["pseudo_label"], confident)
+            confident = valid & (confidence >= self.confidence_threshold)
+            loss = loss + self.pseudo_label_dice_weight * masked_soft_dice(logits, pseudo_label, confident)
         return loss
 
     def compute_losses(self, ctx: StepContext) -> Dict[str, torch.Tensor]:
-        """Weighted loss terms; their sum is the training loss. Keys must be in ``loss_terms``."""
+        """The method's weighted loss terms (``step_losses`` adds the shared opt-in ones). Keys must be in
+        ``loss_terms``."""
         return {"sup": self.supervised_weight * self.supervised_loss(ctx),
                 "unsup": self.unsup_weight(self.pseudo_label_weight, per_pixel=True) * self.pseudo_label_loss(ctx)}
+
+    def step_losses(self, ctx: StepContext) -> Dict[str, torch.Tensor]:
+        """Every weighted loss term of an iteration with unlabeled data: the method's and the peers' opt-in ones."""
+        return {**self.compute_losses(ctx), **self.peer_terms(ctx)}
 
     def trainable_parameters(self):
         return list(self.network.parameters()) + list(self.heads.parameters())
@@ -359,7 +374,7 @@ class nnUNetTrainerSemiSupervised(TrainingDynamicsMixin, nnUNetTrainerLabeledOnl
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             if with_unlabeled:
                 ctx = self.prepare_step(batch, unlabeled)
-                terms = self.compute_losses(ctx)
+                terms = self.step_losses(ctx)
             else:
                 ctx = self.supervised_step(batch)
                 terms = {"sup": self.supervised_loss(ctx)}

@@ -155,6 +155,23 @@ def test_real_trainers_validate_their_documented_ablations():
     assert applied == {"num_epochs": 2} and "warmup_limit_floor" in skipped
 
 
+def test_feature_perturbation_keys_reach_every_semi_supervised_trainer_with_their_ranges():
+    from nnunet_semicl.training.mean_teacher import nnUNetTrainerMeanTeacher
+    from nnunet_semicl.training.mona import nnUNetTrainerARCO
+    from nnunet_semicl.training.pseudo_label import nnUNetTrainerPseudoLabel
+
+    for cls in (nnUNetTrainerPseudoLabel, nnUNetTrainerMeanTeacher, nnUNetTrainerARCO):
+        applied, _ = validate_overrides(cls, {"feature_perturbation_weight": 1, "feature_perturbation_dropout": 0},
+                                        "w")
+        assert applied == {"feature_perturbation_weight": 1.0, "feature_perturbation_dropout": 0.0}
+    for bad, message in (({"feature_perturbation_dropout": 1}, r"must be a number in \[0, 1\)"),
+                         ({"feature_perturbation_dropout": -0.1}, r"must be a number in \[0, 1\)"),
+                         ({"feature_perturbation_weight": -0.5}, "must be a number >= 0"),
+                         ({"feature_perturbation_weight": True}, "must be a number")):
+        with pytest.raises(SplitError, match=message):
+            validate_overrides(nnUNetTrainerPseudoLabel, bad, "w")
+
+
 def _bare_trainer(cls, tmp_path, trainer_block, local_rank=0):
     """An instance of ``cls`` with just what ``_apply_setting_overrides`` reads (nnU-Net's __init__ not run)."""
     t = object.__new__(cls)
