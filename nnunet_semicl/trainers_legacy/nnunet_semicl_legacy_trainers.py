@@ -60,7 +60,7 @@ class nnUNetTrainerACTIONpp_phased(_FineTuneOnly, ThreeStagesMixin, nnUNetTraine
     pass
 
 
-class nnUNetTrainerACTIONPretrain(_FineTuneOnly, nnUNetTrainerACTION):
+class nnUNetTrainerACTIONPretrain(_FineTuneOnly, ThreeStagesMixin, nnUNetTrainerACTION):
     global_phase_fraction = 0.5
     local_phase_fraction = 0.5
 

@@ -32,10 +32,13 @@ from nnunet_semicl.training.step_context import StepContext
 
 
 class ThreeStagesMixin:
-    """The paper's stages i / ii / iii (100 / 100 / 200 epochs) as fractions of nnU-Net's num_epochs. Put it
-    before the trainer among the bases."""
+    """The paper's stages i / ii / iii (100 / 100 / 200 epochs) as fractions of nnU-Net's num_epochs, the relational
+    terms at the paper's weight 1.0 (in stages i and ii they run with the labeled loss alone). Put it before the
+    trainer among the bases."""
     global_phase_fraction = 0.25
     local_phase_fraction = 0.25
+    global_weight = 1.0
+    local_weight = 1.0
 
 
 class nnUNetTrainerACTION(nnUNetTrainerRelationalPretraining):
@@ -44,6 +47,11 @@ class nnUNetTrainerACTION(nnUNetTrainerRelationalPretraining):
     global_phase_fraction = 0.0
     local_phase_fraction = 0.0
     relational_in_finetune = True
+    # beside the fine-tuning terms, weights that bring each relational term's gradient to about the pseudo-label
+    # term's where the temperatures are sharpest: at the pre-training weight 1.0 the global term's gradient was 28x
+    # (local 3x) the pseudo-label term's and cost 2.0 points (`benchmark gradients`; docs/methods/action.md)
+    global_weight = 0.02
+    local_weight = 0.25
     # ---- anatomical contrast (stage iii; paper values) -------------------------------------------
     supervised_weight = 1.0           # CE + Dice during fine-tuning; the paper's 0.5 (the _noRampUp variants) assumes a
                                       # converged pre-trained model: in a short run from scratch the labels still teach

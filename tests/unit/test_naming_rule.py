@@ -185,3 +185,18 @@ def test_phase_schedule():
     assert phases(nnUNetTrainerACTION, 4, global_phase_fraction=0.5, local_phase_fraction=0.5) == \
         ["global"] * 2 + ["local"] * 2
     assert phases(nnUNetTrainerMONA, 6) == ["local"] * 2 + ["finetune"] * 4
+
+
+def test_relational_weights_follow_the_regime_they_run_in():
+    """Beside the fine-tuning terms the distillation weighs less than in the paper's pre-training stages, where it
+    runs with the labeled loss alone (issue 27 item 2: at 1.0 its global gradient was 28x the pseudo-label term's)."""
+    from nnunet_semicl.trainers_legacy.nnunet_semicl_legacy_trainers import nnUNetTrainerACTIONPretrain
+    from nnunet_semicl.training.action import nnUNetTrainerACTION_paper
+    from nnunet_semicl.training.action_pp import nnUNetTrainerACTIONpp_paper
+
+    for cls in (nnUNetTrainerACTION, nnUNetTrainerACTIONpp):
+        assert _configured(cls).active_terms()["global"] == 0.02 and _configured(cls).active_terms()["local"] == 0.25
+    for cls in (nnUNetTrainerACTION_paper, nnUNetTrainerACTIONpp_paper, nnUNetTrainerACTIONPretrain,
+                nnUNetTrainerMONA):
+        active = _configured(cls).active_terms()
+        assert active["global"] == 1.0 and active["local"] == 1.0, cls.__name__
