@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from nnunet_semicl.modules.feature_perturbation import channel_dropout
+from tests.unit.trainer_classes import configured
 
 
 def _skips(dim: int, requires_grad: bool = False):
@@ -63,12 +64,7 @@ def test_probability_outside_zero_to_one_is_refused(p):
 
 
 # ---- the setting keys in the trainers' term tables (no nnU-Net state: the class arithmetic only) -----------------
-def _configured(cls, epochs=100, **settings):
-    t = cls.__new__(cls)
-    t.num_epochs = epochs
-    for k, v in settings.items():
-        setattr(t, k, v)
-    return t
+_configured = configured   # the class's term table as a training would run it
 
 
 def test_fp_is_a_term_of_every_semi_supervised_trainer_only_when_its_weight_is_positive():

@@ -15,6 +15,7 @@ from nnunet_semicl.training.mona import (nnUNetTrainerARCO, nnUNetTrainerARCO_pa
                                          nnUNetTrainerMONA, nnUNetTrainerMONA_paper)
 from nnunet_semicl.training.semi_supervised import PapersScheduleMixin
 from nnunet_semicl.training.step_context import StepContext
+from tests.unit.trainer_classes import configured
 
 # what each paper claims as its contribution, as loss terms (the pseudo-label core "unsup" is every paper's)
 RELATIONAL = {"global", "local"}            # ACTION's relational contrastive distillation (stages i and ii)
@@ -33,13 +34,7 @@ EXPORTED = {"nnUNetTrainerLabeledOnly", "nnUNetTrainerPseudoLabel", "nnUNetTrain
             "nnUNetTrainerMONA_paper", "nnUNetTrainerARCO_paper"}
 
 
-def _configured(cls, epochs=100, **settings):
-    """The class's term table as a training of ``epochs`` would run it (``settings``: setting keys)."""
-    t = cls.__new__(cls)
-    t.num_epochs = epochs
-    for k, v in settings.items():
-        setattr(t, k, v)
-    return t
+_configured = configured   # the class's term table as a training would run it
 
 
 @pytest.mark.parametrize("cls", list(PAPER_TERMS), ids=lambda c: c.__name__)
