@@ -55,6 +55,15 @@ def positive_float(text: str) -> float:
     return value
 
 
+def closed_fraction(text: str) -> float:
+    """A fraction from 0 to 1, both included (NaN refused)."""
+    rule = "a fraction from 0 to 1 (e.g. 0.5)"
+    value = _float(text, rule)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+    return value
+
+
 def open_fraction(text: str) -> float:
     """A fraction strictly between 0 and 1 (NaN refused)."""
     rule = "a fraction strictly between 0 and 1 (e.g. 0.1)"

@@ -21,7 +21,7 @@ import os
 import tempfile
 from typing import Dict, Iterable, List, Mapping, Sequence
 
-from nnunet_semicl.argtypes import positive_int
+from nnunet_semicl.argtypes import closed_fraction, positive_int, seed_int
 from nnunet_semicl.errors import InputError
 
 #: the parameter groups reported (the network split as nnU-Net's U-Nets are, plus the method's heads)
@@ -74,16 +74,6 @@ def mean_over_batches(rows: Iterable[Dict[str, Dict[str, float]]]) -> Dict[str, 
 # ------------------------------------------------------------------------------------------------
 # command line
 # ------------------------------------------------------------------------------------------------
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}")
-    return value
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-d", "--dataset", required=True, help="dataset name or id, as for nnUNetv2_train")
     p.add_argument("-c", "--configuration", required=True)
@@ -93,10 +83,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="checkpoint_final.pth", help="file in the fold folder (default "
                                                                         "checkpoint_final.pth)")
     p.add_argument("--batches", type=positive_int, default=4, help="batches averaged per point (default 4)")
-    p.add_argument("--at", type=_fraction, nargs="+", default=[0.05, 0.5, 0.95],
+    p.add_argument("--at", type=closed_fraction, nargs="+", default=[0.05, 0.5, 0.95],
                    help="points of the unsupervised terms' run, as fractions from the gate to the end "
                         "(default 0.05 0.5 0.95)")
-    p.add_argument("--seed", type=int, default=0, help="torch seed of the batches' augmentation (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="torch seed of the batches' augmentation (default 0)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
 

@@ -44,3 +44,15 @@ def test_mean_over_batches_and_table_ratio_to_the_pseudo_label_term():
     line = [l for l in table.splitlines() if "| global |" in l][0]
     assert line.rstrip().endswith("| 3.00 |") and "| 6.0000 |" in line   # network norm 6 against unsup's 2
     assert math.isclose(float([l for l in table.splitlines() if "| unsup |" in l][0].split("|")[-2]), 1.0)
+
+
+def test_command_line_refuses_points_outside_the_run_and_bad_counts():
+    from nnunet_semicl.cli import build_parser
+
+    parser = build_parser()
+    base = ["benchmark", "gradients", "-d", "27", "-c", "2d", "-tr", "nnUNetTrainerACTIONpp"]
+    args = parser.parse_args(base + ["--at", "0", "1", "0.5"])
+    assert args.at == [0.0, 1.0, 0.5] and args.batches == 4
+    for bad in (["--at", "1.5"], ["--at", "-0.1"], ["--at", "nan"], ["--batches", "0"], ["--seed", "-1"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(base + bad)
