@@ -14,7 +14,8 @@ gradient is ten times the labeled loss's drives the training whatever its weight
 4. prints a table (mean over the batches) with each term's norm relative to the pseudo-label term's (``unsup``).
 
 Nothing is trained (no optimizer step, no EMA or queue update that outlives the command) and nothing is written
-into the results folder (the trainer's log goes to a temporary file). ``--json PATH`` also writes the numbers.
+into the results folder (the trainer is built over a temporary copy of it, removed at the end). ``--json PATH``
+also writes the numbers.
 """
 import argparse
 import os
@@ -23,10 +24,6 @@ from typing import Dict, Iterable, List, Mapping, Sequence
 
 from nnunet_semicl.argtypes import closed_fraction, positive_int, seed_int
 from nnunet_semicl.errors import InputError
-
-#: the parameter groups reported (the network split as nnU-Net's U-Nets are, plus the method's heads)
-GROUPS = ("encoder", "decoder", "heads")
-
 
 def term_gradient_norms(terms: Mapping[str, "torch.Tensor"],
                         groups: Mapping[str, Sequence["torch.nn.Parameter"]]) -> Dict[str, Dict[str, float]]:
@@ -122,14 +119,17 @@ def _build(args):
     try:
         trainer = get_trainer_from_args(str(args.dataset), args.configuration, fold, args.trainer, args.plans,
                                         device=torch.device(args.device))
+        if not hasattr(trainer, "compute_losses"):
+            raise InputError(f"{args.trainer} is not one of this package's semi-supervised trainers: it has no "
+                             f"loss terms to compare.")
+        trainer.initialize()
+        trainer.load_checkpoint(os.path.join(copy, args.checkpoint))
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
     finally:
         os.environ["nnUNet_results"] = results
-    if not hasattr(trainer, "compute_losses"):
-        raise InputError(f"{args.trainer} is not one of this package's semi-supervised trainers: it has no loss "
-                         f"terms to compare.")
-    trainer.initialize()
-    trainer.load_checkpoint(os.path.join(copy, args.checkpoint))
-    return trainer, checkpoint
+    return trainer, checkpoint, scratch
 
 
 def measure(trainer, at: Sequence[float], batches: int, seed: int = 0) -> Dict[float, dict]:
@@ -203,12 +203,15 @@ def run(args) -> None:
     from nnunet_semicl.files import save_json
     from nnunet_semicl.launch import exit_2_on
 
+    import shutil
+
     with exit_2_on("benchmark gradients", InputError):
-        trainer, checkpoint = _build(args)
+        trainer, checkpoint, scratch = _build(args)
         try:
             results = measure(trainer, args.at, args.batches, args.seed)
         finally:
             close_loaders(trainer)
+            shutil.rmtree(scratch, ignore_errors=True)
     print(f"Gradient norm of each weighted loss term ({args.batches} batches per point), {checkpoint}:\n")
     print(format_gradient_table(results))
     if args.json:

@@ -29,7 +29,8 @@ def test_the_graph_is_kept_for_later_terms_of_one_forward():
     norms = term_gradient_norms({"first": h.sum(), "second": (h ** 2).sum()}, {"w": [w]})
     d = 3 * (1 - torch.tanh(torch.tensor([3.0, -6.0])) ** 2)
     assert norms["first"]["w"] == pytest.approx(float(d.norm()), rel=1e-5)   # float32 tanh
-    assert norms["second"]["w"] == pytest.approx(float((2 * torch.tanh(torch.tensor([3.0, -6.0])) * d).norm()), rel=1e-5)
+    h_ref = torch.tanh(torch.tensor([3.0, -6.0]))
+    assert norms["second"]["w"] == pytest.approx(float((2 * h_ref * d).norm()), rel=1e-5)
 
 
 def test_mean_over_batches_and_table_ratio_to_the_pseudo_label_term():
@@ -56,3 +57,24 @@ def test_command_line_refuses_points_outside_the_run_and_bad_counts():
     for bad in (["--at", "1.5"], ["--at", "-0.1"], ["--at", "nan"], ["--batches", "0"], ["--seed", "-1"]):
         with pytest.raises(SystemExit):
             parser.parse_args(base + bad)
+
+
+def test_refusals_name_the_missing_checkpoint_and_a_gate_that_never_opened(tmp_path, monkeypatch):
+    from nnunet_semicl.benchmarking import gradients
+    from nnunet_semicl.cli import build_parser
+    from nnunet_semicl.errors import InputError
+
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (tmp_path / var / "Dataset027_ACDC").mkdir(parents=True)
+        monkeypatch.setenv(var, str(tmp_path / var))
+    args = build_parser().parse_args(["benchmark", "gradients", "-d", "27", "-c", "2d", "-tr", "nnUNetTrainerACTIONpp"])
+    with pytest.raises(InputError, match=r"nnUNetTrainerACTIONpp__nnUNetPlans__2d/fold_0/checkpoint_final.pth "
+                                         r"does not exist: train first"):
+        gradients._build(args)
+
+    class NeverOpened:   # a run whose warm-up gate never opened
+        def unsup_start_step(self):
+            return None
+
+    with pytest.raises(InputError, match="gate never opened"):
+        gradients.measure(NeverOpened(), [0.5], 1)
